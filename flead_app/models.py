@@ -1,0 +1,323 @@
+"""Record types: the one source of truth for every message FLEAD puts on Kafka.
+
+Readings are the hot path, so they are parsed from raw JSON bytes by ``parse_readings`` (orjson
+plus explicit checks) rather than through Faust's ``Record`` machinery; the lower-rate records
+(anomalies, local updates, global models, dead letters) are frozen dataclasses with
+``to_json``/``from_json``. Anything that fails validation raises ``InvalidRecord`` with a
+reason; agents turn that into a dead-letter record and a count, never a crash.
+
+Wire formats on ``edge-iiot-stream`` (key = device_id):
+
+* one reading:  ``{"device_id": "device_7", "timestamp": "2025-11-07T15:22:31.000Z",
+  "value": 42.5, "label": 0}`` (``label`` optional: 0, 1 or null)
+* a batch from one device (gateways send several at once):
+  ``{"device_id": "device_7", "timestamps": [...], "values": [...], "labels": [...]}``
+* a control record that asks the worker to train a quiet device now:
+  ``{"device_id": "device_7", "control": "train"}``
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+MAX_MESSAGE_BYTES = 1_000_000
+MAX_BATCH_READINGS = 10_000
+MAX_DEVICE_ID_LENGTH = 128
+
+_READING_KEYS = frozenset({"device_id", "timestamp", "value", "label"})
+_BATCH_KEYS = frozenset({"device_id", "timestamps", "values", "labels"})
+_CONTROL_KEYS = frozenset({"device_id", "control"})
+CONTROL_TRAIN = "train"
+
+
+class InvalidRecord(ValueError):
+    """A message that cannot be accepted; ``str(err)`` is the dead-letter reason."""
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_timestamp(text: Any) -> float:
+    """ISO 8601 with a UTC offset (``Z`` or ``+00:00``) -> epoch seconds."""
+    if not isinstance(text, str):
+        raise InvalidRecord(f"timestamp must be an ISO 8601 string, got {type(text).__name__}")
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise InvalidRecord(f"timestamp is not ISO 8601: {text[:40]!r}") from err
+    if dt.tzinfo is None:
+        raise InvalidRecord(f"timestamp has no UTC offset: {text[:40]!r}")
+    return dt.timestamp()
+
+
+def format_timestamp(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _check_device_id(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_DEVICE_ID_LENGTH:
+        raise InvalidRecord("device_id must be a non-empty string of at most 128 characters")
+    return value
+
+
+def _check_value(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRecord(f"value must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise InvalidRecord("value is NaN or infinite")
+    return v
+
+
+def _check_label(value: Any) -> int:
+    """0/1 as given; -1 where the label is unknown (null or absent)."""
+    if value is None:
+        return -1
+    if isinstance(value, bool) or value not in (0, 1):
+        raise InvalidRecord(f"label must be 0, 1 or null, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ReadingBatch:
+    """Readings of one device, in arrival order (a single reading is a batch of one)."""
+
+    device_id: str
+    timestamps: np.ndarray  # epoch seconds, float64
+    values: np.ndarray  # float64
+    labels: np.ndarray  # int8: 0, 1, or -1 for unknown
+    control: str | None = None
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One sensor reading, as the simulator and the CSV replay produce it."""
+
+    device_id: str
+    timestamp: str
+    value: float
+    label: int | None = None
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+
+def encode_batch(device_id: str, timestamps: list[str], values: list[float], labels: list[int | None]) -> bytes:
+    return orjson.dumps({"device_id": device_id, "timestamps": timestamps, "values": values, "labels": labels})
+
+
+def parse_readings(raw: bytes | None, key: bytes | None = None) -> ReadingBatch:
+    """Validate one message from ``edge-iiot-stream``; raise ``InvalidRecord`` with the reason."""
+    if raw is None:
+        raise InvalidRecord("empty message")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidRecord(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise InvalidRecord(f"malformed JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise InvalidRecord(f"expected a JSON object, got {type(doc).__name__}")
+    device_id = _check_device_id(doc.get("device_id"))
+    if key is not None and key.decode("utf-8", "replace") != device_id:
+        raise InvalidRecord("message key differs from device_id")
+    keys = doc.keys()
+    if "control" in doc:
+        if keys - _CONTROL_KEYS:
+            raise InvalidRecord(f"unknown keys: {sorted(keys - _CONTROL_KEYS)}")
+        if doc["control"] != CONTROL_TRAIN:
+            raise InvalidRecord(f"unknown control {doc['control']!r}")
+        empty = np.empty(0)
+        return ReadingBatch(device_id, empty, empty, np.empty(0, np.int8), CONTROL_TRAIN)
+    if "values" in doc:
+        if keys - _BATCH_KEYS:
+            raise InvalidRecord(f"unknown keys: {sorted(keys - _BATCH_KEYS)}")
+        stamps, values = doc.get("timestamps"), doc.get("values")
+        labels = doc.get("labels")
+        if not isinstance(stamps, list) or not isinstance(values, list):
+            raise InvalidRecord("timestamps and values must be lists")
+        if labels is None:
+            labels = [None] * len(values)
+        if not isinstance(labels, list):
+            raise InvalidRecord("labels must be a list")
+        n = len(values)
+        if n == 0 or n > MAX_BATCH_READINGS:
+            raise InvalidRecord(f"a batch holds 1 to {MAX_BATCH_READINGS} readings, got {n}")
+        if len(stamps) != n or len(labels) != n:
+            raise InvalidRecord("timestamps, values and labels differ in length")
+        ts = np.fromiter((parse_timestamp(t) for t in stamps), np.float64, n)
+        vals = np.fromiter((_check_value(v) for v in values), np.float64, n)
+        labs = np.fromiter((_check_label(v) for v in labels), np.int8, n)
+        return ReadingBatch(device_id, ts, vals, labs)
+    if keys - _READING_KEYS:
+        raise InvalidRecord(f"unknown keys: {sorted(keys - _READING_KEYS)}")
+    if "value" not in doc or "timestamp" not in doc:
+        raise InvalidRecord("a reading needs device_id, timestamp and value")
+    ts = parse_timestamp(doc["timestamp"])
+    value = _check_value(doc["value"])
+    label = _check_label(doc.get("label"))
+    return ReadingBatch(
+        device_id,
+        np.array([ts], np.float64),
+        np.array([value], np.float64),
+        np.array([label], np.int8),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Lower-rate records
+# --------------------------------------------------------------------------------------
+
+
+def _finite_list(name: str, values: Any) -> list[float]:
+    if not isinstance(values, list) or not values:
+        raise InvalidRecord(f"{name} must be a non-empty list of numbers")
+    return [_check_value(v) for v in values]
+
+
+class _JsonRecord:
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, raw: bytes):  # noqa: ANN206 - returns cls
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as err:
+            raise InvalidRecord(f"malformed JSON: {err}") from err
+        if not isinstance(doc, dict):
+            raise InvalidRecord("expected a JSON object")
+        return cls.from_dict(doc)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]):  # noqa: ANN206
+        names = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+        unknown = doc.keys() - names
+        if unknown:
+            raise InvalidRecord(f"unknown keys: {sorted(unknown)}")
+        try:
+            record = cls(**doc)
+        except TypeError as err:
+            raise InvalidRecord(str(err)) from err
+        record.validate()  # type: ignore[attr-defined]
+        return record
+
+
+@dataclass(frozen=True)
+class Anomaly(_JsonRecord):
+    """A reading whose |z| crossed the threshold, with where it travelled."""
+
+    device_id: str
+    partition: int
+    broker_id: int
+    value: float
+    z_score: float
+    severity: str  # "warning" | "critical"
+    timestamp: str
+    detected_at: str = ""
+    label: int | None = None
+
+    def validate(self) -> None:
+        _check_device_id(self.device_id)
+        _check_value(self.value)
+        _check_value(self.z_score)
+        if self.severity not in ("warning", "critical"):
+            raise InvalidRecord(f"severity must be warning or critical, got {self.severity!r}")
+        parse_timestamp(self.timestamp)
+
+
+@dataclass(frozen=True)
+class LocalModelUpdate(_JsonRecord):
+    """A device's model after one local round: what FedAvg averages and the sink stores."""
+
+    device_id: str
+    model_version: int
+    global_version: int  # the global version this round started from
+    weights: list[float]
+    bias: float
+    accuracy: float  # on the round's readings, measured before training on them
+    loss: float
+    samples: int
+    timestamp: str
+    partition: int = -1
+
+    def validate(self) -> None:
+        _check_device_id(self.device_id)
+        _finite_list("weights", self.weights)
+        for name in ("bias", "accuracy", "loss"):
+            _check_value(getattr(self, name))
+        if not 0.0 <= self.accuracy <= 1.0:
+            raise InvalidRecord("accuracy must lie in [0, 1]")
+        if self.samples <= 0 or self.model_version <= 0 or self.global_version < 0:
+            raise InvalidRecord("samples and model_version must be positive, global_version >= 0")
+        parse_timestamp(self.timestamp)
+
+
+@dataclass(frozen=True)
+class GlobalModel(_JsonRecord):
+    """A global model produced by one aggregation round."""
+
+    global_version: int
+    aggregation_round: int
+    weights: list[float]
+    bias: float
+    accuracy: float  # sample-weighted mean of the contributing local accuracies
+    num_devices: int
+    samples: int
+    timestamp: str
+    aggregator: str = "fedavg"
+    num_updates: int = 0
+    mean_staleness: float = 0.0
+    contributors: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        _finite_list("weights", self.weights)
+        _check_value(self.bias)
+        _check_value(self.accuracy)
+        if self.global_version <= 0:
+            raise InvalidRecord("global_version must be positive")
+        parse_timestamp(self.timestamp)
+
+
+@dataclass(frozen=True)
+class DeadLetter(_JsonRecord):
+    """Why a message was refused, with the original bytes (truncated) for inspection."""
+
+    source_topic: str
+    partition: int
+    offset: int
+    reason: str
+    key: str | None
+    payload: str  # the first 2,000 characters of the original message
+    payload_bytes: int
+    timestamp: str
+
+    def validate(self) -> None:
+        return None
+
+    @classmethod
+    def build(cls, topic: str, partition: int, offset: int, reason: str, key: bytes | None, raw: bytes | None) -> DeadLetter:
+        raw = raw or b""
+        return cls(
+            source_topic=topic,
+            partition=partition,
+            offset=offset,
+            reason=reason[:500],
+            key=key.decode("utf-8", "replace") if key is not None else None,
+            payload=raw[:2000].decode("utf-8", "replace"),
+            payload_bytes=len(raw),
+            timestamp=utc_now_iso(),
+        )

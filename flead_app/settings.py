@@ -1,0 +1,200 @@
+"""All FLEAD settings in one place.
+
+Every setting is an environment variable with the ``FLEAD_`` prefix; the defaults come from
+the system description (2,407 devices, z-score 2.5, training every 50 readings or 60 s,
+learning rate 0.001, FedAvg over 20 updates). ``flead stack up`` records where the local
+Kafka cluster and database run in ``$FLEAD_HOME/stack.json``; when the matching variables are
+not set, the settings read that file, so every ``flead`` command and ``faust -A flead_app.app``
+talks to the stack that is running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FLEAD_"
+
+
+def _home() -> Path:
+    return Path(os.environ.get("FLEAD_HOME", Path.cwd() / ".flead")).resolve()
+
+
+def stack_state_file() -> Path:
+    """Where ``flead stack up`` records the running stack (brokers, database URL)."""
+    return _home() / "stack.json"
+
+
+def read_stack_state() -> dict[str, Any]:
+    path = stack_state_file()
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Documentation of one setting, used by ``flead settings`` and the README."""
+
+    name: str
+    default: str
+    help: str
+
+
+def _env(name: str, default: Any) -> Any:
+    raw = os.environ.get(ENV_PREFIX + name.upper())
+    if raw is None or raw == "":
+        return default
+    if isinstance(default, bool):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- where things are -------------------------------------------------------------
+    home: str = field(default="", metadata={"help": "State folder (logs, pids, data); default ./.flead"})
+    kafka_bootstrap: str = field(
+        default="", metadata={"help": "Kafka bootstrap servers; default: the running stack's, else localhost:29092"}
+    )
+    replication_factor: int = field(
+        default=0, metadata={"help": "Replication of topics Faust creates; default min(3, brokers in the stack)"}
+    )
+    partitions: int = field(default=8, metadata={"help": "Partitions per topic (a multiple of 4)"})
+    db_url: str = field(
+        default="", metadata={"help": "SQLAlchemy URL of PostgreSQL; default: the database `flead stack up` made"}
+    )
+    # --- topics -----------------------------------------------------------------------
+    topic_readings: str = field(default="edge-iiot-stream", metadata={"help": "Raw readings, key = device_id"})
+    topic_anomalies: str = field(default="anomalies", metadata={"help": "Detected anomalies"})
+    topic_local_updates: str = field(default="local-model-updates", metadata={"help": "Local model updates"})
+    topic_global_updates: str = field(default="global-model-updates", metadata={"help": "Global models"})
+    topic_dead_letter: str = field(default="flead-dead-letter", metadata={"help": "Bad input, with the reason"})
+    # --- fleet ------------------------------------------------------------------------
+    devices: int = field(default=2407, metadata={"help": "Devices the simulator runs"})
+    readings_per_minute: int = field(default=31482, metadata={"help": "Simulator rate, readings per minute"})
+    batch_size: int = field(default=1, metadata={"help": "Readings per Kafka message from the simulator (1 = single)"})
+    # --- detection and local training ---------------------------------------------------
+    z_threshold: float = field(default=2.5, metadata={"help": "|z| above this is an anomaly (warning)"})
+    z_critical: float = field(default=3.0, metadata={"help": "|z| from this is critical"})
+    min_history: int = field(default=10, metadata={"help": "Readings a device needs before it is scored"})
+    train_every: int = field(default=50, metadata={"help": "Train after this many readings"})
+    train_interval_s: float = field(default=60.0, metadata={"help": "...or after this many seconds"})
+    learning_rate: float = field(default=0.001, metadata={"help": "SGD learning rate"})
+    local_epochs: int = field(default=1, metadata={"help": "Passes over the local batch per round"})
+    # --- federated aggregation ----------------------------------------------------------
+    fedavg_buffer: int = field(default=20, metadata={"help": "Local updates per global version"})
+    fedavg_timeout_s: float = field(default=120.0, metadata={"help": "Aggregate a partial buffer after this long"})
+    aggregator: str = field(default="fedavg", metadata={"help": "fedavg | median | trimmed_mean"})
+    trim_ratio: float = field(default=0.1, metadata={"help": "Share trimmed at each end by trimmed_mean"})
+    staleness_exponent: float = field(
+        default=0.5, metadata={"help": "Update weight = samples / (1 + staleness) ** exponent; 0 disables"}
+    )
+    # --- worker ------------------------------------------------------------------------
+    store: str = field(default="rocksdb://", metadata={"help": "Faust table store (rocksdb:// or memory://)"})
+    web_port: int = field(default=6066, metadata={"help": "Faust worker web port (live page /dashboard)"})
+    sink_batch: int = field(default=500, metadata={"help": "Rows per database insert"})
+    # --- Kafka client security (optional) -------------------------------------------------
+    kafka_security_protocol: str = field(default="PLAINTEXT", metadata={"help": "PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL"})
+    kafka_sasl_mechanism: str = field(default="PLAIN", metadata={"help": "PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512"})
+    kafka_sasl_username: str = field(default="", metadata={"help": "SASL user"})
+    kafka_sasl_password: str = field(default="", metadata={"help": "SASL password (never logged)"})
+    kafka_ssl_cafile: str = field(default="", metadata={"help": "CA bundle for SSL"})
+    kafka_ssl_certfile: str = field(default="", metadata={"help": "Client certificate for SSL"})
+    kafka_ssl_keyfile: str = field(default="", metadata={"help": "Client key for SSL"})
+    # --- versions of the local stack -------------------------------------------------------
+    kafka_version: str = field(default="3.9.1", metadata={"help": "Apache Kafka fetched from Maven Central"})
+    spark_master: str = field(default="local[*]", metadata={"help": "Spark master URL"})
+
+    # ---------------------------------------------------------------------------------
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).resolve() if self.home else _home()
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap.split(",") if s.strip()]
+
+    @property
+    def broker_url(self) -> str:
+        """Faust's broker URL: ``kafka://h1:p1;h2:p2``."""
+        return ";".join(f"kafka://{s}" for s in self.bootstrap_servers)
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings safe to print or log: secrets and DB credentials masked."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in {"kafka_sasl_password"} and value:
+                value = "***"
+            if f.name == "db_url":
+                value = redact_url(value)
+            out[f.name] = value
+        return out
+
+
+def redact_url(url: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def documented_settings() -> list[Setting]:
+    return [
+        Setting(ENV_PREFIX + f.name.upper(), str(f.default), f.metadata.get("help", ""))
+        for f in fields(Settings)
+    ]
+
+
+def load_settings() -> Settings:
+    """Read the environment (and the running stack's state file) into a ``Settings``."""
+    values = {f.name: _env(f.name, f.default) for f in fields(Settings)}
+    state = read_stack_state()
+    if not values["kafka_bootstrap"]:
+        values["kafka_bootstrap"] = state.get("bootstrap", "localhost:29092")
+    if not values["replication_factor"]:
+        brokers = int(state.get("brokers", 1) or 1)
+        values["replication_factor"] = min(3, brokers)
+    if not values["db_url"]:
+        values["db_url"] = state.get("db_url", "")
+    if values["partitions"] % 4:
+        raise ValueError(f"FLEAD_PARTITIONS must be a multiple of 4, got {values['partitions']}")
+    if values["aggregator"] not in {"fedavg", "median", "trimmed_mean"}:
+        raise ValueError(f"FLEAD_AGGREGATOR must be fedavg, median or trimmed_mean, got {values['aggregator']!r}")
+    return Settings(**values)
+
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """Security options for aiokafka clients (empty for PLAINTEXT)."""
+    opts: dict[str, Any] = {}
+    proto = settings.kafka_security_protocol.upper()
+    if proto == "PLAINTEXT":
+        return opts
+    opts["security_protocol"] = proto
+    if proto.startswith("SASL"):
+        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        opts["sasl_plain_username"] = settings.kafka_sasl_username
+        opts["sasl_plain_password"] = settings.kafka_sasl_password
+    if proto.endswith("SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        opts["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile or None,
+            certfile=settings.kafka_ssl_certfile or None,
+            keyfile=settings.kafka_ssl_keyfile or None,
+        )
+    return opts
