@@ -1,0 +1,1 @@
+"""PostgreSQL/TimescaleDB persistence: the schema (one module) and the writers."""
