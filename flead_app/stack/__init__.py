@@ -1,0 +1,1 @@
+"""The local stack: a real Kafka cluster (KRaft) and PostgreSQL as local processes."""
