@@ -92,6 +92,9 @@ class Settings:
     train_interval_s: float = field(default=60.0, metadata={"help": "...or after this many seconds"})
     learning_rate: float = field(default=0.001, metadata={"help": "SGD learning rate"})
     local_epochs: int = field(default=1, metadata={"help": "Passes over the local batch per round"})
+    holdout_percent: float = field(
+        default=20.0, metadata={"help": "Share of readings (stable hash) no model trains on: the evaluation set"}
+    )
     # --- federated aggregation ----------------------------------------------------------
     fedavg_buffer: int = field(default=20, metadata={"help": "Local updates per global version"})
     fedavg_timeout_s: float = field(default=120.0, metadata={"help": "Aggregate a partial buffer after this long"})

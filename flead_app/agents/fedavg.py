@@ -1,0 +1,136 @@
+"""Federated averaging: buffer local updates, publish a global model every 20 of them.
+
+Every local update is keyed ``fleet`` so they all arrive, in order, at one partition and one
+worker, which owns the single ``fedavg_state`` row (buffer + version counter). Aggregation is
+``flead_app.algorithms.aggregation`` (FedAvg weighted by samples and discounted for staleness,
+or a robust coordinate-wise median / trimmed mean, by ``FLEAD_AGGREGATOR``). A timer asks for a
+partial flush when the oldest buffered update is older than ``FLEAD_FEDAVG_TIMEOUT_S``, so a
+quiet fleet still gets new versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+import numpy as np
+import orjson
+
+from flead_app.agents import global_model
+from flead_app.agents.dead_letter import send_dead_letter
+from flead_app.algorithms.aggregation import aggregate, weighted_accuracy
+from flead_app.app import app, global_updates_topic, local_updates_topic, settings
+from flead_app.models import GlobalModel, InvalidRecord, LocalModelUpdate, utc_now_iso
+from flead_app.tables.fedavg_state import FLEET_KEY, fedavg_state
+
+log = logging.getLogger(__name__)
+
+CONTROL_FLUSH = b'{"control":"flush"}'
+counters: Counter[str] = Counter()
+#: when the oldest buffered update arrived (None: buffer empty), for the flush timer
+oldest_buffered_at: float | None = None
+
+
+def federate(
+    updates: list[LocalModelUpdate],
+    current_version: int,
+    aggregation_round: int,
+    method: str = "fedavg",
+    staleness_exponent: float = 0.5,
+    trim_ratio: float = 0.1,
+) -> GlobalModel:
+    """The next global model (version ``current_version + 1``) from buffered updates."""
+    params = np.array([[*u.weights, u.bias] for u in updates], dtype=np.float64)
+    samples = np.array([u.samples for u in updates], dtype=np.float64)
+    staleness = np.array([max(0, current_version - u.global_version) for u in updates], dtype=np.float64)
+    merged = aggregate(params, samples, staleness, method, staleness_exponent, trim_ratio)
+    return GlobalModel(
+        global_version=current_version + 1,
+        aggregation_round=aggregation_round,
+        weights=merged[:-1].tolist(),
+        bias=float(merged[-1]),
+        accuracy=weighted_accuracy(np.array([u.accuracy for u in updates]), samples),
+        num_devices=len({u.device_id for u in updates}),
+        samples=int(samples.sum()),
+        timestamp=utc_now_iso(),
+        aggregator=method,
+        num_updates=len(updates),
+        mean_staleness=float(staleness.mean()),
+        contributors=sorted({u.device_id for u in updates}),
+    )
+
+
+def _load() -> dict:
+    raw = fedavg_state.get(FLEET_KEY)
+    if raw:
+        return orjson.loads(raw)
+    return {"version": 0, "round": 0, "buffer": [], "first_at": 0.0, "p": -1, "o": -1}
+
+
+async def handle(event) -> None:  # noqa: ANN001
+    global oldest_buffered_at
+    msg = event.message
+    flush = event.value == CONTROL_FLUSH
+    update = None
+    if not flush:
+        try:
+            update = LocalModelUpdate.from_json(event.value)
+        except InvalidRecord as err:
+            counters["dead_letters"] += 1
+            await send_dead_letter(event, str(err))
+            return
+    state = _load()
+    if state["p"] == msg.partition and msg.offset <= state["o"]:
+        counters["replays_skipped"] += 1
+        return
+    now = time.time()
+    buffer: list[dict] = state["buffer"]
+    if update is not None:
+        if any(b["device_id"] == update.device_id and b["model_version"] == update.model_version for b in buffer):
+            counters["duplicates_skipped"] += 1
+        else:
+            if not buffer:
+                state["first_at"] = now
+            buffer.append(update.to_dict())
+    full = len(buffer) >= settings.fedavg_buffer
+    stale = flush and buffer and now - state["first_at"] >= settings.fedavg_timeout_s
+    if full or stale:
+        model = federate(
+            [LocalModelUpdate(**b) for b in buffer],
+            state["version"],
+            state["round"] + 1,
+            settings.aggregator,
+            settings.staleness_exponent,
+            settings.trim_ratio,
+        )
+        state["version"], state["round"], state["buffer"] = model.global_version, model.aggregation_round, []
+        counters["global_models"] += 1
+        if not full:
+            counters["partial_flushes"] += 1
+        await global_updates_topic.send(key=FLEET_KEY, value=model.to_json())
+        global_model.latest.offer(model)
+        log.info(
+            "global model v%d from %d updates of %d devices: accuracy %.3f",
+            model.global_version, model.num_updates, model.num_devices, model.accuracy,
+        )
+    state["p"], state["o"] = msg.partition, msg.offset
+    fedavg_state[FLEET_KEY] = orjson.dumps(state)
+    oldest_buffered_at = state["first_at"] if state["buffer"] else None
+
+
+@app.agent(local_updates_topic)
+async def federated_averaging(stream) -> None:  # noqa: ANN001
+    async for event in stream.events():
+        try:
+            await handle(event)
+        except Exception as err:
+            log.exception("fedavg failed at offset %d", event.message.offset)
+            await send_dead_letter(event, f"processing error: {type(err).__name__}: {err}")
+
+
+@app.timer(interval=5.0)
+async def flush_stale_buffer() -> None:
+    """Ask the FedAvg agent to aggregate a partial buffer that has waited too long."""
+    if oldest_buffered_at is not None and time.time() - oldest_buffered_at >= settings.fedavg_timeout_s:
+        await local_updates_topic.send(key=FLEET_KEY, value=CONTROL_FLUSH)

@@ -1,0 +1,203 @@
+"""One device's detection-and-training state machine, as pure functions.
+
+The detector agent is a thin shell around this module: it loads a ``DeviceState`` from the
+device's table row, calls ``ingest`` with the readings of one message, publishes anomalies,
+and when ``training_due`` says so, runs ``train_round`` and publishes the local update.
+
+A local round starts from the newest global model the device has seen if that is newer than
+the one its last round started from; otherwise it continues from its own weights. Accuracy and
+loss of a round are measured on the round's readings *before* training on them (the model the
+round starts from, scored on data it has not seen), so they are honest, if noisy, estimates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import orjson
+
+from flead_app.algorithms.detection import NUM_FEATURES, DetectorState, Scored, score_batch
+from flead_app.algorithms.running_stats import RunningStats
+from flead_app.algorithms.sgd import LinearModel, accuracy, log_loss, predict_proba, sgd_train
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    z_threshold: float = 2.5
+    z_critical: float = 3.0
+    min_history: int = 10
+    train_every: int = 50
+    train_interval_s: float = 60.0
+    learning_rate: float = 0.001
+    local_epochs: int = 1
+    holdout_percent: float = 20.0
+
+
+@dataclass(frozen=True)
+class GlobalParams:
+    """The parameters of a global model, as a device needs them."""
+
+    version: int
+    weights: np.ndarray
+    bias: float
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    detector: DetectorState = DetectorState()
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(NUM_FEATURES))
+    bias: float = 0.0
+    model_version: int = 0
+    base_global_version: int = 0  # global version the current weights descend from
+    buffer_features: np.ndarray = field(default_factory=lambda: np.empty((0, NUM_FEATURES)))
+    buffer_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int8))
+    pending: int = 0  # readings since the last round
+    last_round_at: float = 0.0  # processing time of the last round (0: none yet)
+    readings: int = 0
+    anomalies: int = 0
+    partition: int = -1  # Kafka position of the last message applied, to skip replays
+    offset: int = -1
+
+    def to_bytes(self) -> bytes:
+        s = self.detector.stats
+        return orjson.dumps(
+            {
+                "n": s.count,
+                "mean": s.mean,
+                "m2": s.m2,
+                "last": self.detector.last_value,
+                "ewm": self.detector.ewm_abs_z,
+                "w": self.weights.tolist(),
+                "b": self.bias,
+                "v": self.model_version,
+                "g": self.base_global_version,
+                "bf": self.buffer_features.astype(np.float32),
+                "bl": self.buffer_labels,
+                "pending": self.pending,
+                "t": self.last_round_at,
+                "readings": self.readings,
+                "anomalies": self.anomalies,
+                "p": self.partition,
+                "o": self.offset,
+            },
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> DeviceState:
+        d = orjson.loads(raw)
+        feats = np.asarray(d["bf"], dtype=np.float64).reshape(-1, NUM_FEATURES)
+        return cls(
+            detector=DetectorState(RunningStats(d["n"], d["mean"], d["m2"]), d["last"], d["ewm"]),
+            weights=np.asarray(d["w"], dtype=np.float64),
+            bias=float(d["b"]),
+            model_version=int(d["v"]),
+            base_global_version=int(d["g"]),
+            buffer_features=feats,
+            buffer_labels=np.asarray(d["bl"], dtype=np.int8),
+            pending=int(d["pending"]),
+            last_round_at=float(d["t"]),
+            readings=int(d["readings"]),
+            anomalies=int(d["anomalies"]),
+            partition=int(d["p"]),
+            offset=int(d["o"]),
+        )
+
+    def summary(self) -> dict:
+        """What ``flead device`` shows."""
+        s = self.detector.stats
+        return {
+            "readings": self.readings,
+            "mean": s.mean,
+            "std": s.std,
+            "anomalies": self.anomalies,
+            "model_version": self.model_version,
+            "base_global_version": self.base_global_version,
+            "weights": self.weights.tolist(),
+            "bias": self.bias,
+            "pending_readings": self.pending,
+            "last_round_at": self.last_round_at,
+        }
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    model_version: int
+    base_global_version: int
+    weights: np.ndarray
+    bias: float
+    accuracy: float
+    loss: float
+    samples: int
+
+
+def ingest(
+    state: DeviceState,
+    values: np.ndarray,
+    labels: np.ndarray,
+    now: float,
+    cfg: DeviceConfig,
+    holdout: np.ndarray | None = None,
+) -> tuple[DeviceState, Scored]:
+    """Score readings in order; buffer the labelled, scored, not held-out ones for training."""
+    scored = score_batch(state.detector, values, cfg.min_history)
+    anomalous = scored.scored & (np.abs(scored.z) > cfg.z_threshold)
+    keep = scored.scored & (labels >= 0)
+    if holdout is not None:
+        keep &= ~holdout
+    feats, labs = state.buffer_features, state.buffer_labels
+    if keep.any():
+        feats = np.concatenate((feats, scored.features[keep]))
+        labs = np.concatenate((labs, labels[keep].astype(np.int8)))
+    new = replace(
+        state,
+        detector=scored.state,
+        buffer_features=feats,
+        buffer_labels=labs,
+        pending=state.pending + int(values.shape[0]),
+        last_round_at=state.last_round_at or now,
+        readings=state.readings + int(values.shape[0]),
+        anomalies=state.anomalies + int(anomalous.sum()),
+    )
+    return new, scored
+
+
+def training_due(state: DeviceState, now: float, cfg: DeviceConfig) -> bool:
+    """Every ``train_every`` readings, or ``train_interval_s`` after the last round if any arrived."""
+    if state.pending <= 0:
+        return False
+    return state.pending >= cfg.train_every or now - state.last_round_at >= cfg.train_interval_s
+
+
+def train_round(
+    state: DeviceState, now: float, cfg: DeviceConfig, global_params: GlobalParams | None = None
+) -> tuple[DeviceState, RoundResult | None]:
+    """Run one local round on the buffered readings; None when none of them carried a label."""
+    labels = state.buffer_labels
+    if labels.shape[0] == 0:
+        return replace(state, pending=0, last_round_at=now), None
+    if global_params is not None and global_params.version > state.base_global_version:
+        start = LinearModel(np.asarray(global_params.weights, dtype=np.float64), float(global_params.bias))
+        base = global_params.version
+    else:
+        start = LinearModel(state.weights, state.bias)
+        base = state.base_global_version
+    proba = predict_proba(start, state.buffer_features)
+    acc = accuracy(labels, proba)
+    loss = log_loss(labels, proba)
+    trained = sgd_train(start, state.buffer_features, labels, cfg.learning_rate, cfg.local_epochs)
+    version = state.model_version + 1
+    result = RoundResult(version, base, trained.weights, trained.bias, acc, loss, int(labels.shape[0]))
+    new = replace(
+        state,
+        weights=trained.weights,
+        bias=trained.bias,
+        model_version=version,
+        base_global_version=base,
+        buffer_features=np.empty((0, NUM_FEATURES)),
+        buffer_labels=np.empty(0, np.int8),
+        pending=0,
+        last_round_at=now,
+    )
+    return new, result

@@ -1,0 +1,24 @@
+"""Which readings no model may train on: the held-out split every evaluation uses.
+
+A reading is held out when a stable hash of (device_id, timestamp in ms) falls below
+``percent`` of 100. The rule needs no coordination: the worker applies it before buffering a
+reading for training, and the Spark evaluation applies it to pick test readings, so the global
+models, each device's local-only model and the central baseline are all scored on the same
+readings, none of which any of them trained on. Held-out readings are still scored for anomalies.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+
+def holdout_mask(device_id: str, timestamps_s: np.ndarray, percent: float = 20.0) -> np.ndarray:
+    """True for the readings of ``device_id`` at ``timestamps_s`` (epoch seconds) that are held out."""
+    if percent <= 0:
+        return np.zeros(len(timestamps_s), dtype=bool)
+    prefix = device_id.encode() + b"|"
+    millis = np.rint(np.asarray(timestamps_s, dtype=np.float64) * 1000.0).astype(np.int64)
+    buckets = np.fromiter((zlib.crc32(prefix + str(ms).encode()) % 10_000 for ms in millis.tolist()), np.int64)
+    return buckets < int(round(percent * 100))

@@ -1,0 +1,22 @@
+"""Per-device state table (RocksDB-backed, changelogged to Kafka).
+
+One row per device, keyed by the device_id bytes of the readings topic, so the table is
+co-partitioned with ``edge-iiot-stream``: a device's row lives on the worker that reads its
+partition. The value is ``flead_app.algorithms.device.DeviceState.to_bytes()``: running
+statistics, detector memory, model weights and version, the readings buffered for the next
+local round, and the Kafka offset of the last message applied (replays after a crash are
+skipped, so a restarted worker does not count a reading twice).
+"""
+
+import faust
+
+from flead_app.app import app, settings
+
+device_state = app.Table(
+    "device_state",
+    default=None,
+    schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+    partitions=settings.partitions,
+    help="Per device: running mean/std, z-score memory, local model (weights, bias, version, "
+    "base global version), readings buffered for the next round, last applied offset.",
+)

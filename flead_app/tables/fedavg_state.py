@@ -1,0 +1,24 @@
+"""Federated-averaging state: the buffer of local updates and the global version counter.
+
+A single row (key ``fleet``) on the partition that carries the fleet's local updates. The
+design card asks for a windowed table; faust-streaming's windowed tables have open bugs (close
+callbacks only fire after a later event, issue 250; windows that never expire after recovery
+with RocksDB, issue 385), so this is a plain changelogged table holding the buffer plus a timer
+that asks for a partial flush after ``FLEAD_FEDAVG_TIMEOUT_S``. The version counter lives in
+the same row, so it survives restarts with the buffer, atomically.
+"""
+
+import faust
+
+from flead_app.app import app, settings
+
+FLEET_KEY = b"fleet"
+
+fedavg_state = app.Table(
+    "fedavg_state",
+    default=None,
+    schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+    partitions=settings.partitions,
+    help="Key 'fleet': buffered local updates (up to FLEAD_FEDAVG_BUFFER), the global version "
+    "and aggregation round counters, the time the oldest buffered update arrived, last offset.",
+)
