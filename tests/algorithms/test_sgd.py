@@ -1,0 +1,32 @@
+import numpy as np
+
+from flead_app.algorithms.sgd import LinearModel, accuracy, log_loss, predict_proba, sgd_train
+
+
+def test_sgd_learns_a_separable_problem():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 4))
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int8)
+    model = LinearModel.zeros(4)
+    before = log_loss(y, predict_proba(model, x))
+    model = sgd_train(model, x, y, learning_rate=0.05, epochs=5)
+    proba = predict_proba(model, x)
+    assert accuracy(y, proba) > 0.95
+    assert log_loss(y, proba) < before
+    assert model.weights[0] > model.weights[1] > abs(model.weights[2])
+
+
+def test_one_step_matches_the_description_formula():
+    model = LinearModel(np.array([0.5, -0.25]), 0.1)
+    x = np.array([[2.0, 1.0]])
+    y = np.array([1])
+    p = 1 / (1 + np.exp(-(0.5 * 2 - 0.25 + 0.1)))
+    trained = sgd_train(model, x, y, learning_rate=0.001)
+    np.testing.assert_allclose(trained.weights, model.weights - 0.001 * (p - 1) * x[0])
+    np.testing.assert_allclose(trained.bias, 0.1 - 0.001 * (p - 1))
+
+
+def test_training_does_not_mutate_input():
+    model = LinearModel.zeros(3)
+    sgd_train(model, np.ones((5, 3)), np.ones(5, np.int8), 0.1)
+    assert not model.weights.any()
