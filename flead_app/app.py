@@ -61,4 +61,10 @@ global_updates_topic = app.topic(settings.topic_global_updates, partitions=setti
 dead_letter_topic = app.topic(settings.topic_dead_letter, partitions=settings.partitions)
 
 # Registering tables, agents and web views needs ``app``; imported last on purpose.
-from flead_app import agents, tables, web  # noqa: E402,F401,I001
+import flead_app.tables  # noqa: E402,F401,I001
+import flead_app.agents.dead_letter  # noqa: E402,F401
+import flead_app.agents.global_model  # noqa: E402,F401
+import flead_app.agents.detector  # noqa: E402,F401
+import flead_app.agents.fedavg  # noqa: E402,F401
+import flead_app.agents.sink  # noqa: E402,F401
+import flead_app.web  # noqa: E402,F401

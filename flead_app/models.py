@@ -309,7 +309,9 @@ class DeadLetter(_JsonRecord):
         return None
 
     @classmethod
-    def build(cls, topic: str, partition: int, offset: int, reason: str, key: bytes | None, raw: bytes | None) -> DeadLetter:
+    def build(
+        cls, topic: str, partition: int, offset: int, reason: str, key: bytes | None, raw: bytes | None
+    ) -> DeadLetter:
         raw = raw or b""
         return cls(
             source_topic=topic,

@@ -108,7 +108,9 @@ class Settings:
     web_port: int = field(default=6066, metadata={"help": "Faust worker web port (live page /dashboard)"})
     sink_batch: int = field(default=500, metadata={"help": "Rows per database insert"})
     # --- Kafka client security (optional) -------------------------------------------------
-    kafka_security_protocol: str = field(default="PLAINTEXT", metadata={"help": "PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL"})
+    kafka_security_protocol: str = field(
+        default="PLAINTEXT", metadata={"help": "PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL"}
+    )
     kafka_sasl_mechanism: str = field(default="PLAIN", metadata={"help": "PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512"})
     kafka_sasl_username: str = field(default="", metadata={"help": "SASL user"})
     kafka_sasl_password: str = field(default="", metadata={"help": "SASL password (never logged)"})

@@ -1,3 +1,5 @@
-"""Faust agents, one module each: detector, federated averaging, sink, global-model follower."""
+"""Faust agents, one module each: detector, federated averaging, sink, global-model follower.
 
-from flead_app.agents import dead_letter, detector, fedavg, global_model, sink  # noqa: F401
+``flead_app.app`` imports them all; import ``flead_app.app`` (not this package) to get a
+fully registered application.
+"""

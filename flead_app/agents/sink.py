@@ -15,18 +15,19 @@ from collections.abc import Callable
 
 from flead_app.agents.dead_letter import send_dead_letter
 from flead_app.app import anomalies_topic, app, global_updates_topic, local_updates_topic, settings
-from flead_app.db.store import Database, write_with_retry
 from flead_app.models import Anomaly, GlobalModel, InvalidRecord, LocalModelUpdate
 
 log = logging.getLogger(__name__)
 counters: Counter[str] = Counter()
-_database: Database | None = None
+_database = None  # flead_app.db.store.Database, opened on first use
 BATCH_WAIT_S = 1.0
 
 
-def database() -> Database:
+def database():  # noqa: ANN201 - returns flead_app.db.store.Database
     """The database, with its schema created on first use."""
     global _database
+    from flead_app.db.store import Database
+
     if _database is None:
         if not settings.db_url:
             raise RuntimeError("no database: run `flead stack up` or set FLEAD_DB_URL")
@@ -50,6 +51,8 @@ async def persist(events: list, parse: Callable, insert_name: str, counter: str)
     loop = asyncio.get_running_loop()
 
     def write() -> int:
+        from flead_app.db.store import write_with_retry
+
         db = database()
         return write_with_retry(getattr(db, insert_name), records)
 

@@ -1,0 +1,124 @@
+"""The detector agent through Faust's test_context: no Kafka, memory tables."""
+
+import asyncio
+
+import numpy as np
+import orjson
+
+from flead_app.agents import detector
+from flead_app.algorithms.device import DeviceState
+from flead_app.models import Anomaly, DeadLetter, LocalModelUpdate, Reading, encode_batch
+from flead_app.settings import load_settings
+
+SETTINGS = load_settings()
+
+
+def _iso(i: int) -> str:
+    return f"2025-11-07T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}.000Z"
+
+
+def _readings(device: str, n: int, spike_at: int | None = None, seed: int = 0) -> list[Reading]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        value = 20.0 + rng.normal()
+        if i == spike_at:
+            value = 20.0 + 12.0
+        out.append(Reading(device, _iso(i), float(value), int(i == spike_at)))
+    return out
+
+
+def run(coro):  # noqa: D103
+    return asyncio.run(coro)
+
+
+def test_single_readings_give_anomalies_and_a_local_update(faust_app, sent):
+    from flead_app.tables.device_state import device_state
+
+    async def go():
+        async with detector.detect.test_context() as agent:
+            for r in _readings("dev_a", 50, spike_at=30):
+                await agent.put(r.to_json(), key=b"dev_a")
+            return DeviceState.from_bytes(device_state[b"dev_a"])
+
+    state = run(go())
+    anomalies = [Anomaly.from_json(v) for v in sent.of(SETTINGS.topic_anomalies)]
+    spike = [a for a in anomalies if a.value == 32.0]
+    assert len(spike) == 1 and spike[0].severity == "critical" and spike[0].z_score > 3 and spike[0].label == 1
+    assert all(abs(a.z_score) > 2.5 for a in anomalies)
+    updates = [LocalModelUpdate.from_json(v) for v in sent.of(SETTINGS.topic_local_updates)]
+    assert len(updates) == 1
+    assert updates[0].device_id == "dev_a" and updates[0].model_version == 1 and updates[0].global_version == 0
+    assert 0 < updates[0].samples <= 40  # warm-up readings and held-out readings are not trained on
+    assert state.readings == 50 and state.model_version == 1 and state.pending == 0
+
+
+def test_batched_messages_score_like_single_readings(faust_app, sent):
+    readings = _readings("dev_b", 100, spike_at=70, seed=4)
+
+    async def go():
+        async with detector.detect.test_context() as agent:
+            for start in range(0, 100, 10):
+                chunk = readings[start : start + 10]
+                stamps, values, labels = [r.timestamp for r in chunk], [r.value for r in chunk], [r.label for r in chunk]
+                await agent.put(encode_batch("dev_b", stamps, values, labels), key=b"dev_b")
+
+    run(go())
+    anomalies = [Anomaly.from_json(v) for v in sent.of(SETTINGS.topic_anomalies)]
+    assert 32.0 in [a.value for a in anomalies]
+    updates = [LocalModelUpdate.from_json(v) for v in sent.of(SETTINGS.topic_local_updates)]
+    assert [u.model_version for u in updates] == [1, 2]
+
+
+def test_bad_input_goes_to_the_dead_letter_topic_and_the_agent_goes_on(faust_app, sent):
+    bad = [
+        b"{not json",
+        orjson.dumps({"device_id": "dev_c", "timestamp": _iso(1)}),  # no value
+        b'{"device_id": "dev_c", "timestamp": "2025-11-07T00:00:00Z", "value": NaN}',
+        b'{"device_id": "dev_c", "timestamp": "2025-11-07T00:00:00Z", "value": 1e999}',
+        orjson.dumps({"device_id": "dev_c", "timestamp": _iso(1), "value": 1.0, "label": 7}),
+        orjson.dumps({"device_id": "other", "timestamp": _iso(1), "value": 1.0}),  # key differs
+        orjson.dumps({"device_id": "dev_c", "timestamp": _iso(1), "value": "hot"}),
+        orjson.dumps({"device_id": "dev_c", "timestamp": _iso(1), "value": 1.0, "colour": "red"}),
+        orjson.dumps({"device_id": "dev_c", "timestamp": "yesterday", "value": 1.0}),
+        b"x" * 1_000_001,
+    ]
+
+    async def go():
+        async with detector.detect.test_context() as agent:
+            await agent.put(Reading("dev_c", _iso(0), 1.0, 0).to_json(), key=b"dev_c")
+            for raw in bad:
+                await agent.put(raw, key=b"dev_c")
+            await agent.put(Reading("dev_c", _iso(2), 1.5, 0).to_json(), key=b"dev_c")
+
+    before = detector.counters["readings"]
+    run(go())
+    letters = [DeadLetter.from_json(v) for v in sent.of(SETTINGS.topic_dead_letter)]
+    assert len(letters) == len(bad)
+    reasons = " | ".join(letter.reason for letter in letters)
+    for needle in (
+        "malformed JSON",
+        "infinity",
+        "timestamp and value",
+        "must be a number",
+        "unknown keys",
+        "ISO 8601",
+        "exceeds",
+        "label must be",
+        "key differs",
+    ):
+        assert needle in reasons
+    assert detector.counters["readings"] - before == 2  # the good readings around them were processed
+
+
+def test_control_record_trains_a_quiet_device(faust_app, sent, monkeypatch):
+    monkeypatch.setattr(detector, "config", detector.config.__class__(train_interval_s=0.0, min_history=2))
+
+    async def go():
+        async with detector.detect.test_context() as agent:
+            for r in _readings("dev_d", 8):
+                await agent.put(r.to_json(), key=b"dev_d")
+            await agent.put(orjson.dumps({"device_id": "dev_d", "control": "train"}), key=b"dev_d")
+
+    run(go())
+    assert sent.of(SETTINGS.topic_local_updates), "the control record should trigger a round"

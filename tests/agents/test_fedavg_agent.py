@@ -1,0 +1,90 @@
+"""The FedAvg agent through Faust's test_context."""
+
+import asyncio
+import dataclasses
+
+import numpy as np
+import orjson
+import pytest
+
+from flead_app.agents import fedavg, global_model
+from flead_app.models import GlobalModel, LocalModelUpdate
+from flead_app.settings import load_settings
+from flead_app.tables.fedavg_state import FLEET_KEY
+
+SETTINGS = load_settings()
+
+
+def _update(device: int, version: int = 1, weights=(0.1, 0.2, 0.3, 0.4), samples=40, acc=0.9, base=0):
+    return LocalModelUpdate(
+        device_id=f"device_{device}",
+        model_version=version,
+        global_version=base,
+        weights=list(weights),
+        bias=-0.5,
+        accuracy=acc,
+        loss=0.3,
+        samples=samples,
+        timestamp="2025-11-07T15:22:31.000Z",
+    )
+
+
+def _run(updates: list[bytes]) -> None:
+    async def go():
+        async with fedavg.federated_averaging.test_context() as agent:
+            for raw in updates:
+                await agent.put(raw, key=FLEET_KEY)
+
+    asyncio.run(go())
+
+
+@pytest.fixture(autouse=True)
+def fresh_fedavg_state(faust_app):
+    from flead_app.tables.fedavg_state import fedavg_state
+
+    fedavg_state.data.clear()
+    global_model.latest.params = None
+    yield
+
+
+def test_twenty_updates_make_one_global_version_weighted_by_samples(sent):
+    updates = [_update(i, weights=(float(i), 0.0, 0.0, 1.0), samples=10 * (i + 1)) for i in range(20)]
+    _run([u.to_json() for u in updates])
+    models = [GlobalModel.from_json(v) for v in sent.of(SETTINGS.topic_global_updates)]
+    assert len(models) == 1
+    m = models[0]
+    samples = np.array([u.samples for u in updates], dtype=float)
+    expected = (np.arange(20) * samples).sum() / samples.sum()
+    assert m.global_version == 1 and m.aggregation_round == 1 and m.num_devices == 20 and m.num_updates == 20
+    assert m.weights[0] == pytest.approx(expected) and m.weights[3] == pytest.approx(1.0)
+    assert m.samples == int(samples.sum()) and m.accuracy == pytest.approx(0.9)
+    assert global_model.latest.version == 1
+
+
+def test_versions_continue_and_partial_buffers_wait(sent):
+    _run([_update(i).to_json() for i in range(45)])
+    versions = [GlobalModel.from_json(v).global_version for v in sent.of(SETTINGS.topic_global_updates)]
+    assert versions == [1, 2]
+    from flead_app.tables.fedavg_state import fedavg_state
+
+    state = orjson.loads(fedavg_state[FLEET_KEY])
+    assert state["version"] == 2 and len(state["buffer"]) == 5
+
+
+def test_duplicate_updates_count_once(sent):
+    _run([_update(1).to_json()] * 20 + [_update(i).to_json() for i in range(2, 21)])
+    models = [GlobalModel.from_json(v) for v in sent.of(SETTINGS.topic_global_updates)]
+    assert len(models) == 1 and models[0].num_devices == 20
+    assert fedavg.counters["duplicates_skipped"] >= 19
+
+
+def test_flush_aggregates_a_partial_buffer_after_the_timeout(sent, monkeypatch):
+    monkeypatch.setattr(fedavg, "settings", dataclasses.replace(fedavg.settings, fedavg_timeout_s=0.0))
+    _run([_update(i).to_json() for i in range(3)] + [fedavg.CONTROL_FLUSH])
+    models = [GlobalModel.from_json(v) for v in sent.of(SETTINGS.topic_global_updates)]
+    assert len(models) == 1 and models[0].num_updates == 3
+
+
+def test_bad_update_is_dead_lettered(sent):
+    _run([b'{"device_id": "x"}', _update(1).to_json()])
+    assert len(sent.of(SETTINGS.topic_dead_letter)) == 1
