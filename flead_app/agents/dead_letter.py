@@ -19,5 +19,7 @@ async def send_dead_letter(event, reason: str) -> None:  # noqa: ANN001 - a faus
     record = DeadLetter.build(msg.topic, msg.partition, msg.offset, reason, msg.key, event.value)
     counts[msg.topic] += 1
     if counts[msg.topic] <= 10 or counts[msg.topic] % 1000 == 0:
-        log.warning("dead letter #%d from %s[%d]@%d: %s", counts[msg.topic], msg.topic, msg.partition, msg.offset, reason)
+        log.warning(
+            "dead letter #%d from %s[%d]@%d: %s", counts[msg.topic], msg.topic, msg.partition, msg.offset, reason
+        )
     await dead_letter_topic.send(key=msg.key, value=record.to_json())

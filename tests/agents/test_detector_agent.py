@@ -60,7 +60,8 @@ def test_batched_messages_score_like_single_readings(faust_app, sent):
         async with detector.detect.test_context() as agent:
             for start in range(0, 100, 10):
                 chunk = readings[start : start + 10]
-                stamps, values, labels = [r.timestamp for r in chunk], [r.value for r in chunk], [r.label for r in chunk]
+                stamps, values = [r.timestamp for r in chunk], [r.value for r in chunk]
+                labels = [r.label for r in chunk]
                 await agent.put(encode_batch("dev_b", stamps, values, labels), key=b"dev_b")
 
     run(go())
