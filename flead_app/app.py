@@ -32,7 +32,7 @@ def _broker_credentials(options: dict) -> object | None:
 
 
 app = faust.App(
-    "flead",
+    settings.app_id,
     broker=settings.broker_url,
     broker_credentials=_broker_credentials(kafka_client_options(settings)),
     store=settings.store,

@@ -15,6 +15,8 @@ import sys
 COMMAND_MODULES = [
     "flead_app.stack.cli",
     "flead_app.settings_cli",
+    "flead_app.worker",
+    "flead_app.device_cli",
 ]
 
 

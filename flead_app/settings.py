@@ -63,6 +63,7 @@ def _env(name: str, default: Any) -> Any:
 @dataclass(frozen=True)
 class Settings:
     # --- where things are -------------------------------------------------------------
+    app_id: str = field(default="flead", metadata={"help": "Faust app id: consumer group and changelog topic prefix"})
     home: str = field(default="", metadata={"help": "State folder (logs, pids, data); default ./.flead"})
     kafka_bootstrap: str = field(
         default="", metadata={"help": "Kafka bootstrap servers; default: the running stack's, else localhost:29092"}

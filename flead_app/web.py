@@ -1,9 +1,15 @@
-"""Worker web views: ``/flead/stats`` (counters for the demo's live summary and tests)."""
+"""Worker web views: ``/flead/stats`` (counters) and ``/flead/device/{device_id}/`` (table row).
+
+The device view is a Faust table route: asked on any worker, it is forwarded to the worker
+that owns the device's partition, so ``flead device`` reads the live table wherever it lives.
+"""
 
 from __future__ import annotations
 
 from flead_app.agents import dead_letter, detector, fedavg, global_model, sink
+from flead_app.algorithms.device import DeviceState
 from flead_app.app import app
+from flead_app.tables.device_state import device_state
 
 
 def worker_stats() -> dict:
@@ -18,6 +24,15 @@ def worker_stats() -> dict:
     }
 
 
-@app.page("/flead/stats")
+@app.page("/flead/stats/")
 async def stats_view(web, request):  # noqa: ANN001, ANN201
     return web.json(worker_stats())
+
+
+@app.page("/flead/device/{device_id}/")
+@app.table_route(table=device_state, match_info="device_id")
+async def device_view(web, request, device_id: str):  # noqa: ANN001, ANN201
+    raw = device_state.get(device_id.encode())
+    if raw is None:
+        return web.json({"device_id": device_id, "found": False}, status=404)
+    return web.json({"device_id": device_id, "found": True, **DeviceState.from_bytes(raw).summary()})
