@@ -1,0 +1,102 @@
+"""``flead demo``: the whole system on this machine, with a live summary, then the report.
+
+Starts the stack (1 broker by default, ``--brokers 4`` for the description's topology), one
+Faust worker and the simulator; every few seconds prints what the pipeline has done (readings,
+anomalies, local models, latest global version and accuracy, models per minute); stops after
+``--minutes`` or Ctrl-C, waits for the worker to finish what was produced, and ends with
+``flead report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from flead_app.settings import load_settings
+from flead_app.worker import WorkerProcess
+
+SUMMARY_EVERY_S = 5.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the whole pipeline here with a live summary, then report")
+    p.add_argument("--minutes", type=float, default=3.0, help="how long the simulator runs (default 3)")
+    p.add_argument("--brokers", type=int, choices=(1, 4), default=1)
+    p.add_argument("--devices", type=int, default=None, help="fleet size (default FLEAD_DEVICES=2407)")
+    p.add_argument("--rate", type=int, default=None, help="readings per minute (default FLEAD_READINGS_PER_MINUTE)")
+    p.add_argument("--batch", type=int, default=None, help="readings per message (default FLEAD_BATCH_SIZE)")
+    p.add_argument("--csv", default=None, help="replay this CSV (long format) instead of simulating")
+    p.add_argument("--keep-running", action="store_true", help="leave the stack up afterwards")
+    p.set_defaults(func=run)
+
+
+def _flead(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flead_app.cli", *args], check=check)
+
+
+def summary_line(stats: dict, started: float, first_models: int) -> str:
+    det = stats.get("detector", {})
+    minutes = max((time.monotonic() - started) / 60.0, 1e-9)
+    models = det.get("local_updates", 0)
+    acc = stats.get("global_accuracy")
+    return (
+        f"[{time.monotonic() - started:6.0f}s] readings {det.get('readings', 0):>9,}  "
+        f"anomalies {det.get('anomalies', 0):>7,}  local models {models:>6,}  "
+        f"global v{stats.get('global_version', 0)} accuracy {'-' if acc is None else f'{acc:.3f}'}  "
+        f"models/min {(models - first_models) / minutes:7.1f}  dead letters {det.get('dead_letters', 0)}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    print(f"flead demo: starting the stack ({args.brokers} broker{'s' if args.brokers > 1 else ''}) ...", flush=True)
+    if _flead("stack", "up", "--brokers", str(args.brokers), check=False).returncode != 0:
+        print("flead demo: the stack did not start; see the messages above", file=sys.stderr)
+        return 1
+    settings = load_settings()  # now that stack.json exists
+    worker = WorkerProcess(settings)
+    print(f"flead demo: starting a Faust worker (log {worker.log_path}) ...", flush=True)
+    worker.start()
+    print(f"flead demo: live dashboard  {worker.url}/dashboard/", flush=True)
+    print(f"flead demo: worker counters {worker.url}/flead/stats/", flush=True)
+    sim_args = [sys.executable, "-m", "flead_app.cli", "simulate", "--seconds", str(int(args.minutes * 60))]
+    if args.csv:
+        sim_args += ["--csv", args.csv]
+    for flag, value in (("--devices", args.devices), ("--rate", args.rate), ("--batch", args.batch)):
+        if value is not None:
+            sim_args += [flag, str(value)]
+    simulator = subprocess.Popen(sim_args)
+    started = time.monotonic()
+    interrupted = False
+    try:
+        while simulator.poll() is None:
+            time.sleep(SUMMARY_EVERY_S)
+            try:
+                print(summary_line(worker.stats(), started, 0), flush=True)
+            except OSError as err:
+                print(f"(worker not answering: {err})", flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\nflead demo: stopping (Ctrl-C) ...", flush=True)
+        simulator.send_signal(signal.SIGINT)
+    simulator.wait()
+    # let the worker finish what was produced, then let the sink flush
+    drain_until = time.monotonic() + (10 if interrupted else 60)
+    last = -1
+    while time.monotonic() < drain_until:
+        readings = worker.stats().get("detector", {}).get("readings", 0)
+        if readings == last:
+            break
+        last = readings
+        time.sleep(3)
+    print(summary_line(worker.stats(), started, 0), flush=True)
+    time.sleep(2)
+    worker.stop()
+    print("\nflead demo: report\n", flush=True)
+    _flead("report", check=False)
+    if not args.keep_running and os.environ.get("FLEAD_DEMO_KEEP_STACK") != "1":
+        _flead("stack", "down", check=False)
+    return 0
