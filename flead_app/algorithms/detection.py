@@ -10,6 +10,7 @@ what federated averaging needs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,9 +46,53 @@ class Scored:
     state: DetectorState
 
 
+SMALL_BATCH = 24  # below this, a plain Python loop beats numpy's per-call overhead
+
+
+def _std_floor(mean: float) -> float:
+    return max(_STD_FLOOR_REL * abs(mean), _STD_FLOOR_ABS)
+
+
+def _score_small(state: DetectorState, values: np.ndarray, min_history: int) -> Scored:
+    """``score_batch`` for a few readings: Welford's update on Python floats, same results."""
+    n, mean, m2 = state.stats.count, state.stats.mean, state.stats.m2
+    last, ewm = state.last_value, state.ewm_abs_z
+    k = values.shape[0]
+    zs, rows, ok = [0.0] * k, [], [False] * k
+    need = max(min_history, 2)
+    decay = 1.0 - EWM_ALPHA
+    for i, x in enumerate(values.tolist()):
+        z = jump = 0.0
+        if n >= need:
+            std = math.sqrt(m2 / (n - 1))
+            std = max(std, _std_floor(mean))
+            z = min(max((x - mean) / std, -Z_CLIP), Z_CLIP)
+            prev = x if last is None else last
+            jump = min(max((x - prev) / std, -Z_CLIP), Z_CLIP)
+            ok[i] = True
+        abs_z = abs(z)
+        ewm = decay * ewm + EWM_ALPHA * abs_z
+        zs[i] = z
+        rows.append((z, abs_z, jump, ewm))
+        n += 1
+        delta = x - mean
+        mean += delta / n
+        m2 += delta * (x - mean)
+        last = x
+    features = np.array(rows, dtype=np.float64) if k else np.empty((0, NUM_FEATURES))
+    new_state = DetectorState(RunningStats(n, mean if n else 0.0, max(m2, 0.0)), last, ewm)
+    return Scored(z=np.array(zs), features=features, scored=np.array(ok, dtype=bool), state=new_state)
+
+
 def score_batch(state: DetectorState, values: np.ndarray, min_history: int = 10) -> Scored:
     """Score a device's readings in order, each against everything before it."""
     values = np.asarray(values, dtype=np.float64)
+    if values.shape[0] < SMALL_BATCH:
+        return _score_small(state, values, min_history)
+    return _score_vectorised(state, values, min_history)
+
+
+def _score_vectorised(state: DetectorState, values: np.ndarray, min_history: int) -> Scored:
     count, mean, std, after = prefix_stats(state.stats, values)
     floor = np.maximum(_STD_FLOOR_REL * np.abs(mean), _STD_FLOOR_ABS)
     safe_std = np.maximum(std, floor)

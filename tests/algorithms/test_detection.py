@@ -42,3 +42,26 @@ def test_constant_signal_gives_finite_features():
     result = score_batch(DetectorState(), np.full(50, 7.0))
     assert np.isfinite(result.features).all()
     assert np.abs(result.z).max() == pytest.approx(0.0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=0, max_size=60),
+    st.integers(0, 30),
+    st.floats(0, 5),
+)
+def test_small_batch_loop_matches_the_vectorised_path(values, warm, ewm):
+    from flead_app.algorithms.detection import _score_small, _score_vectorised
+
+    rng = np.random.default_rng(warm)
+    start = score_batch(DetectorState(ewm_abs_z=ewm), rng.normal(3, 2, warm)).state if warm else DetectorState()
+    values = np.array(values)
+    a = _score_small(start, values, 10)
+    b = _score_vectorised(start, values, 10)
+    np.testing.assert_array_equal(a.scored, b.scored)
+    np.testing.assert_allclose(a.z, b.z, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(a.features, b.features, rtol=1e-6, atol=1e-6)
+    assert a.state.stats.count == b.state.stats.count
+    np.testing.assert_allclose(a.state.stats.mean, b.state.stats.mean, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(a.state.stats.m2, b.state.stats.m2, rtol=1e-6, atol=1e-3)
+    np.testing.assert_allclose(a.state.ewm_abs_z, b.state.ewm_abs_z, rtol=1e-6, atol=1e-9)
