@@ -1,0 +1,193 @@
+"""``flead stack up|status|down|kill-broker|start-broker|fetch``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .errors import StackError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "stack",
+        help="local Kafka cluster (KRaft) and PostgreSQL",
+        description="Run a real Apache Kafka cluster (KRaft, local java processes) and "
+        "PostgreSQL on this machine. State lives in $FLEAD_HOME (default ./.flead); the first "
+        "client port is $FLEAD_KAFKA_PORT (default 29092).",
+    )
+    sub = p.add_subparsers(dest="stack_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    up = sub.add_parser("up", help="start (or verify) the cluster, the database and the topics")
+    up.add_argument("--brokers", type=int, choices=[1, 4], default=None,
+                    help="1 (dev) or 4 (3 controllers + 1 broker, RF 3); default: the existing "
+                    "cluster's, else 4")  # fmt: skip
+    up.add_argument("--no-db", action="store_true", help="do not start or check PostgreSQL")
+    up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for brokers")
+    up.set_defaults(func=cmd_up)
+
+    st = sub.add_parser("status", help="brokers, controller quorum, topics, database")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--all-topics", action="store_true", help="every topic, not only FLEAD's")
+    st.set_defaults(func=cmd_status)
+
+    dn = sub.add_parser("down", help="stop what `up` started")
+    dn.add_argument("--wipe", action="store_true", help="also delete the Kafka data")
+    dn.set_defaults(func=cmd_down)
+
+    kb = sub.add_parser("kill-broker", help="SIGKILL broker N (fault tests)")
+    kb.add_argument("node", type=int)
+    kb.set_defaults(func=cmd_kill)
+
+    sb = sub.add_parser("start-broker", help="restart broker N and wait until it is registered")
+    sb.add_argument("node", type=int)
+    sb.add_argument("--timeout", type=float, default=180.0)
+    sb.set_defaults(func=cmd_start)
+
+    fe = sub.add_parser("fetch", help="only download the Kafka jars into the cache")
+    fe.set_defaults(func=cmd_fetch)
+
+
+def _fail(exc: Exception) -> int:
+    print(f"flead stack: {exc}", file=sys.stderr)
+    return 1
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from ..settings import redact_url
+    from .local import up
+
+    try:
+        res = up(args.brokers, with_db=not args.no_db, timeout=args.timeout)
+    except StackError as exc:
+        return _fail(exc)
+    c = res.cluster
+    print(f"Kafka {c.version}: {c.brokers} broker(s) up at {c.bootstrap}"
+          f" (started now: {res.started_nodes or 'none, already running'})")  # fmt: skip
+    print(f"  replication {c.plan.replication_factor}, min.insync.replicas {c.plan.min_insync_replicas}; "
+          f"topics created now: {', '.join(res.created_topics) or 'none (all existed)'}")  # fmt: skip
+    if not args.no_db:
+        print(f"Database: {redact_url(res.db_url)}" + (" (server started now)" if res.db_started else ""))
+    print(f"jars: {'downloaded' if res.downloaded else 'cached, nothing downloaded'}; "
+          f"ready in {res.seconds:.1f} s; state in {c.home / 'stack.json'}")  # fmt: skip
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from .local import down
+
+    try:
+        out = down(args.wipe)
+    except StackError as exc:
+        return _fail(exc)
+    if not out["kafka"]:
+        print("Kafka: no cluster in this FLEAD_HOME")
+    for node, result in sorted(out["kafka"].items()):
+        print(f"Kafka broker {node}: {result}")
+    if "wiped" in out:
+        print(f"deleted {out['wiped']}")
+    print(f"PostgreSQL: {out['postgres']}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .local import status
+
+    try:
+        ok, data = status(args.all_topics)
+    except StackError as exc:
+        return _fail(exc)
+    if args.json:
+        print(json.dumps(data, indent=1))
+    else:
+        print(format_status(data))
+    return 0 if ok else 1
+
+
+def format_status(data: dict[str, Any]) -> str:
+    if "kafka" not in data:
+        return data.get("error", "no stack")
+    k = data["kafka"]
+    lines = [f"Kafka {data['kafka_version']} cluster {k['cluster_id']}  bootstrap {k['bootstrap']}"]
+    lines.append(f"  {'broker':<7}{'address':<18}{'roles':<19}{'pid':<9}alive")
+    for b in k["brokers"]:
+        alive = "yes" if b["alive"] else ("NO (not registered)" if b["process"] else "NO (not running)")
+        lines.append(f"  {b['node_id']:<7}{b['address']:<18}{b['roles']:<19}{b['pid'] or '-'!s:<9}{alive}")
+    c = k["controller"]
+    if c.get("leader_id") not in (None, -1):
+        lines.append(
+            f"controller quorum: leader {c['leader_id']} (epoch {c['leader_epoch']}, high watermark "
+            f"{c['high_watermark']}), voters {c['voters']}, observers {c['observers']}"
+        )
+    else:
+        lines.append(f"controller quorum: NO LEADER ({c.get('error') or 'unknown'})")
+    lines.append("topics:")
+    for t in k["topics"]:
+        if not t["exists"]:
+            lines.append(f"  {t['name']}: MISSING ({t['error']})")
+            continue
+        rf = len(t["partitions"][0]["replicas"]) if t["partitions"] else 0
+        flags = "" if t["healthy"] else "  NOT HEALTHY (partitions without leader)"
+        if t["under_replicated"]:
+            flags += f"  {t['under_replicated']} under-replicated"
+        lines.append(f"  {t['name']}: {len(t['partitions'])} partitions, replication {rf}{flags}")
+        cells = []
+        for p in t["partitions"]:
+            leader = p["leader"] if p["leader"] >= 0 else "NONE"
+            isr = ",".join(str(i) for i in p["isr"])
+            cells.append(f"p{p['partition']}: leader {leader} isr [{isr}]")
+        for i in range(0, len(cells), 4):
+            lines.append("    " + "   ".join(f"{c:<26}" for c in cells[i : i + 4]).rstrip())
+    db = data["database"]
+    lines.append(
+        f"database: {db.get('url') or '-'} {'answers' if db['answers'] else 'DOES NOT ANSWER: ' + db['error']}"
+    )
+    lines.append("status: OK" if data["ok"] else "status: NOT OK")
+    return "\n".join(lines)
+
+
+def _cluster():
+    from ..settings import load_settings
+    from .kafka import KafkaCluster
+
+    settings = load_settings()
+    cluster = KafkaCluster.from_home(settings.home_path)
+    if cluster is None:
+        raise StackError(f"no cluster in {settings.home_path}: run `flead stack up` first")
+    return cluster
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    try:
+        cluster = _cluster()
+        killed = cluster.kill(args.node)
+    except (StackError, ValueError) as exc:
+        return _fail(exc)
+    print(f"broker {args.node}: {'killed (SIGKILL)' if killed else 'was not running'}")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    try:
+        cluster = _cluster()
+        started = cluster.start(args.node, args.timeout)
+    except (StackError, ValueError) as exc:
+        return _fail(exc)
+    print(f"broker {args.node}: {'started and registered' if started else 'already running'}")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from ..settings import load_settings
+    from .fetch import fetch
+
+    try:
+        res = fetch(load_settings().kafka_version)
+    except StackError as exc:
+        return _fail(exc)
+    how = "downloaded" if res.downloaded else "already cached, nothing downloaded"
+    print(f"Kafka jars: {res.jars} in {res.libs} ({how}, {res.seconds:.1f} s)")
+    return 0

@@ -1,0 +1,318 @@
+"""Pure logic of the local Kafka stack: port plans, topic plans, rendered config files.
+
+Nothing here starts a process, opens a socket or touches the disk, so it is unit-tested
+without services. ``kafka.py`` turns these plans into running brokers.
+
+Layout of a cluster of ``n`` nodes on loopback, with ``base`` = ``FLEAD_KAFKA_PORT``
+(default 29092):
+
+- node ``i`` (1-based) serves clients on ``base + i - 1``;
+- nodes 1..3 (or node 1 alone when ``n`` < 3) are also KRaft controllers, listening on
+  ``base + 10000 + i - 1`` and named in a static ``controller.quorum.voters``;
+- other nodes are brokers only.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import uuid
+from dataclasses import dataclass, field
+
+DEFAULT_PORT_BASE = 29092
+CONTROLLER_PORT_OFFSET = 10000
+MAX_BROKERS = 9
+HOST = "127.0.0.1"
+HEAP = "512m"
+
+
+def port_base_from_env(environ: dict[str, str] | None = None) -> int:
+    """The first client port: ``FLEAD_KAFKA_PORT`` or 29092."""
+    env = os.environ if environ is None else environ
+    raw = (env.get("FLEAD_KAFKA_PORT") or "").strip()
+    if not raw:
+        return DEFAULT_PORT_BASE
+    try:
+        port = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"FLEAD_KAFKA_PORT must be a port number, got {raw!r}") from exc
+    if not 1024 <= port <= 65535 - CONTROLLER_PORT_OFFSET - MAX_BROKERS:
+        raise ValueError(
+            f"FLEAD_KAFKA_PORT={port} is out of range: it needs PORT..PORT+{MAX_BROKERS} and "
+            f"PORT+{CONTROLLER_PORT_OFFSET}.. free, below 65536"
+        )
+    return port
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    node_id: int
+    client_port: int
+    controller_port: int | None  # None: broker only
+
+    @property
+    def is_controller(self) -> bool:
+        return self.controller_port is not None
+
+    @property
+    def roles(self) -> str:
+        return "broker,controller" if self.is_controller else "broker"
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.client_port}"
+
+    def ports(self) -> list[tuple[int, str]]:
+        """Every port this node binds, with what it is for (for error messages)."""
+        out = [(self.client_port, f"broker {self.node_id} client listener")]
+        if self.controller_port is not None:
+            out.append((self.controller_port, f"broker {self.node_id} controller listener"))
+        return out
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """Where every node of an ``n``-broker cluster listens and how topics replicate."""
+
+    brokers: int
+    port_base: int = DEFAULT_PORT_BASE
+    nodes: tuple[NodePlan, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.brokers <= MAX_BROKERS:
+            raise ValueError(f"brokers must be between 1 and {MAX_BROKERS}, got {self.brokers}")
+        controllers = 3 if self.brokers >= 3 else 1
+        nodes = []
+        for i in range(1, self.brokers + 1):
+            ctrl = self.port_base + CONTROLLER_PORT_OFFSET + i - 1 if i <= controllers else None
+            nodes.append(NodePlan(i, self.port_base + i - 1, ctrl))
+        object.__setattr__(self, "nodes", tuple(nodes))
+
+    # --- derived values ---------------------------------------------------------------
+    @property
+    def controllers(self) -> list[NodePlan]:
+        return [n for n in self.nodes if n.is_controller]
+
+    @property
+    def quorum_voters(self) -> str:
+        return ",".join(f"{n.node_id}@{HOST}:{n.controller_port}" for n in self.controllers)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.address for n in self.nodes)
+
+    @property
+    def bootstrap_controllers(self) -> str:
+        return ",".join(f"{HOST}:{n.controller_port}" for n in self.controllers)
+
+    @property
+    def replication_factor(self) -> int:
+        return min(3, self.brokers)
+
+    @property
+    def min_insync_replicas(self) -> int:
+        return 2 if self.replication_factor >= 3 else 1
+
+    def node(self, node_id: int) -> NodePlan:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise ValueError(f"no broker {node_id} in a {self.brokers}-broker cluster (1..{self.brokers})")
+
+    def all_ports(self) -> list[tuple[int, str]]:
+        return [p for n in self.nodes for p in n.ports()]
+
+    def ports_json(self) -> dict[str, dict[str, int | None]]:
+        return {str(n.node_id): {"client": n.client_port, "controller": n.controller_port} for n in self.nodes}
+
+
+@dataclass(frozen=True)
+class TopicPlan:
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: dict[str, str]
+
+
+def topic_plans(plan: ClusterPlan, names: list[str], partitions: int) -> list[TopicPlan]:
+    """The FLEAD topics: ``partitions`` each, replication min(3, brokers), min.insync 2 at RF 3."""
+    if partitions < 1 or partitions % 4:
+        raise ValueError(f"partitions must be a positive multiple of 4, got {partitions}")
+    configs = {"min.insync.replicas": str(plan.min_insync_replicas)}
+    seen: list[str] = []
+    for name in names:
+        if name and name not in seen:
+            seen.append(name)
+    return [TopicPlan(n, partitions, plan.replication_factor, dict(configs)) for n in seen]
+
+
+def random_cluster_id() -> str:
+    """A KRaft cluster id like ``kafka-storage random-uuid`` makes (URL-safe base64, 22 chars).
+
+    Kafka's ``Uuid.randomUuid`` never returns an id whose text starts with ``-``.
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
+def render_server_properties(plan: ClusterPlan, node_id: int, data_dir: str, default_partitions: int = 8) -> str:
+    """``server.properties`` of one node: KRaft, loopback, small thread pools."""
+    node = plan.node(node_id)
+    rf = plan.replication_factor
+    listeners = [f"PLAINTEXT://{HOST}:{node.client_port}"]
+    if node.is_controller:
+        listeners.append(f"CONTROLLER://{HOST}:{node.controller_port}")
+    props: list[tuple[str, object]] = [
+        ("process.roles", node.roles),
+        ("node.id", node.node_id),
+        ("controller.quorum.voters", plan.quorum_voters),
+        ("controller.listener.names", "CONTROLLER"),
+        ("listeners", ",".join(listeners)),
+        ("advertised.listeners", f"PLAINTEXT://{HOST}:{node.client_port}"),
+        ("inter.broker.listener.name", "PLAINTEXT"),
+        ("listener.security.protocol.map", "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"),
+        ("log.dirs", data_dir),
+        # replication and topics
+        ("num.partitions", default_partitions),
+        ("default.replication.factor", rf),
+        ("min.insync.replicas", plan.min_insync_replicas),
+        ("offsets.topic.replication.factor", rf),
+        ("offsets.topic.num.partitions", 16),
+        ("transaction.state.log.replication.factor", rf),
+        ("transaction.state.log.min.isr", plan.min_insync_replicas),
+        ("transaction.state.log.num.partitions", 8),
+        ("auto.create.topics.enable", "false"),
+        ("unclean.leader.election.enable", "false"),
+        ("group.initial.rebalance.delay.ms", 0),
+        # small thread pools: four brokers share two cores
+        ("num.network.threads", 2),
+        ("num.io.threads", 2),
+        ("background.threads", 2),
+        ("num.replica.fetchers", 1),
+        ("num.recovery.threads.per.data.dir", 1),
+        ("log.cleaner.threads", 1),
+        ("controller.quorum.election.timeout.ms", 1000),
+        ("controller.quorum.fetch.timeout.ms", 2000),
+        ("broker.heartbeat.interval.ms", 1000),
+        ("broker.session.timeout.ms", 6000),
+        # a development stack: keep the disk small
+        ("log.retention.hours", 24),
+        ("log.segment.bytes", 64 * 1024 * 1024),
+        ("log.retention.check.interval.ms", 60000),
+    ]
+    lines = [
+        f"# Generated by `flead stack up` for node {node_id} of a {plan.brokers}-broker cluster.",
+        "# Edits are overwritten on the next `flead stack up`.",
+    ]
+    lines += [f"{k}={v}" for k, v in props]
+    return "\n".join(lines) + "\n"
+
+
+def render_log4j_properties() -> str:
+    """reload4j config: everything goes to files under ``${kafka.logs.dir}``."""
+    return """# Generated by `flead stack up`.
+log4j.rootLogger=INFO, server
+log4j.appender.server=org.apache.log4j.RollingFileAppender
+log4j.appender.server.File=${kafka.logs.dir}/server.log
+log4j.appender.server.MaxFileSize=20MB
+log4j.appender.server.MaxBackupIndex=3
+log4j.appender.server.layout=org.apache.log4j.PatternLayout
+log4j.appender.server.layout.ConversionPattern=[%d] %p %m (%c)%n
+
+log4j.appender.controller=org.apache.log4j.RollingFileAppender
+log4j.appender.controller.File=${kafka.logs.dir}/controller.log
+log4j.appender.controller.MaxFileSize=10MB
+log4j.appender.controller.MaxBackupIndex=2
+log4j.appender.controller.layout=org.apache.log4j.PatternLayout
+log4j.appender.controller.layout.ConversionPattern=[%d] %p %m (%c)%n
+
+log4j.appender.state=org.apache.log4j.RollingFileAppender
+log4j.appender.state.File=${kafka.logs.dir}/state-change.log
+log4j.appender.state.MaxFileSize=10MB
+log4j.appender.state.MaxBackupIndex=2
+log4j.appender.state.layout=org.apache.log4j.PatternLayout
+log4j.appender.state.layout.ConversionPattern=[%d] %p %m (%c)%n
+
+log4j.logger.org.apache.kafka=INFO
+log4j.logger.kafka=INFO
+log4j.logger.kafka.controller=INFO, controller
+log4j.additivity.kafka.controller=false
+log4j.logger.org.apache.kafka.controller=INFO, controller
+log4j.additivity.org.apache.kafka.controller=false
+log4j.logger.state.change.logger=INFO, state
+log4j.additivity.state.change.logger=false
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.kafka.network.RequestChannel$=WARN
+log4j.logger.kafka.log.LogCleaner=INFO
+"""
+
+
+def render_tools_log4j_properties() -> str:
+    """reload4j config for the short-lived tools (storage format, quorum describe): stderr, WARN."""
+    return """# Generated by `flead stack up`.
+log4j.rootLogger=WARN, stderr
+log4j.appender.stderr=org.apache.log4j.ConsoleAppender
+log4j.appender.stderr.Target=System.err
+log4j.appender.stderr.layout=org.apache.log4j.PatternLayout
+log4j.appender.stderr.layout.ConversionPattern=[%d] %p %m (%c)%n
+"""
+
+
+def jvm_options(heap: str = HEAP) -> list[str]:
+    """JVM flags of one broker: fixed 512 MB heap, G1, exit on OOM."""
+    return [
+        f"-Xmx{heap}",
+        f"-Xms{heap}",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-XX:InitiatingHeapOccupancyPercent=35",
+        "-XX:+ExplicitGCInvokesConcurrent",
+        "-XX:+ExitOnOutOfMemoryError",
+        "-XX:CICompilerCount=2",
+        "-Djava.awt.headless=true",
+    ]
+
+
+def parse_quorum_status(text: str) -> dict[str, object]:
+    """Parse ``MetadataQuorumCommand describe --status`` output into a dict.
+
+    Lines look like ``LeaderId:               1`` and
+    ``CurrentVoters:          [{"id": 1, ...}, ...]`` (3.9) or ``[1,2,3]`` (older).
+    """
+    out: dict[str, object] = {}
+    for line in text.splitlines():
+        if ":" not in line:
+            continue
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if not key or " " in key:
+            continue
+        if key in {"LeaderId", "LeaderEpoch", "HighWatermark", "MaxFollowerLag"}:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                out[key] = value
+        elif key in {"CurrentVoters", "CurrentObservers"}:
+            out[key] = _parse_id_list(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_id_list(value: str) -> list[int]:
+    import json
+    import re
+
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return [int(x) for x in re.findall(r"\d+", value)]
+    ids: list[int] = []
+    for item in parsed if isinstance(parsed, list) else []:
+        if isinstance(item, dict) and "id" in item:
+            ids.append(int(item["id"]))
+        elif isinstance(item, int):
+            ids.append(item)
+    return ids

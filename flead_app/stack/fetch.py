@@ -1,0 +1,166 @@
+"""Fetch Apache Kafka's jars from Maven Central once, into a cache shared by every FLEAD_HOME.
+
+The cache is ``$FLEAD_KAFKA_CACHE`` or ``$XDG_CACHE_HOME/flead/kafka-<version>`` (default
+``~/.cache/flead/kafka-<version>``), holding ``libs/*.jar`` and a marker ``libs/.complete``
+written only after Maven copied every jar. With the marker present nothing is downloaded and
+Maven is not even started, so later runs work offline.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .errors import StackError
+
+log = logging.getLogger(__name__)
+
+MARKER = ".complete"
+MVN_TIMEOUT_S = 20 * 60
+NETWORK_HINTS = (
+    "Could not transfer",
+    "Could not resolve",
+    "UnknownHost",
+    "Unknown host",
+    "Connection refused",
+    "Connect timed out",
+    "Network is unreachable",
+    "No route to host",
+    "Temporary failure in name resolution",
+    "Connection reset",
+    "PKIX path",
+)
+
+
+def cache_root(version: str) -> Path:
+    explicit = os.environ.get("FLEAD_KAFKA_CACHE", "").strip()
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return Path(base).expanduser().resolve() / "flead" / f"kafka-{version}"
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    libs: Path
+    downloaded: bool
+    seconds: float
+    jars: int
+
+
+def libs_dir(version: str) -> Path:
+    return cache_root(version) / "libs"
+
+
+def is_cached(version: str) -> bool:
+    libs = libs_dir(version)
+    marker = libs / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return all((libs / name).is_file() for name in info.get("jars", [])) and bool(info.get("jars"))
+
+
+def require_java() -> str:
+    java = shutil.which("java")
+    if not java:
+        raise StackError(
+            "Java is not installed (no `java` on PATH); Kafka needs Java 11 or newer: "
+            "apt-get install -y openjdk-17-jre-headless"
+        )
+    return java
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def fetch(version: str) -> FetchResult:
+    """Make sure the jars of Kafka ``version`` are in the cache; download them if not."""
+    start = time.monotonic()
+    libs = libs_dir(version)
+    if is_cached(version):
+        log.debug("Kafka %s jars cached in %s (nothing downloaded)", version, libs)
+        return FetchResult(libs, False, time.monotonic() - start, _count(libs))
+    root = cache_root(version)
+    with _locked(root / ".lock"):
+        if is_cached(version):  # another process fetched while we waited
+            return FetchResult(libs, False, time.monotonic() - start, _count(libs))
+        _download(version, root)
+    return FetchResult(libs, True, time.monotonic() - start, _count(libs))
+
+
+def _count(libs: Path) -> int:
+    return sum(1 for _ in libs.glob("*.jar"))
+
+
+def _download(version: str, root: Path) -> None:
+    require_java()
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise StackError(
+            "Maven is not installed (no `mvn` on PATH); the first `flead stack up` fetches Kafka "
+            "with it: apt-get install -y maven"
+        )
+    log.info("fetching Apache Kafka %s from Maven Central into %s (first run only)", version, root)
+    with tempfile.TemporaryDirectory(prefix="fetch-", dir=root) as tmp:
+        tmpdir = Path(tmp)
+        pom = tmpdir / "pom.xml"
+        pom.write_bytes(resources.files("flead_app.stack").joinpath("kafka-pom.xml").read_bytes())
+        out = tmpdir / "libs"
+        cmd = [
+            mvn, "-B", "-q", "-f", str(pom),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={out}",
+            f"-Dkafka.version={version}",
+        ]  # fmt: skip
+        try:
+            proc = subprocess.run(
+                cmd, cwd=tmpdir, capture_output=True, text=True, timeout=MVN_TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as exc:
+            raise StackError(
+                f"Maven did not finish fetching Kafka {version} within {MVN_TIMEOUT_S // 60} min: "
+                "is Maven Central reachable?"
+            ) from exc
+        output = (proc.stdout or "") + (proc.stderr or "")
+        if proc.returncode != 0:
+            tail = "\n".join(output.strip().splitlines()[-15:])
+            if any(h.lower() in output.lower() for h in NETWORK_HINTS):
+                raise StackError(
+                    f"cannot reach Maven Central to fetch Apache Kafka {version}; the first "
+                    f"`flead stack up` (or `flead stack fetch`) needs it, later runs use the cache "
+                    f"{root / 'libs'}.\nMaven said:\n{tail}"
+                )
+            raise StackError(f"Maven failed to fetch Apache Kafka {version} (exit {proc.returncode}):\n{tail}")
+        jars = sorted(p.name for p in out.glob("*.jar"))
+        if not any(j.startswith("kafka_2.13-") for j in jars):
+            raise StackError(f"Maven finished but no kafka_2.13 jar arrived in {out}")
+        (out / MARKER).write_text(json.dumps({"version": version, "jars": jars, "fetched_at": time.time()}, indent=1))
+        libs = root / "libs"
+        if libs.exists():
+            shutil.rmtree(libs)
+        out.rename(libs)
+    log.info("fetched %d jars into %s", len(jars), root / "libs")

@@ -1,0 +1,162 @@
+"""The whole local stack (Kafka cluster + PostgreSQL) and its state file ``stack.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..settings import Settings, load_settings, redact_url
+from . import postgres
+from .config import ClusterPlan, port_base_from_env, topic_plans
+from .errors import StackError
+from .kafka import KafkaCluster
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BROKERS = 4
+
+
+def flead_topics(settings: Settings) -> list[str]:
+    return [
+        settings.topic_readings,
+        settings.topic_anomalies,
+        settings.topic_local_updates,
+        settings.topic_global_updates,
+        settings.topic_dead_letter,
+    ]
+
+
+def state_path(home: Path) -> Path:
+    return home / "stack.json"
+
+
+def read_state(home: Path) -> dict[str, Any]:
+    try:
+        return json.loads(state_path(home).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_state(home: Path, state: dict[str, Any]) -> None:
+    """``stack.json`` holds the database password inside its URL: mode 0600."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = state_path(home)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(state, fh, indent=1, sort_keys=True)
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+def stack_state(cluster: KafkaCluster, db_url: str, db_managed: bool) -> dict[str, Any]:
+    return {
+        "brokers": cluster.brokers,
+        "bootstrap": cluster.bootstrap,
+        "db_url": db_url,
+        "db_managed": db_managed,
+        "kafka_version": cluster.version,
+        "port_base": cluster.plan.port_base,
+        "ports": cluster.plan.ports_json(),
+        "controllers": cluster.plan.bootstrap_controllers,
+        "replication_factor": cluster.plan.replication_factor,
+        "min_insync_replicas": cluster.plan.min_insync_replicas,
+        "home": str(cluster.home),
+        "updated_at": time.time(),
+    }
+
+
+@dataclass
+class UpResult:
+    cluster: KafkaCluster
+    started_nodes: list[int]
+    created_topics: list[str]
+    db_url: str
+    db_started: bool
+    downloaded: bool
+    seconds: float
+
+
+def default_brokers(home: Path) -> int:
+    existing = KafkaCluster.from_home(home)
+    return existing.brokers if existing else DEFAULT_BROKERS
+
+
+def cluster_for(settings: Settings, brokers: int | None = None) -> KafkaCluster:
+    home = settings.home_path
+    n = brokers or default_brokers(home)
+    return KafkaCluster(home, n, port_base_from_env(), settings.kafka_version, settings.partitions)
+
+
+def up(brokers: int | None = None, with_db: bool = True, timeout: float = 180.0) -> UpResult:
+    """Start (or verify) the stack; on failure stop whatever this call started."""
+    t0 = time.monotonic()
+    settings = load_settings()
+    home = settings.home_path
+    home.mkdir(parents=True, exist_ok=True)
+    cluster = cluster_for(settings, brokers)
+    from .fetch import fetch, is_cached
+
+    downloaded = not is_cached(cluster.version)
+    fetch(cluster.version)  # before anything starts: a failed download leaves nothing behind
+    pg: postgres.PgInfo | None = None
+    started_nodes: list[int] = []
+    try:
+        if with_db:
+            pg = postgres.ensure_running(home)
+        started_nodes = cluster.up(timeout)
+        plans = topic_plans(
+            ClusterPlan(cluster.brokers, cluster.plan.port_base), flead_topics(settings), settings.partitions
+        )
+        created = cluster.ensure_topics(plans)
+    except BaseException:
+        for node_id in started_nodes:
+            cluster._stop_node(node_id, timeout=10.0)
+        if pg is not None and pg.started:
+            try:
+                postgres.stop(home, force=True)
+            except StackError as exc:
+                log.warning("%s", exc)
+        raise
+    db_url = pg.url if pg else read_state(home).get("db_url", "")
+    write_state(home, stack_state(cluster, db_url, bool(pg and pg.managed)))
+    return UpResult(cluster, started_nodes, created, db_url, bool(pg and pg.started), downloaded,
+                    time.monotonic() - t0)  # fmt: skip
+
+
+def down(wipe: bool = False) -> dict[str, Any]:
+    settings = load_settings()
+    home = settings.home_path
+    out: dict[str, Any] = {"kafka": {}, "postgres": "not managed"}
+    cluster = KafkaCluster.from_home(home)
+    if cluster is not None:
+        out["kafka"] = cluster.down()
+        if wipe:
+            import shutil
+
+            shutil.rmtree(cluster.dir, ignore_errors=True)
+            out["wiped"] = str(cluster.dir)
+    out["postgres"] = postgres.stop(home)
+    return out
+
+
+def status(all_topics: bool = False) -> tuple[bool, dict[str, Any]]:
+    settings = load_settings()
+    home = settings.home_path
+    cluster = KafkaCluster.from_home(home)
+    state = read_state(home)
+    if cluster is None:
+        return False, {"ok": False, "home": str(home), "error": f"no stack in {home}: run `flead stack up`"}
+    st = cluster.status(None if all_topics else flead_topics(settings))
+    db_url = settings.db_url or state.get("db_url", "")
+    db = postgres.status(db_url)
+    db["url"] = redact_url(db_url)
+    data = {"home": str(home), "kafka_version": cluster.version, "kafka": st.to_json(), "database": db}
+    ok = st.ok and db["answers"]
+    data["ok"] = ok
+    return ok, data

@@ -1,0 +1,356 @@
+"""PostgreSQL for the local stack: Debian's server, started as root with ``pg_ctlcluster``.
+
+The server is shared by every stack on the machine; each stack uses its own database
+(``FLEAD_DB_NAME``, default ``flead``) owned by the role ``flead``. The role's password is
+random, made once, and kept with mode 0600 in ``$FLEAD_HOME/db-password`` and in a per-server
+copy ``~/.config/flead/postgres-<version>-<cluster>.password`` so that several FLEAD_HOMEs on
+the same server agree on it. ``$FLEAD_HOME/postgres.json`` records whether this stack started
+the server, and ``stop`` only stops a server this stack started.
+
+With ``FLEAD_DB_URL`` set nothing is started: that server is only checked to answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from . import procs
+from .errors import StackError
+
+log = logging.getLogger(__name__)
+
+ROLE = "flead"
+PG_ROOT = Path("/usr/lib/postgresql")
+READY_TIMEOUT_S = 60.0
+NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class PgCluster:
+    version: str
+    name: str
+    port: int
+    status: str
+    owner: str
+    data_dir: str
+    log_file: str
+
+    @property
+    def online(self) -> bool:
+        return self.status.startswith("online")
+
+
+@dataclass(frozen=True)
+class PgInfo:
+    url: str
+    managed: bool  # False: FLEAD_DB_URL, a server we do not run
+    started: bool  # this call started the server
+    cluster: PgCluster | None = None
+
+
+def db_name() -> str:
+    name = os.environ.get("FLEAD_DB_NAME", "").strip() or "flead"
+    if not NAME_RE.match(name):
+        raise StackError(f"FLEAD_DB_NAME={name!r} is not a plain database name (lower-case letters, digits, _)")
+    return name
+
+
+def external_url() -> str:
+    return os.environ.get("FLEAD_DB_URL", "").strip()
+
+
+def make_url(password: str, port: int, database: str, host: str = "127.0.0.1") -> str:
+    return f"postgresql+psycopg2://{ROLE}:{quote(password, safe='')}@{host}:{port}/{database}"
+
+
+def parse_lsclusters(text: str) -> list[PgCluster]:
+    """Parse ``pg_lsclusters --no-header`` output."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 6 or not parts[0][0].isdigit():
+            continue
+        status_end = 4
+        # status may be e.g. "online,recovery"
+        out.append(
+            PgCluster(
+                version=parts[0],
+                name=parts[1],
+                port=int(parts[2]),
+                status=parts[3],
+                owner=parts[status_end],
+                data_dir=parts[5],
+                log_file=parts[6] if len(parts) > 6 else "",
+            )
+        )
+    return out
+
+
+def installed_versions() -> list[str]:
+    if not PG_ROOT.is_dir():
+        return []
+    versions = [p.name for p in PG_ROOT.iterdir() if (p / "bin" / "postgres").exists()]
+    return sorted(versions, key=lambda v: [int(x) for x in re.findall(r"\d+", v)])
+
+
+def _run(cmd: list[str], timeout: float = 120.0, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def install_server() -> None:
+    """``apt-get install -y postgresql`` (with ``apt-get update`` if the first try fails)."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise StackError(
+            "PostgreSQL is not installed and this user cannot install it: "
+            "run `apt-get install -y postgresql` as root, or set FLEAD_DB_URL"
+        )
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    log.info("PostgreSQL is not installed: apt-get install -y postgresql")
+    cmd = ["apt-get", "install", "-y", "-q", "postgresql"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0 or not installed_versions():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
+        raise StackError(f"installing PostgreSQL failed:\n{tail}")
+
+
+def local_cluster(version: str) -> PgCluster | None:
+    if not shutil.which("pg_lsclusters"):
+        return None
+    proc = _run(["pg_lsclusters", "--no-header"])
+    clusters = [c for c in parse_lsclusters(proc.stdout) if c.version == version]
+    for c in clusters:
+        if c.name == "main":
+            return c
+    return clusters[0] if clusters else None
+
+
+def answers(port: int, host: str = "127.0.0.1") -> bool:
+    exe = shutil.which("pg_isready")
+    if exe:
+        proc = _run([exe, "-q", "-h", host, "-p", str(port), "-t", "2"], timeout=10)
+        return proc.returncode == 0
+    return procs.port_in_use(port, host)
+
+
+def check_url(url: str, timeout: float = 5.0) -> str:
+    """Connect to ``url`` and run ``SELECT 1``; return '' when fine, else the error text."""
+    try:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(url, connect_args={"connect_timeout": max(1, int(timeout))})
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - reported to the user
+        msg = str(exc).strip().splitlines()
+        return msg[0] if msg else type(exc).__name__
+    return ""
+
+
+def _state_file(home: Path) -> Path:
+    return home / "postgres.json"
+
+
+def read_state(home: Path) -> dict:
+    try:
+        return json.loads(_state_file(home).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_state(home: Path, state: dict) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    _state_file(home).write_text(json.dumps(state, indent=1, sort_keys=True))
+
+
+def _write_secret(path: Path, value: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    os.chmod(path, 0o600)
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def password_file(home: Path) -> Path:
+    return home / "db-password"
+
+
+def shared_password_file(cluster: PgCluster) -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME", "").strip() or str(Path.home() / ".config")
+    return Path(base) / "flead" / f"postgres-{cluster.version}-{cluster.name}.password"
+
+
+def _psql_admin(cluster: PgCluster, sql: str, database: str = "postgres") -> subprocess.CompletedProcess:
+    """Run ``sql`` (given on stdin, so secrets stay out of ``ps``) as the postgres superuser."""
+    base = ["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-p", str(cluster.port), "-d", database]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", cluster.owner or "postgres", "--", *base]
+    else:
+        cmd = base
+    return _run(cmd, input=sql, timeout=60)
+
+
+def _can_login(cluster: PgCluster, password: str) -> bool:
+    if not password:
+        return False
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=cluster.port, user=ROLE, password=password,
+            dbname="postgres", connect_timeout=5,
+        )  # fmt: skip
+        conn.close()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _ensure_role_and_db(home: Path, cluster: PgCluster, database: str) -> str:
+    mine, shared = password_file(home), shared_password_file(cluster)
+    candidates = [p for p in (_read_secret(mine), _read_secret(shared)) if p]
+    proc = _psql_admin(cluster, f"SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}';")
+    if proc.returncode != 0:
+        raise StackError(f"cannot query PostgreSQL as its superuser: {proc.stderr.strip()}")
+    role_exists = proc.stdout.strip() == "1"
+    password = next((p for p in candidates if role_exists and _can_login(cluster, p)), "")
+    if not password:
+        password = candidates[0] if candidates else secrets.token_urlsafe(24)
+        verb = "ALTER" if role_exists else "CREATE"
+        if role_exists:
+            log.warning("role %s exists with an unknown password: setting the one in %s", ROLE, mine)
+        sql = f"{verb} ROLE {ROLE} LOGIN PASSWORD '{password}';"
+        proc = _psql_admin(cluster, sql)
+        if proc.returncode != 0 and "already exists" not in proc.stderr:
+            raise StackError(f"cannot create the PostgreSQL role {ROLE}: {proc.stderr.strip()}")
+    _write_secret(mine, password)
+    _write_secret(shared, password)
+    proc = _psql_admin(cluster, f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
+    if proc.stdout.strip() != "1":
+        proc = _psql_admin(cluster, f'CREATE DATABASE "{database}" OWNER {ROLE};')
+        if proc.returncode != 0 and "already exists" not in proc.stderr:
+            raise StackError(f"cannot create database {database}: {proc.stderr.strip()}")
+        log.info("created database %s owned by %s", database, ROLE)
+    return password
+
+
+def ensure_running(home: Path | str) -> PgInfo:
+    """Make sure PostgreSQL answers and holds this stack's database; return its URL."""
+    home = Path(home).resolve()
+    url = external_url()
+    if url:
+        if not procs.poll(lambda: not check_url(url), 30.0, 0.5, 2.0):
+            raise StackError(f"the database at FLEAD_DB_URL does not answer: {check_url(url)}")
+        return PgInfo(url, managed=False, started=False)
+    versions = installed_versions()
+    if not versions:
+        install_server()
+        versions = installed_versions()
+    version = versions[-1]
+    cluster = local_cluster(version)
+    if cluster is None:
+        log.info("creating PostgreSQL %s cluster main", version)
+        proc = _run(["pg_createcluster", version, "main"])
+        if proc.returncode != 0:
+            raise StackError(f"pg_createcluster {version} main failed: {proc.stderr.strip()}")
+        cluster = local_cluster(version)
+        if cluster is None:
+            raise StackError(f"no PostgreSQL {version} cluster after pg_createcluster")
+    started = False
+    if not cluster.online:
+        log.info("starting PostgreSQL %s/%s on port %d", cluster.version, cluster.name, cluster.port)
+        proc = _run(["pg_ctlcluster", cluster.version, cluster.name, "start"])
+        refreshed = local_cluster(version)
+        if proc.returncode != 0 and not (refreshed and refreshed.online):
+            raise StackError(
+                f"pg_ctlcluster {cluster.version} {cluster.name} start failed: "
+                f"{(proc.stderr or proc.stdout).strip()}\nlog: {cluster.log_file}\n"
+                f"{procs.tail(Path(cluster.log_file), 10) if cluster.log_file else ''}"
+            )
+        started = proc.returncode == 0
+        cluster = refreshed or cluster
+        if started:
+            _write_state(home, {"started": True, "version": cluster.version, "cluster": cluster.name,
+                                "port": cluster.port, "started_at": time.time()})  # fmt: skip
+    if not procs.poll(lambda: answers(cluster.port), READY_TIMEOUT_S, 0.2, 1.0):
+        raise StackError(
+            f"PostgreSQL {cluster.version}/{cluster.name} does not answer on port {cluster.port} "
+            f"after {READY_TIMEOUT_S:.0f} s; log: {cluster.log_file}"
+        )
+    database = db_name()
+    password = _ensure_role_and_db(home, cluster, database)
+    url = make_url(password, cluster.port, database)
+    err = check_url(url)
+    if err:
+        raise StackError(f"cannot connect to the new database {database}: {err}")
+    return PgInfo(url, managed=True, started=started, cluster=cluster)
+
+
+def other_sessions(cluster: PgCluster, database: str) -> int:
+    """Client sessions on databases other than ours (other stacks using the shared server)."""
+    proc = _psql_admin(
+        cluster,
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+        f"AND pid <> pg_backend_pid() AND datname IS NOT NULL AND datname NOT IN ('{database}', 'postgres');",
+    )
+    try:
+        return int(proc.stdout.strip() or 0)
+    except ValueError:
+        return 0
+
+
+def stop(home: Path | str, force: bool = False) -> str:
+    """Stop the server if this stack started it and no other stack is connected."""
+    home = Path(home).resolve()
+    state = read_state(home)
+    if external_url():
+        return "not managed (FLEAD_DB_URL)"
+    if not state.get("started"):
+        return "left running (not started by this stack)"
+    cluster = local_cluster(str(state.get("version", "")))
+    _state_file(home).unlink(missing_ok=True)
+    if cluster is None or not cluster.online:
+        return "not running"
+    if not force:
+        others = other_sessions(cluster, db_name())
+        if others:
+            return f"left running ({others} session(s) of other databases are connected)"
+    proc = _run(["pg_ctlcluster", cluster.version, cluster.name, "stop", "-m", "fast"])
+    if proc.returncode != 0:
+        refreshed = local_cluster(cluster.version)
+        if refreshed and refreshed.online:
+            raise StackError(f"pg_ctlcluster {cluster.version} {cluster.name} stop failed: {proc.stderr.strip()}")
+    return "stopped"
+
+
+def status(url: str) -> dict:
+    """Whether the database at ``url`` answers."""
+    if not url:
+        return {"answers": False, "error": "no database URL (run `flead stack up`)"}
+    err = check_url(url)
+    return {"answers": not err, "error": err}
