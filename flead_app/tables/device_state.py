@@ -8,14 +8,13 @@ local round, and the Kafka offset of the last message applied (replays after a c
 skipped, so a restarted worker does not count a reading twice).
 """
 
-import faust
-
 from flead_app.app import app, settings
 
 device_state = app.Table(
     "device_state",
     default=None,
-    schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+    key_type=bytes,  # Faust picks the "raw" codec for bytes, for the store and the changelog
+    value_type=bytes,
     partitions=settings.partitions,
     help="Per device: running mean/std, z-score memory, local model (weights, bias, version, "
     "base global version), readings buffered for the next round, last applied offset.",

@@ -8,8 +8,6 @@ that asks for a partial flush after ``FLEAD_FEDAVG_TIMEOUT_S``. The version coun
 the same row, so it survives restarts with the buffer, atomically.
 """
 
-import faust
-
 from flead_app.app import app, settings
 
 FLEET_KEY = b"fleet"
@@ -17,7 +15,8 @@ FLEET_KEY = b"fleet"
 fedavg_state = app.Table(
     "fedavg_state",
     default=None,
-    schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+    key_type=bytes,  # Faust picks the "raw" codec for bytes, for the store and the changelog
+    value_type=bytes,
     partitions=settings.partitions,
     help="Key 'fleet': buffered local updates (up to FLEAD_FEDAVG_BUFFER), the global version "
     "and aggregation round counters, the time the oldest buffered update arrived, last offset.",
