@@ -108,6 +108,10 @@ class Settings:
     store: str = field(default="rocksdb://", metadata={"help": "Faust table store (rocksdb:// or memory://)"})
     web_port: int = field(default=6066, metadata={"help": "Faust worker web port (live page /dashboard)"})
     sink_batch: int = field(default=500, metadata={"help": "Rows per database insert"})
+    # --- database (TimescaleDB policies; plain PostgreSQL keeps everything) ---------------
+    retention_days: int = field(default=30, metadata={"help": "TimescaleDB drops chunks older than this"})
+    compress_after_days: int = field(default=7, metadata={"help": "TimescaleDB compresses chunks older than this"})
+    chunk_hours: int = field(default=24, metadata={"help": "TimescaleDB chunk interval, hours"})
     # --- Kafka client security (optional) -------------------------------------------------
     kafka_security_protocol: str = field(
         default="PLAINTEXT", metadata={"help": "PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL"}

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -29,7 +30,7 @@ metadata = MetaData()
 local_models = Table(
     "local_models",
     metadata,
-    Column("id", BigInteger, autoincrement=True, nullable=False),
+    Column("id", BigInteger, Identity(), nullable=False),
     Column("device_id", Text, nullable=False),
     Column("model_version", Integer, nullable=False),
     Column("global_version", Integer, nullable=False),
@@ -48,7 +49,7 @@ local_models = Table(
 federated_models = Table(
     "federated_models",
     metadata,
-    Column("id", BigInteger, autoincrement=True, nullable=False),
+    Column("id", BigInteger, Identity(), nullable=False),
     Column("global_version", Integer, nullable=False),
     Column("aggregation_round", Integer, nullable=False),
     Column("num_devices", Integer, nullable=False),
@@ -68,7 +69,7 @@ federated_models = Table(
 anomalies = Table(
     "anomalies",
     metadata,
-    Column("id", BigInteger, autoincrement=True, nullable=False),
+    Column("id", BigInteger, Identity(), nullable=False),
     Column("device_id", Text, nullable=False),
     Column("partition", Integer, nullable=False),
     Column("broker_id", Integer, nullable=False),
@@ -86,7 +87,7 @@ anomalies = Table(
 model_evaluations = Table(
     "model_evaluations",
     metadata,
-    Column("id", BigInteger, autoincrement=True, nullable=False),
+    Column("id", BigInteger, Identity(), nullable=False),
     Column("model_kind", Text, nullable=False),  # global | local | central
     Column("model_version", Integer, nullable=False),
     Column("device_id", Text, nullable=False),
@@ -100,6 +101,7 @@ model_evaluations = Table(
         "model_kind", "model_version", "device_id", "reading_time", "created_at", name="model_evaluations_natural_key"
     ),
     Index("model_evaluations_version_idx", "model_kind", "model_version"),
+    Index("model_evaluations_created_at_idx", "created_at"),
 )
 
 evaluation_summaries = Table(

@@ -1,0 +1,272 @@
+"""PostgreSQL/TimescaleDB persistence: schema creation and batched idempotent inserts.
+
+``Database(url)`` wraps one SQLAlchemy engine (psycopg2). Every insert is one transaction of
+multi-row ``INSERT ... ON CONFLICT DO NOTHING`` statements: Kafka redeliveries after a crash
+or a rebalance hit the natural unique keys of ``schema.py`` and insert nothing, and the
+returned count is the rows actually inserted. ``ON CONFLICT`` names no constraint because
+TimescaleDB hypertables refuse ``ON CONFLICT ON CONSTRAINT`` (timescaledb issue 1094).
+
+``write_with_retry`` (re-exported from ``retry.py``) is what the Faust sink wraps these calls
+in, so that events are acknowledged only after their rows are committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Table, and_, create_engine, delete, func, select, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+from flead_app.db import timescale
+from flead_app.db.retry import WriteAborted, describe_error, write_with_retry, write_with_retry_async
+from flead_app.db.rows import anomaly_row, global_model_row, local_model_row
+from flead_app.db.schema import metadata
+from flead_app.models import Anomaly, GlobalModel, LocalModelUpdate
+from flead_app.settings import redact_url
+
+__all__ = [
+    "Database",
+    "DatabaseUnreachable",
+    "sqlalchemy_url",
+    "WriteAborted",
+    "write_with_retry",
+    "write_with_retry_async",
+]
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_STATEMENT = 1000
+# pg_advisory_xact_lock key: several workers starting at once create the schema one at a time
+SCHEMA_LOCK_KEY = 0x464C454144  # "FLEAD"
+
+
+class DatabaseUnreachable(RuntimeError):
+    """The database cannot be reached; the message is safe to print (no credentials)."""
+
+
+def sqlalchemy_url(url: str) -> URL:
+    """The URL with the psycopg2 driver spelled out: SQLAlchemy 2.1 maps a bare
+    ``postgresql://`` to psycopg 3, which FLEAD does not install."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed
+
+
+def _chunks(rows: Sequence[dict[str, Any]], size: int) -> Iterable[Sequence[dict[str, Any]]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+class Database:
+    """One database: ``init_schema`` once, then the ``insert_*`` calls from any thread."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout_s: int = 10,
+        pool_size: int = 4,
+        retention_days: int | None = None,
+        compress_after_days: int | None = None,
+        chunk_hours: int | None = None,
+    ) -> None:
+        if not url:
+            raise ValueError("no database URL: run `flead stack up` or set FLEAD_DB_URL")
+        self.url = url
+        self.backend: str | None = None
+        self._policy = (retention_days, compress_after_days, chunk_hours)
+        # pre-ping replaces connections that died while the server restarted; the connect
+        # timeout keeps an unreachable host from hanging a retry step for minutes
+        self.engine: Engine = create_engine(
+            sqlalchemy_url(url),
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            connect_args={"connect_timeout": int(connect_timeout_s)},
+        )
+
+    def __repr__(self) -> str:
+        return f"Database({redact_url(self.url)!r})"
+
+    @property
+    def safe_url(self) -> str:
+        return redact_url(self.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        """Raise ``DatabaseUnreachable`` (with a message fit to print) unless ``SELECT 1`` works."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except sa_exc.SQLAlchemyError as err:
+            raise DatabaseUnreachable(f"cannot reach the database at {self.safe_url}: {describe_error(err)}") from err
+
+    # ------------------------------------------------------------------ schema
+    def _policies(self) -> tuple[int, int, int]:
+        retention, compress, chunk = self._policy
+        if None in (retention, compress, chunk):
+            from flead_app.settings import load_settings
+
+            s = load_settings()
+            retention = s.retention_days if retention is None else retention
+            compress = s.compress_after_days if compress is None else compress
+            chunk = s.chunk_hours if chunk is None else chunk
+        return int(retention), int(compress), int(chunk)  # type: ignore[arg-type]
+
+    def init_schema(self) -> str:
+        """Create every table of ``schema.metadata`` that is missing; return the backend in use.
+
+        With the TimescaleDB extension available the time-series tables become hypertables
+        with compression and retention policies ("timescaledb"); else they stay plain tables
+        with their time indexes ("postgresql"). Safe to run again and from several processes.
+        """
+        retention, compress, chunk = self._policies()
+        with self.engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+            ts_version = self._enable_timescale(conn)
+            metadata.create_all(conn, checkfirst=True)
+            for table in metadata.sorted_tables:
+                for index in table.indexes:  # tables made by an older schema get new indexes
+                    index.create(conn, checkfirst=True)
+            self._repair_identity(conn)
+            if ts_version:
+                self._make_hypertables(conn, ts_version, retention, compress, chunk)
+        self.backend = "timescaledb" if ts_version else "postgresql"
+        if ts_version:
+            log.info(
+                "database %s: TimescaleDB %s, %d hypertables (chunks %d h, compress after %d d, keep %d d)",
+                self.safe_url, ts_version, len(timescale.hypertables()), chunk, compress, retention,
+            )
+        else:
+            log.info(
+                "database %s: plain PostgreSQL tables with time indexes (TimescaleDB not available; "
+                "no compression or retention policies)",
+                self.safe_url,
+            )
+        return self.backend
+
+    @staticmethod
+    def _enable_timescale(conn: Connection) -> str | None:
+        """The TimescaleDB version if the extension is (or can be) installed, else None."""
+        available = conn.execute(
+            text("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+        ).first()
+        if not available:
+            return None
+        try:
+            with conn.begin_nested():
+                conn.execute(text("CREATE EXTENSION IF NOT EXISTS timescaledb"))
+        except sa_exc.DBAPIError as err:
+            # typically: not in shared_preload_libraries, or no privilege to create it
+            log.warning("TimescaleDB is installed but cannot be enabled (%s); using plain PostgreSQL",
+                        describe_error(err))
+            return None
+        return conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")).scalar()
+
+    @staticmethod
+    def _repair_identity(conn: Connection) -> None:
+        """Give ``id`` columns made by an early schema (no default) their identity."""
+        tables = [t.name for t in metadata.sorted_tables if "id" in t.c and t.c.id.identity is not None]
+        rows = conn.execute(
+            text(
+                "SELECT table_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND column_name = 'id' AND is_identity = 'NO' AND column_default IS NULL "
+                "AND table_name = ANY(:tables)"
+            ),
+            {"tables": tables},
+        ).scalars()
+        for name in rows:
+            log.info("adding the missing identity to %s.id", name)
+            conn.execute(text(f'ALTER TABLE "{name}" ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY'))
+
+    @staticmethod
+    def _make_hypertables(conn: Connection, version: str, retention: int, compress: int, chunk: int) -> None:
+        for table, column in timescale.hypertables().items():
+            conn.execute(text(timescale.hypertable_sql(table, column, chunk, version)))
+            enabled = conn.execute(
+                text(
+                    "SELECT compression_enabled FROM timescaledb_information.hypertables "
+                    "WHERE hypertable_schema = current_schema() AND hypertable_name = :t"
+                ),
+                {"t": table},
+            ).scalar()
+            if not enabled:
+                conn.execute(text(timescale.compression_settings_sql(table)))
+            for sql in timescale.policy_sql(table, compress, retention):
+                conn.execute(text(sql))
+
+    # ------------------------------------------------------------------ writes
+    @staticmethod
+    def table(name: str | Table) -> Table:
+        if isinstance(name, Table):
+            return name
+        try:
+            return metadata.tables[name]
+        except KeyError:
+            raise ValueError(f"unknown table {name!r}; known: {sorted(metadata.tables)}") from None
+
+    @staticmethod
+    def _insert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> int:
+        inserted = 0
+        for chunk in _chunks(rows, ROWS_PER_STATEMENT):
+            stmt = pg_insert(table).values(list(chunk)).on_conflict_do_nothing()
+            inserted += conn.execute(stmt).rowcount
+        return inserted
+
+    def insert_rows(self, table: str | Table, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert rows (dicts of column -> value) ignoring natural-key duplicates, in one
+        transaction; return the rows actually inserted. Returns only after the commit."""
+        if not rows:
+            return 0
+        t = self.table(table)
+        with self.engine.begin() as conn:
+            return self._insert(conn, t, rows)
+
+    def replace_rows(self, table: str | Table, where: Mapping[str, Any], rows: Sequence[dict[str, Any]]) -> int:
+        """Delete the rows matching ``where`` (column = value, all of them) and insert ``rows``,
+        in one transaction, so readers see the old set or the new one, never a mix. For results
+        recomputed as a whole, e.g. an evaluation of one model version or one analytics window."""
+        if not where:
+            raise ValueError("replace_rows needs a non-empty `where` (refusing to empty a whole table)")
+        t = self.table(table)
+        unknown = set(where) - set(t.c.keys())
+        if unknown:
+            raise ValueError(f"{t.name} has no column(s) {sorted(unknown)}")
+        with self.engine.begin() as conn:
+            conn.execute(delete(t).where(and_(*(t.c[k] == v for k, v in where.items()))))
+            return self._insert(conn, t, rows) if rows else 0
+
+    def insert_local_models(self, records: Sequence[LocalModelUpdate]) -> int:
+        return self.insert_rows("local_models", [local_model_row(r) for r in records])
+
+    def insert_global_models(self, records: Sequence[GlobalModel]) -> int:
+        return self.insert_rows("federated_models", [global_model_row(r) for r in records])
+
+    def insert_anomalies(self, records: Sequence[Anomaly]) -> int:
+        now = datetime.now(UTC)
+        return self.insert_rows("anomalies", [anomaly_row(r, now) for r in records])
+
+    # ------------------------------------------------------------------ reads
+    def count_rows(self) -> dict[str, int]:
+        """Rows per table (exact ``count(*)``), tables missing from the database as 0."""
+        out: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            present = set(
+                conn.execute(
+                    text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+                ).scalars()
+            )
+            for t in metadata.sorted_tables:
+                if t.name in present:
+                    out[t.name] = int(conn.execute(select(func.count()).select_from(t)).scalar_one())
+                else:
+                    out[t.name] = 0
+        return out

@@ -1,0 +1,95 @@
+"""Database fixtures: each test session gets its own PostgreSQL schema in the stack's database.
+
+The tests write into a fresh schema (``search_path`` set through the connection options), so
+they neither see nor disturb the rows of a demo in the same database, and two test runs in
+parallel do not collide. The schema is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from flead_app.db.store import Database, sqlalchemy_url
+from flead_app.models import Anomaly, GlobalModel, LocalModelUpdate
+from flead_app.settings import load_settings
+
+
+def url_with_schema(url: str, schema: str) -> str:
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture(scope="session")
+def base_db_url() -> str:
+    url = load_settings().db_url
+    if not url:
+        pytest.fail("no database URL: run `flead stack up` (scripts/test.sh does) or set FLEAD_DB_URL")
+    return url
+
+
+@pytest.fixture
+def db_url(base_db_url):
+    """URL of a fresh, empty schema; dropped after the test."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(sqlalchemy_url(base_db_url))
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield url_with_schema(base_db_url, schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def db(db_url):
+    database = Database(db_url)
+    database.init_schema()
+    yield database
+    database.close()
+
+
+def _local_update(**kw) -> LocalModelUpdate:
+    base = dict(
+        device_id="device_7", model_version=3, global_version=2, weights=[0.1, -0.2, 0.3], bias=0.05,
+        accuracy=0.76, loss=0.45, samples=50, timestamp="2025-11-07T15:23:31.000Z", partition=5,
+    )
+    return LocalModelUpdate(**{**base, **kw})
+
+
+def _global_model(**kw) -> GlobalModel:
+    base = dict(
+        global_version=71, aggregation_round=71, weights=[0.5, 0.3, 0.2], bias=0.0, accuracy=0.727,
+        num_devices=20, samples=1000, timestamp="2025-11-07T15:24:00Z", num_updates=20, mean_staleness=0.5,
+        contributors=["device_1"],
+    )
+    return GlobalModel(**{**base, **kw})
+
+
+def _anomaly(**kw) -> Anomaly:
+    base = dict(
+        device_id="device_127", partition=3, broker_id=2, value=45.0, z_score=19.3, severity="critical",
+        timestamp="2025-11-07T15:22:31.000Z", detected_at="2025-11-07T15:22:31.250Z", label=1,
+    )
+    return Anomaly(**{**base, **kw})
+
+
+@pytest.fixture
+def local_update():
+    """Factory of valid ``LocalModelUpdate`` records; keyword arguments override fields."""
+    return _local_update
+
+
+@pytest.fixture
+def global_model():
+    return _global_model
+
+
+@pytest.fixture
+def anomaly():
+    return _anomaly
