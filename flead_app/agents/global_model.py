@@ -9,7 +9,6 @@ leads each partition of the readings topic, which anomalies record as ``broker_i
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -18,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from flead_app.algorithms.device import GlobalParams
 from flead_app.app import app, settings
+from flead_app.kafka_util import assign_all_partitions
 from flead_app.models import GlobalModel, InvalidRecord
 from flead_app.settings import kafka_client_options
 
@@ -71,13 +71,7 @@ async def follow_global_models() -> None:
     )
     await consumer.start()
     try:
-        topic = settings.topic_global_updates
-        parts = consumer.partitions_for_topic(topic)
-        while not parts:
-            await asyncio.sleep(0.5)
-            await consumer._client.force_metadata_update()  # noqa: SLF001
-            parts = consumer.partitions_for_topic(topic)
-        consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
+        await assign_all_partitions(consumer, settings.topic_global_updates, timeout=300)
         next_refresh = 0.0
         while True:
             if time.monotonic() >= next_refresh:

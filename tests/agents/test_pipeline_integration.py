@@ -10,11 +10,12 @@ from datetime import datetime
 import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import create_engine, func, select
 
 from flead_app.algorithms.detection import DetectorState, score_batch
 from flead_app.db.schema import anomalies, federated_models, local_models
+from flead_app.kafka_util import assign_all_partitions
 from flead_app.models import Reading, encode_batch, format_timestamp
 from flead_app.settings import load_settings
 from flead_app.worker import WorkerProcess
@@ -87,8 +88,7 @@ async def consume_all(bootstrap, topic: str, expect: int, timeout: float = 90.0)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        consumer.assign([TopicPartition(topic, p) for p in parts])
+        await assign_all_partitions(consumer, topic)
         await consumer.seek_to_beginning()
         out: list[bytes] = []
         deadline = time.monotonic() + timeout

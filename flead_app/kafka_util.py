@@ -1,0 +1,24 @@
+"""Small aiokafka helpers shared by the follower task, commands and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+
+async def assign_all_partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float = 30.0) -> list[TopicPartition]:
+    """Assign every partition of ``topic`` to a group-less consumer, waiting for its metadata."""
+    deadline = time.monotonic() + timeout
+    consumer._client.add_topic(topic)  # noqa: SLF001 - aiokafka offers no public way to ask for one topic
+    while True:
+        await consumer._client.force_metadata_update()  # noqa: SLF001
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            assigned = [TopicPartition(topic, p) for p in sorted(parts)]
+            consumer.assign(assigned)
+            return assigned
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {topic!r} has no partitions in the cluster metadata")
+        await asyncio.sleep(0.3)
