@@ -22,3 +22,9 @@ async def assign_all_partitions(consumer: AIOKafkaConsumer, topic: str, timeout:
         if time.monotonic() > deadline:
             raise TimeoutError(f"topic {topic!r} has no partitions in the cluster metadata")
         await asyncio.sleep(0.3)
+
+
+def event_time(msg) -> float:  # noqa: ANN001 - a faust Message
+    """The record's Kafka timestamp in epoch seconds (wall clock if the record has none)."""
+    ts = msg.timestamp
+    return float(ts) if ts and ts > 0 else time.time()

@@ -28,6 +28,7 @@ from flead_app.algorithms.detection import severity
 from flead_app.algorithms.device import DeviceConfig, DeviceState, ingest, train_round, training_due
 from flead_app.algorithms.holdout import holdout_mask
 from flead_app.app import anomalies_topic, app, local_updates_topic, readings_topic, settings
+from flead_app.kafka_util import event_time
 from flead_app.models import (
     CONTROL_TRAIN,
     Anomaly,
@@ -100,7 +101,9 @@ async def handle(event) -> None:  # noqa: ANN001 - a faust Event
     if state.partition == msg.partition and msg.offset <= state.offset:
         counters["replays_skipped"] += 1
         return
-    now = time.time()
+    # Event time (the record's Kafka timestamp), not the wall clock: a replay after a crash then
+    # makes the same decisions and the same records, which the database deduplicates.
+    now = event_time(msg)
     if batch.control != CONTROL_TRAIN:
         holdout = holdout_mask(batch.device_id, batch.timestamps, config.holdout_percent)
         state, scored = ingest(state, batch.values, batch.labels, now, config, holdout)
@@ -121,7 +124,7 @@ async def handle(event) -> None:  # noqa: ANN001 - a faust Event
                 accuracy=result.accuracy,
                 loss=result.loss,
                 samples=result.samples,
-                timestamp=utc_now_iso(),
+                timestamp=format_timestamp(now),
                 partition=msg.partition,
             )
             counters["local_updates"] += 1

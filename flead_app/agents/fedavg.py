@@ -21,12 +21,14 @@ from flead_app.agents import global_model
 from flead_app.agents.dead_letter import send_dead_letter
 from flead_app.algorithms.aggregation import aggregate, weighted_accuracy
 from flead_app.app import app, global_updates_topic, local_updates_topic, settings
-from flead_app.models import GlobalModel, InvalidRecord, LocalModelUpdate, utc_now_iso
+from flead_app.kafka_util import event_time
+from flead_app.models import GlobalModel, InvalidRecord, LocalModelUpdate, format_timestamp, utc_now_iso
 from flead_app.tables.fedavg_state import FLEET_KEY, fedavg_state
 
 log = logging.getLogger(__name__)
 
 CONTROL_FLUSH = b'{"control":"flush"}'
+RECENT_UPDATES = 1000  # (device, version) pairs remembered to drop redelivered updates
 counters: Counter[str] = Counter()
 #: when the oldest buffered update arrived (None: buffer empty), for the flush timer
 oldest_buffered_at: float | None = None
@@ -39,6 +41,7 @@ def federate(
     method: str = "fedavg",
     staleness_exponent: float = 0.5,
     trim_ratio: float = 0.1,
+    timestamp: str | None = None,
 ) -> GlobalModel:
     """The next global model (version ``current_version + 1``) from buffered updates."""
     params = np.array([[*u.weights, u.bias] for u in updates], dtype=np.float64)
@@ -53,7 +56,7 @@ def federate(
         accuracy=weighted_accuracy(np.array([u.accuracy for u in updates]), samples),
         num_devices=len({u.device_id for u in updates}),
         samples=int(samples.sum()),
-        timestamp=utc_now_iso(),
+        timestamp=timestamp or utc_now_iso(),
         aggregator=method,
         num_updates=len(updates),
         mean_staleness=float(staleness.mean()),
@@ -65,7 +68,7 @@ def _load() -> dict:
     raw = fedavg_state.get(FLEET_KEY)
     if raw:
         return orjson.loads(raw)
-    return {"version": 0, "round": 0, "buffer": [], "first_at": 0.0, "p": -1, "o": -1}
+    return {"version": 0, "round": 0, "buffer": [], "first_at": 0.0, "p": -1, "o": -1, "recent": []}
 
 
 async def handle(event) -> None:  # noqa: ANN001
@@ -84,15 +87,19 @@ async def handle(event) -> None:  # noqa: ANN001
     if state["p"] == msg.partition and msg.offset <= state["o"]:
         counters["replays_skipped"] += 1
         return
-    now = time.time()
+    now = event_time(msg)
     buffer: list[dict] = state["buffer"]
+    recent: list[str] = state.setdefault("recent", [])
     if update is not None:
-        if any(b["device_id"] == update.device_id and b["model_version"] == update.model_version for b in buffer):
+        tag = f"{update.device_id}:{update.model_version}"
+        if tag in recent:  # a redelivery after a crash: already buffered or aggregated
             counters["duplicates_skipped"] += 1
         else:
             if not buffer:
                 state["first_at"] = now
             buffer.append(update.to_dict())
+            recent.append(tag)
+            del recent[:-RECENT_UPDATES]
     full = len(buffer) >= settings.fedavg_buffer
     stale = flush and buffer and now - state["first_at"] >= settings.fedavg_timeout_s
     if full or stale:
@@ -103,6 +110,7 @@ async def handle(event) -> None:  # noqa: ANN001
             settings.aggregator,
             settings.staleness_exponent,
             settings.trim_ratio,
+            format_timestamp(now),
         )
         state["version"], state["round"], state["buffer"] = model.global_version, model.aggregation_round, []
         counters["global_models"] += 1
