@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = [
     "flead_app.stack.cli",
     "flead_app.settings_cli",
+    "flead_app.report",
     "flead_app.worker",
     "flead_app.device_cli",
 ]

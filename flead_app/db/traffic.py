@@ -1,0 +1,372 @@
+"""Bytes that crossed Kafka, measured on the brokers, and the bandwidth saving they show.
+
+The saving FLEAD claims is ``1 - (model bytes / reading bytes)``: bytes of the local (and
+global) model-update topics against bytes of the readings topic. Both come from Kafka itself:
+each broker reports the size of every partition replica it stores (the DescribeLogDirs
+request, API key 35). A partition is counted once, at its leader's replica, so replication
+factor 3 does not triple anything. Sizes are record batches as stored, i.e. as producers sent
+them (after any producer compression), since each topic was created; retention would shrink
+them.
+
+aiokafka 0.14 has no ``describe_log_dirs`` in its admin client, so the request is defined
+here on aiokafka's own protocol classes (``Request``/``RequestStruct``/``Response``) and sent
+through its ``AIOKafkaClient``; version 1 is the oldest Kafka 4.x still serves (KIP-896) and
+is served by every 2.x and 3.x broker. Should a broker refuse it, the sizes are summed from the
+brokers' data directories recorded by ``flead stack`` (``<home>/kafka/node-N/data``), which
+only works on the machine running the stack, and the snapshot says so in ``method``.
+
+Each measurement becomes one snapshot of rows in ``kafka_traffic`` (same ``measured_at``), so
+``flead report`` still shows the last measurement when Kafka is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Int64, Schema, String
+
+log = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+
+
+# ---------------------------------------------------------------------------------------
+# DescribeLogDirs v1 on aiokafka's protocol classes
+# ---------------------------------------------------------------------------------------
+
+
+class DescribeLogDirsResponse_v1(Response):  # noqa: N801 - aiokafka's naming
+    API_KEY = 35
+    API_VERSION = 1
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "results",
+            Array(
+                ("error_code", Int16),
+                ("log_dir", String("utf-8")),
+                (
+                    "topics",
+                    Array(
+                        ("name", String("utf-8")),
+                        (
+                            "partitions",
+                            Array(
+                                ("partition_index", Int32),
+                                ("partition_size", Int64),
+                                ("offset_lag", Int64),
+                                ("is_future_key", Boolean),
+                            ),
+                        ),
+                    ),
+                ),
+            ),
+        ),
+    )
+
+
+class DescribeLogDirsRequest_v1(RequestStruct):  # noqa: N801
+    API_KEY = 35
+    API_VERSION = 1
+    RESPONSE_TYPE = DescribeLogDirsResponse_v1
+    SCHEMA = Schema(("topics", Array(("topic", String("utf-8")), ("partitions", Array(Int32)))))
+
+
+class DescribeLogDirsRequest(Request[DescribeLogDirsRequest_v1]):
+    """Sizes of the given partitions' replicas on the broker the request is sent to."""
+
+    API_KEY = 35
+
+    def __init__(self, topics: Mapping[str, Iterable[int]]) -> None:
+        self._topics = [(name, sorted(parts)) for name, parts in topics.items()]
+
+    def build(self, request_struct_class: type[DescribeLogDirsRequest_v1]) -> DescribeLogDirsRequest_v1:
+        return request_struct_class(self._topics)
+
+
+def parse_log_dirs(response: Any) -> dict[TopicPartition, int]:
+    """One broker's DescribeLogDirs answer -> size of each partition replica it holds.
+
+    Future replicas (a replica being moved between disks) are skipped; a replica in two log
+    directories (mid-move) counts at its larger size.
+    """
+    sizes: dict[TopicPartition, int] = {}
+    for error_code, _log_dir, topics in response.results:
+        if error_code:
+            continue  # an offline log directory: its replicas are not readable
+        for name, partitions in topics:
+            for index, size, _lag, is_future in partitions:
+                if is_future:
+                    continue
+                key = (name, int(index))
+                sizes[key] = max(sizes.get(key, 0), int(size))
+    return sizes
+
+
+# ---------------------------------------------------------------------------------------
+# Pure accounting
+# ---------------------------------------------------------------------------------------
+
+
+def leader_sizes(
+    replica_sizes: Mapping[int, Mapping[TopicPartition, int]], leaders: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, tuple[int, int]]:
+    """(topic, partition) -> (broker, bytes), counting each partition once: at its leader.
+
+    Without a leader (offline partition) or when the leader did not answer, the largest
+    replica stands in, attributed to the broker holding it.
+    """
+    out: dict[TopicPartition, tuple[int, int]] = {}
+    partitions = set(leaders) | {tp for sizes in replica_sizes.values() for tp in sizes}
+    for tp in partitions:
+        leader = leaders.get(tp, -1)
+        if leader in replica_sizes and tp in replica_sizes[leader]:
+            out[tp] = (leader, replica_sizes[leader][tp])
+            continue
+        holders = [(sizes[tp], broker) for broker, sizes in replica_sizes.items() if tp in sizes]
+        if holders:
+            size, broker = max(holders)
+            out[tp] = (broker, size)
+        else:
+            out[tp] = (leader, 0)
+    return out
+
+
+def bandwidth_saving(reading_bytes: int, model_bytes: int) -> float | None:
+    """``1 - model/readings``; None until some readings crossed Kafka."""
+    if reading_bytes <= 0:
+        return None
+    return 1.0 - model_bytes / reading_bytes
+
+
+@dataclass
+class TrafficSnapshot:
+    """One measurement: a row per partition (bytes at its leader, messages from offsets)."""
+
+    measured_at: datetime
+    method: str  # "describe_log_dirs" | "log_directories" | "stored snapshot"
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def db_rows(self) -> list[dict[str, Any]]:
+        return [{**r, "measured_at": self.measured_at} for r in self.rows]
+
+
+def summarize(rows: Iterable[Mapping[str, Any]], readings: str, local: str, global_: str) -> dict[str, Any]:
+    """Per-topic and per-broker totals and the bandwidth saving of one snapshot."""
+    topics: dict[str, dict[str, int]] = defaultdict(lambda: {"bytes": 0, "messages": 0, "partitions": 0})
+    brokers: dict[int, dict[str, Any]] = defaultdict(lambda: {"bytes": 0, "messages": 0, "leader_partitions": 0})
+    broker_topic: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in rows:
+        t = topics[r["topic"]]
+        t["bytes"] += int(r["bytes"])
+        t["messages"] += int(r.get("messages") or 0)
+        t["partitions"] += 1
+        b = brokers[int(r["broker_id"])]
+        b["bytes"] += int(r["bytes"])
+        b["messages"] += int(r.get("messages") or 0)
+        b["leader_partitions"] += 1
+        broker_topic[int(r["broker_id"])][r["topic"]] += int(r["bytes"])
+    for broker, by_topic in broker_topic.items():
+        brokers[broker]["bytes_by_topic"] = dict(sorted(by_topic.items()))
+    reading_bytes = topics[readings]["bytes"] if readings in topics else 0
+    model_bytes = sum(topics[t]["bytes"] for t in (local, global_) if t in topics)
+    return {
+        "topics": {k: dict(v) for k, v in sorted(topics.items())},
+        "brokers": {k: dict(v) for k, v in sorted(brokers.items())},
+        "reading_bytes": reading_bytes,
+        "model_bytes": model_bytes,
+        "local_update_bytes": topics[local]["bytes"] if local in topics else 0,
+        "global_update_bytes": topics[global_]["bytes"] if global_ in topics else 0,
+        "bandwidth_saving": bandwidth_saving(reading_bytes, model_bytes),
+    }
+
+
+def sizes_from_directories(data_dirs: Mapping[int, Iterable[Path]], topics: Iterable[str]) -> dict[int, dict]:
+    """Fallback: sum each replica's ``*.log`` segment files in the brokers' data directories."""
+    wanted = set(topics)
+    out: dict[int, dict[TopicPartition, int]] = {}
+    for broker, dirs in data_dirs.items():
+        sizes: dict[TopicPartition, int] = {}
+        for data_dir in dirs:
+            if not data_dir.is_dir():
+                continue
+            for entry in data_dir.iterdir():
+                name, _, index = entry.name.rpartition("-")
+                if name not in wanted or not index.isdigit() or not entry.is_dir():
+                    continue
+                size = sum(f.stat().st_size for f in entry.glob("*.log") if f.is_file())
+                sizes[(name, int(index))] = sizes.get((name, int(index)), 0) + size
+        out[broker] = sizes
+    return out
+
+
+def stack_data_dirs(state: Mapping[str, Any]) -> dict[int, list[Path]]:
+    """Brokers' data directories from ``stack.json`` (``flead stack`` keeps
+    ``<home>/kafka/node-N/data``); empty when the state names no home."""
+    explicit = state.get("log_dirs")
+    if isinstance(explicit, dict):
+        return {int(k): [Path(v)] if isinstance(v, str) else [Path(p) for p in v] for k, v in explicit.items()}
+    home = state.get("home")
+    if not home:
+        return {}
+    out: dict[int, list[Path]] = {}
+    kafka_dir = Path(home) / "kafka"
+    if kafka_dir.is_dir():
+        for node in kafka_dir.glob("node-*"):
+            suffix = node.name.removeprefix("node-")
+            if suffix.isdigit() and (node / "data").is_dir():
+                out[int(suffix)] = [node / "data"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Measuring (I/O)
+# ---------------------------------------------------------------------------------------
+
+
+class KafkaUnreachable(RuntimeError):
+    pass
+
+
+async def measure(
+    bootstrap: list[str],
+    topics: list[str],
+    client_options: Mapping[str, Any] | None = None,
+    stack_state: Mapping[str, Any] | None = None,
+    timeout_s: float = 15.0,
+) -> TrafficSnapshot:
+    """Measure the bytes and messages of ``topics`` now (topics that do not exist are skipped)."""
+    try:
+        return await asyncio.wait_for(
+            _measure(bootstrap, topics, dict(client_options or {}), stack_state or {}), timeout_s
+        )
+    except TimeoutError as err:
+        raise KafkaUnreachable(f"Kafka at {','.join(bootstrap)} did not answer within {timeout_s:.0f} s") from err
+
+
+async def _measure(
+    bootstrap: list[str], topics: list[str], options: dict[str, Any], state: Mapping[str, Any]
+) -> TrafficSnapshot:
+    from aiokafka import TopicPartition as KafkaTP
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.errors import KafkaError
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **options)
+    try:
+        try:
+            await client.bootstrap()
+            cluster = await client.fetch_all_metadata()
+        except KafkaError as err:
+            raise KafkaUnreachable(f"Kafka at {','.join(bootstrap)} is unreachable: {err}") from err
+        partitions: dict[str, set[int]] = {}
+        leaders: dict[TopicPartition, int] = {}
+        for topic in topics:
+            parts = cluster.partitions_for_topic(topic)
+            if not parts:
+                continue
+            partitions[topic] = set(parts)
+            for p in parts:
+                leader = cluster.leader_for_partition(KafkaTP(topic, p))
+                leaders[(topic, p)] = -1 if leader is None else int(leader)
+        measured_at = datetime.now(UTC)
+        if not partitions:
+            return TrafficSnapshot(measured_at, "describe_log_dirs")
+        method = "describe_log_dirs"
+        replica_sizes: dict[int, dict[TopicPartition, int]] = {}
+        request = DescribeLogDirsRequest(partitions)
+        failures = []
+        for broker in sorted(b.nodeId for b in cluster.brokers()):
+            try:
+                replica_sizes[broker] = parse_log_dirs(await client.send(broker, request))
+            except (KafkaError, NotImplementedError, OSError) as err:
+                failures.append(f"broker {broker}: {type(err).__name__}: {err}")
+        if failures and not replica_sizes:
+            dirs = stack_data_dirs(state)
+            if not dirs:
+                raise KafkaUnreachable("DescribeLogDirs failed on every broker and no stack data directories "
+                                       f"are known: {'; '.join(failures)}")
+            log.warning("DescribeLogDirs failed (%s); summing the stack's data directories instead",
+                        "; ".join(failures))
+            replica_sizes = sizes_from_directories(dirs, partitions)
+            method = "log_directories"
+        elif failures:
+            log.warning("DescribeLogDirs failed on some brokers (%s); their partitions count at a replica",
+                        "; ".join(failures))
+        counted = leader_sizes(replica_sizes, leaders)
+        messages = await _message_counts(bootstrap, options, list(counted))
+    finally:
+        await client.close()
+    rows = [
+        {"topic": t, "partition": p, "broker_id": broker, "bytes": size, "messages": messages.get((t, p))}
+        for (t, p), (broker, size) in sorted(counted.items())
+    ]
+    return TrafficSnapshot(measured_at, method, rows)
+
+
+async def _message_counts(
+    bootstrap: list[str], options: dict[str, Any], partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Messages now held per partition: end offset - beginning offset (a batched reading
+    message counts once)."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka import TopicPartition as KafkaTP
+    from aiokafka.errors import KafkaError
+
+    if not partitions:
+        return {}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **options)
+    try:
+        await consumer.start()
+        tps = [KafkaTP(t, p) for t, p in partitions]
+        begin = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)
+        return {(tp.topic, tp.partition): int(end[tp]) - int(begin[tp]) for tp in tps}
+    except KafkaError as err:
+        log.warning("could not read offsets (%s); messages left unknown", err)
+        return {}
+    finally:
+        await consumer.stop()
+
+
+def default_topics(settings: Any) -> list[str]:
+    return [
+        settings.topic_readings,
+        settings.topic_local_updates,
+        settings.topic_global_updates,
+        settings.topic_anomalies,
+        settings.topic_dead_letter,
+    ]
+
+
+def measure_now(settings: Any, timeout_s: float = 15.0) -> TrafficSnapshot:
+    """Synchronous wrapper for the CLI: measure the FLEAD topics of the configured cluster."""
+    from flead_app.settings import kafka_client_options, read_stack_state
+
+    return asyncio.run(
+        measure(settings.bootstrap_servers, default_topics(settings), kafka_client_options(settings),
+                read_stack_state(), timeout_s)
+    )
+
+
+__all__ = [
+    "DescribeLogDirsRequest",
+    "KafkaUnreachable",
+    "TrafficSnapshot",
+    "bandwidth_saving",
+    "leader_sizes",
+    "measure",
+    "measure_now",
+    "parse_log_dirs",
+    "sizes_from_directories",
+    "stack_data_dirs",
+    "summarize",
+]
+

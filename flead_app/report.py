@@ -1,0 +1,371 @@
+"""``flead report [--json]``: what the database holds, and the bandwidth Kafka measured.
+
+Sections: rows per table; the latest global versions; held-out metrics of the latest
+evaluated global version next to the baselines (local-only, central) when Spark has written
+``evaluation_summaries``; the training rate in local models per minute; anomalies by severity
+and by broker; Kafka traffic per topic and per broker with the bandwidth saving
+``1 - (local + global update bytes) / reading bytes``.
+
+Kafka traffic is measured on the brokers at each run and stored as a snapshot in
+``kafka_traffic``; when Kafka is down (or ``--no-kafka``) the newest stored snapshot is shown,
+with its time. Everything is collected into one dict (``collect``) that ``--json`` prints as is
+and ``render_text`` lays out, so both outputs always carry the same figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import desc, func, select, text
+
+log = logging.getLogger(__name__)
+
+RECENT_MINUTES = 5
+LATEST_GLOBALS = 5
+
+
+# ---------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------
+
+
+def training_rate(
+    count: int, first: datetime | None, last: datetime | None, recent: int, recent_minutes: float = RECENT_MINUTES
+) -> dict[str, Any]:
+    """Local models per minute over the whole span of ``local_models`` and over the last minutes.
+
+    The span runs from the first to the last ``created_at``; with a single instant (one row,
+    or all rows in the same millisecond) there is no rate to speak of: None.
+    """
+    span_min = (last - first).total_seconds() / 60.0 if first and last else 0.0
+    return {
+        "local_models": count,
+        "first_at": first,
+        "last_at": last,
+        "span_minutes": round(span_min, 3),
+        "per_minute": round(count / span_min, 3) if span_min > 0 else None,
+        "recent_minutes": recent_minutes,
+        "recent_local_models": recent,
+        "recent_per_minute": round(recent / recent_minutes, 3),
+    }
+
+
+def jsonable(value: Any) -> Any:
+    """Datetimes as ISO 8601 (UTC, ``Z``), dict keys as strings, recursively."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def _fmt_time(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") + "Z"
+    return str(value)
+
+
+def _fmt_num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _table(headers: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
+    """Columns padded to their widest cell: the first left-aligned, the others right-aligned."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return (indent + "  ".join(padded)).rstrip()
+
+    return [line(headers), *(line(r) for r in rows)]
+
+
+def render_text(report: dict[str, Any]) -> str:
+    """The report as aligned text (the same figures as ``--json``)."""
+    lines: list[str] = []
+    db = report["database"]
+    lines.append(f"FLEAD report  {_fmt_time(report['generated_at'])}")
+    lines.append(f"database      {db['url']}  ({db['backend']})")
+    lines.append("")
+    lines.append("Rows per table")
+    lines += _table(["table", "rows"], [[k, _fmt_num(v)] for k, v in report["counts"].items()])
+    lines.append("")
+
+    lines.append(f"Latest global versions (last {LATEST_GLOBALS})")
+    globals_ = report["global_models"]
+    if globals_:
+        lines += _table(
+            ["version", "round", "devices", "updates", "accuracy", "aggregator", "created_at"],
+            [[str(g["global_version"]), str(g["aggregation_round"]), str(g["num_devices"]), str(g["num_updates"]),
+              _fmt_num(g["accuracy"], 4), g["aggregator"], _fmt_time(g["created_at"])] for g in globals_],
+        )
+        lines.append("  (accuracy: sample-weighted training accuracy of the contributing local rounds)")
+    else:
+        lines.append("  no global model yet")
+    lines.append("")
+
+    lines.append("Held-out evaluation")
+    ev = report["evaluation"]
+    if ev is None:
+        lines.append("  not evaluated yet")
+    else:
+        lines.append(f"  latest evaluated global version: v{ev['global_version']}")
+        lines += _table(
+            ["model", "split", "samples", "accuracy", "precision", "recall", "f1", "roc_auc", "event_recall",
+             "false_alarms/1000", "evaluated_at"],
+            [[f"{r['model_kind']} v{r['model_version']}", r["split"], _fmt_num(r["samples"]),
+              _fmt_num(r["accuracy"]), _fmt_num(r["precision"]), _fmt_num(r["recall"]), _fmt_num(r["f1"]),
+              _fmt_num(r["roc_auc"]), _fmt_num(r["event_recall"]), _fmt_num(r["false_alarms_per_1000"], 2),
+              _fmt_time(r["evaluated_at"])] for r in ev["rows"]],
+        )
+    lines.append("")
+
+    tr = report["training"]
+    lines.append("Training rate (local models per minute)")
+    lines.append(f"  overall     {_fmt_num(tr['per_minute'], 2):>10}   {tr['local_models']:,} models over "
+                 f"{tr['span_minutes']:.1f} min ({_fmt_time(tr['first_at'])} .. {_fmt_time(tr['last_at'])})")
+    lines.append(f"  last {tr['recent_minutes']:g} min  {_fmt_num(tr['recent_per_minute'], 2):>10}   "
+                 f"{tr['recent_local_models']:,} models")
+    lines.append("")
+
+    an = report["anomalies"]
+    lines.append(f"Anomalies: {an['total']:,}")
+    if an["total"]:
+        lines += _table(["severity", "count"], [[k, _fmt_num(v)] for k, v in an["by_severity"].items()])
+        lines += _table(["broker", "count"], [[str(k), _fmt_num(v)] for k, v in an["by_broker"].items()])
+    lines.append("")
+
+    k = report["kafka"]
+    lines.append("Kafka traffic (bytes stored at each partition's leader)")
+    if k["measured_at"] is None:
+        lines.append(f"  no measurement: {k.get('note') or 'Kafka not reachable and no stored snapshot'}")
+    else:
+        lines.append(f"  measured {_fmt_time(k['measured_at'])} via {k['method']}"
+                     + (f"  [{k['note']}]" if k.get("note") else ""))
+        s = k["summary"]
+        lines += _table(
+            ["topic", "partitions", "messages", "bytes", ""],
+            [[t, str(v["partitions"]), _fmt_num(v["messages"]), _fmt_num(v["bytes"]), human_bytes(v["bytes"])]
+             for t, v in s["topics"].items()],
+        )
+        lines += _table(
+            ["broker", "leader partitions", "messages", "bytes", ""],
+            [[str(b), str(v["leader_partitions"]), _fmt_num(v["messages"]), _fmt_num(v["bytes"]),
+              human_bytes(v["bytes"])] for b, v in s["brokers"].items()],
+        )
+        saving = s["bandwidth_saving"]
+        shown = "-" if saving is None else f"{saving:.1%}"
+        lines.append(
+            f"  bandwidth saving: {shown}  = 1 - (local {s['local_update_bytes']:,} + global "
+            f"{s['global_update_bytes']:,}) / readings {s['reading_bytes']:,} bytes"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Collecting (I/O)
+# ---------------------------------------------------------------------------------------
+
+
+def _backend(conn: Any) -> str:
+    row = conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")).first()
+    return f"timescaledb {row[0]}" if row else "postgresql"
+
+
+def collect_database(db: Any, now: datetime | None = None) -> dict[str, Any]:
+    """Every database section of the report (no Kafka)."""
+    from flead_app.db.schema import anomalies, evaluation_summaries, federated_models, local_models
+
+    out: dict[str, Any] = {"counts": db.count_rows()}
+    with db.engine.connect() as conn:
+        out["database"] = {"url": db.safe_url, "backend": _backend(conn)}
+        now = now or conn.execute(select(func.now())).scalar_one()
+        out["generated_at"] = now
+
+        rows = conn.execute(
+            select(federated_models.c.global_version, federated_models.c.aggregation_round,
+                   federated_models.c.num_devices, federated_models.c.num_updates, federated_models.c.samples,
+                   federated_models.c.accuracy, federated_models.c.aggregator, federated_models.c.created_at)
+            .order_by(desc(federated_models.c.global_version), desc(federated_models.c.created_at))
+            .limit(LATEST_GLOBALS)
+        ).mappings().all()
+        out["global_models"] = [dict(r) for r in rows]
+
+        out["evaluation"] = _evaluation(conn, evaluation_summaries)
+
+        count, first, last = conn.execute(
+            select(func.count(), func.min(local_models.c.created_at), func.max(local_models.c.created_at))
+        ).one()
+        recent = conn.execute(
+            select(func.count()).where(local_models.c.created_at > now - timedelta(minutes=RECENT_MINUTES))
+        ).scalar_one()
+        out["training"] = training_rate(int(count), first, last, int(recent))
+
+        by_sev = dict(conn.execute(
+            select(anomalies.c.severity, func.count()).group_by(anomalies.c.severity).order_by(anomalies.c.severity)
+        ).all())
+        by_broker = dict(conn.execute(
+            select(anomalies.c.broker_id, func.count()).group_by(anomalies.c.broker_id).order_by(anomalies.c.broker_id)
+        ).all())
+        out["anomalies"] = {
+            "total": int(sum(by_sev.values())),
+            "by_severity": {k: int(v) for k, v in by_sev.items()},
+            "by_broker": {int(k): int(v) for k, v in by_broker.items()},
+        }
+    return out
+
+
+def _evaluation(conn: Any, t: Any) -> dict[str, Any] | None:
+    """The latest evaluated global version (all its splits) and, per baseline kind, that
+    kind's newest evaluation on the same splits."""
+    version = conn.execute(select(func.max(t.c.model_version)).where(t.c.model_kind == "global")).scalar()
+    if version is None:
+        return None
+    cols = [t.c.model_kind, t.c.model_version, t.c.split, t.c.samples, t.c.accuracy, t.c.precision, t.c.recall,
+            t.c.f1, t.c.roc_auc, t.c.event_recall, t.c.false_alarms_per_1000, t.c.evaluated_at]
+    rows = [dict(r) for r in conn.execute(
+        select(*cols).where(t.c.model_kind == "global", t.c.model_version == version).order_by(t.c.split)
+    ).mappings()]
+    splits = [r["split"] for r in rows]
+    baselines = conn.execute(
+        select(*cols).where(t.c.model_kind != "global", t.c.split.in_(splits))
+        .order_by(t.c.model_kind, t.c.split, desc(t.c.evaluated_at), desc(t.c.model_version))
+    ).mappings().all()
+    seen = set()
+    for r in baselines:
+        key = (r["model_kind"], r["split"])
+        if key not in seen:
+            seen.add(key)
+            rows.append(dict(r))
+    return {"global_version": int(version), "rows": rows}
+
+
+def latest_snapshot(db: Any) -> tuple[datetime | None, list[dict[str, Any]]]:
+    from flead_app.db.schema import kafka_traffic as kt
+
+    with db.engine.connect() as conn:
+        at = conn.execute(select(func.max(kt.c.measured_at))).scalar()
+        if at is None:
+            return None, []
+        rows = conn.execute(
+            select(kt.c.topic, kt.c.partition, kt.c.broker_id, kt.c.bytes, kt.c.messages)
+            .where(kt.c.measured_at == at).order_by(kt.c.topic, kt.c.partition)
+        ).mappings().all()
+    return at, [dict(r) for r in rows]
+
+
+def collect_kafka(db: Any, settings: Any, measure: bool = True, timeout_s: float = 15.0) -> dict[str, Any]:
+    """Measure now and store the snapshot; else (or on failure) the newest stored snapshot."""
+    from flead_app.db.traffic import KafkaUnreachable, measure_now, summarize
+
+    note = None
+    if measure:
+        try:
+            snap = measure_now(settings, timeout_s)
+            if snap.rows:
+                db.insert_rows("kafka_traffic", snap.db_rows())
+                return {
+                    "measured_at": snap.measured_at, "method": snap.method, "note": None,
+                    "summary": summarize(snap.rows, settings.topic_readings, settings.topic_local_updates,
+                                         settings.topic_global_updates),
+                }
+            note = "none of the FLEAD topics exists on the cluster"
+        except (KafkaUnreachable, OSError) as err:
+            note = f"Kafka not measured now ({err})"
+    else:
+        note = "Kafka not measured (--no-kafka)"
+    at, rows = latest_snapshot(db)
+    if at is None:
+        return {"measured_at": None, "method": None, "note": note, "summary": None}
+    return {
+        "measured_at": at, "method": "stored snapshot", "note": note,
+        "summary": summarize(rows, settings.topic_readings, settings.topic_local_updates,
+                             settings.topic_global_updates),
+    }
+
+
+def collect(db: Any, settings: Any, measure_kafka: bool = True, kafka_timeout_s: float = 15.0) -> dict[str, Any]:
+    """The whole report as one dict (Kafka first, so the counts include its new snapshot)."""
+    kafka = collect_kafka(db, settings, measure_kafka, kafka_timeout_s)
+    report = collect_database(db)
+    report["kafka"] = kafka
+    return report
+
+
+# ---------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="what the database holds: counts, models, evaluation, rates, bandwidth")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-kafka", action="store_true", help="do not measure Kafka; show the last stored snapshot")
+    p.add_argument("--kafka-timeout", type=float, default=15.0, metavar="S", help="give up measuring Kafka after S s")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sqlalchemy import exc as sa_exc
+
+    from flead_app.db.retry import describe_error
+    from flead_app.db.store import Database, DatabaseUnreachable
+    from flead_app.settings import load_settings
+
+    settings = load_settings()
+    if not settings.db_url:
+        print("flead report: no database configured: run `flead stack up` or set FLEAD_DB_URL", file=sys.stderr)
+        return 2
+    db = Database(settings.db_url, connect_timeout_s=5)
+    try:
+        db.ping()
+        if not all(_tables_present(db).values()):
+            db.init_schema()  # a fresh database: create the (empty) tables rather than fail
+        report = collect(db, settings, not args.no_kafka, args.kafka_timeout)
+    except DatabaseUnreachable as err:
+        print(f"flead report: {err}", file=sys.stderr)
+        return 2
+    except sa_exc.OperationalError as err:  # the database went away half-way
+        print(f"flead report: lost the database at {db.safe_url}: {describe_error(err)}", file=sys.stderr)
+        return 2
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps(jsonable(report), indent=2))
+    else:
+        sys.stdout.write(render_text(report))
+    return 0
+
+
+def _tables_present(db: Any) -> dict[str, bool]:
+    from flead_app.db.schema import metadata
+
+    with db.engine.connect() as conn:
+        present = set(conn.execute(
+            text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+        ).scalars())
+    return {t: t in present for t in metadata.tables}
