@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--brokers", type=int, choices=[1, 4], default=None,
                     help="1 (dev) or 4 (3 controllers + 1 broker, RF 3); default: the existing "
                     "cluster's, else 4")  # fmt: skip
+    up.add_argument(
+        "--replace", action="store_true", help="stop a running cluster of another size in this FLEAD_HOME first"
+    )
     up.add_argument("--no-db", action="store_true", help="do not start or check PostgreSQL")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for brokers")
     up.set_defaults(func=cmd_up)
@@ -61,7 +64,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from .local import up
 
     try:
-        res = up(args.brokers, with_db=not args.no_db, timeout=args.timeout)
+        res = up(args.brokers, with_db=not args.no_db, timeout=args.timeout, replace=args.replace)
     except StackError as exc:
         return _fail(exc)
     c = res.cluster

@@ -93,13 +93,21 @@ def cluster_for(settings: Settings, brokers: int | None = None) -> KafkaCluster:
     return KafkaCluster(home, n, port_base_from_env(), settings.kafka_version, settings.partitions)
 
 
-def up(brokers: int | None = None, with_db: bool = True, timeout: float = 180.0) -> UpResult:
-    """Start (or verify) the stack; on failure stop whatever this call started."""
+def up(brokers: int | None = None, with_db: bool = True, timeout: float = 180.0, replace: bool = False) -> UpResult:
+    """Start (or verify) the stack; on failure stop whatever this call started.
+
+    ``replace``: when a cluster of another size (or on other ports) runs from this
+    FLEAD_HOME, stop it first instead of refusing.
+    """
     t0 = time.monotonic()
     settings = load_settings()
     home = settings.home_path
     home.mkdir(parents=True, exist_ok=True)
     cluster = cluster_for(settings, brokers)
+    existing = KafkaCluster.from_home(home)
+    if replace and existing is not None and existing.plan != cluster.plan and existing.running_nodes():
+        log.info("stopping the running %d-broker cluster to start %d broker(s)", existing.brokers, cluster.brokers)
+        existing.down()
     from .fetch import fetch, is_cached
 
     downloaded = not is_cached(cluster.version)

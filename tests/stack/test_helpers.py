@@ -1,0 +1,115 @@
+"""Stack helpers that need no Kafka: jar cache, errors for missing tools, ports, processes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from flead_app.stack import fetch, procs
+from flead_app.stack.errors import StackError
+from flead_app.stack.kafka import KafkaCluster
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("FLEAD_KAFKA_CACHE", str(root))
+    return root
+
+
+def test_cache_hit_runs_no_maven(cache, monkeypatch):
+    libs = cache / "libs"
+    libs.mkdir(parents=True)
+    (libs / "kafka_2.13-9.9.9.jar").write_bytes(b"x")
+    (libs / fetch.MARKER).write_text(json.dumps({"jars": ["kafka_2.13-9.9.9.jar"]}))
+
+    def no_subprocess(*a, **k):
+        raise AssertionError("maven must not run when the jars are cached")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    res = fetch.fetch("9.9.9")
+    assert res.downloaded is False and res.libs == libs and res.jars == 1
+
+
+def test_incomplete_cache_is_not_trusted(cache):
+    libs = cache / "libs"
+    libs.mkdir(parents=True)
+    (libs / fetch.MARKER).write_text(json.dumps({"jars": ["missing.jar"]}))
+    assert not fetch.is_cached("9.9.9")
+    (libs / fetch.MARKER).write_text("not json")
+    assert not fetch.is_cached("9.9.9")
+
+
+def test_missing_maven_is_a_clear_error(cache, monkeypatch):
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: "/usr/bin/java" if name == "java" else None)
+    with pytest.raises(StackError, match="Maven is not installed"):
+        fetch.fetch("9.9.9")
+
+
+def test_missing_java_is_a_clear_error(cache, monkeypatch):
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: None)
+    with pytest.raises(StackError, match="Java is not installed"):
+        fetch.fetch("9.9.9")
+
+
+def test_unreachable_maven_central_is_a_clear_error(cache, monkeypatch):
+    def fake_run(cmd, **kw):
+        return subprocess.CompletedProcess(
+            cmd, 1, "", "[ERROR] Could not transfer artifact org.apache.kafka:kafka_2.13: Unknown host"
+        )
+
+    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: f"/usr/bin/{name}")
+    with pytest.raises(StackError, match="cannot reach Maven Central"):
+        fetch.fetch("9.9.9")
+    assert not (cache / "libs").exists()
+
+
+def test_taken_port_names_port_and_broker(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        if port > 55000:
+            pytest.skip("ephemeral port too high for a port base")
+        cluster = KafkaCluster(tmp_path, 4, port - 1)  # the taken port is broker 2's
+        with pytest.raises(StackError, match=rf"port {port} \(broker 2 client listener\)"):
+            cluster.check_ports()
+    assert not list(tmp_path.iterdir())  # nothing was created
+
+
+def test_pid_checks_and_stop(tmp_path):
+    marker = str(tmp_path / "marker-arg")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
+    pid_file = tmp_path / "x.pid"
+    pid_file.write_text(str(proc.pid))
+    assert procs.running_pid(pid_file, marker) == proc.pid
+    assert procs.running_pid(pid_file, "another-marker") is None  # never someone else's process
+    assert procs.stop_pid(proc.pid, marker, timeout=10) == "stopped"
+    proc.wait(timeout=5)
+    assert procs.running_pid(pid_file, marker) is None
+
+
+def test_stop_escalates_to_sigkill(tmp_path):
+    marker = str(tmp_path / "stubborn")
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, marker], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"ready"
+    assert procs.stop_pid(proc.pid, marker, timeout=0.5) == "killed after timeout"
+    proc.wait(timeout=5)
+
+
+def test_poll_and_tail(tmp_path):
+    calls = []
+    assert procs.poll(lambda: calls.append(1) or len(calls) >= 3, timeout=5, interval=0.01)
+    assert not procs.poll(lambda: False, timeout=0.05, interval=0.01)
+    log = tmp_path / "log"
+    log.write_text("\n".join(f"line {i}" for i in range(100)))
+    assert procs.tail(log, 2) == "line 98\nline 99"
+    assert "no log" in procs.tail(tmp_path / "nope")
