@@ -1,0 +1,397 @@
+"""Every dashboard query, defined once: Grafana's panels and the worker's live page both use these.
+
+A panel is an SQL string for PostgreSQL plus what a renderer needs to know about it (id, title,
+panel type, the columns it returns in order, unit). ``flead dashboard export`` turns the list
+into Grafana JSON; ``/dashboard/data`` on the worker and the tests run the same strings through
+``run_all_queries``.
+
+Time filter rule. Only one Grafana macro may appear in a query: ``$__timeFilter(column)``.
+Grafana expands it to the dashboard's time range; ``expand_macros`` (our runner) expands it to
+``column BETWEEN now() - interval '<range> seconds' AND now()``, with the range the live page
+asks for (6 hours by default, the same as the Grafana dashboard's default range). Any other
+``$__`` macro is refused, so a query that runs in one place runs in the other. Panels that are
+not about the chosen range (totals, "last hour", latest values) use ``now() - interval '...'``
+or no time filter at all. Queries contain no ``:name`` or ``%`` so that neither SQLAlchemy nor
+psycopg2 reads them as parameters.
+
+Which timestamp. Models are stamped with the wall clock when trained (``created_at``);
+anomalies carry both the reading's own time (``timestamp``, which a CSV replay sets years in
+the past) and when they were detected (``detected_at``). Live panels use ``detected_at``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+DEFAULT_RANGE_S = 6 * 3600
+"""Range ``$__timeFilter`` covers in our runner; the Grafana dashboard's default is the same (now-6h)."""
+
+HELDOUT_SPLIT = "holdout"
+"""``evaluation_summaries.split`` of the readings no model trained on (the Spark evaluation writes it)."""
+
+PANEL_TYPES = ("stat", "timeseries", "table", "barchart")
+
+_MACRO = re.compile(r"\$__(\w+)(?:\(([^()]*)\))?")
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One dashboard panel: a query and how to show what it returns.
+
+    ``columns`` is the exact, ordered list of result columns (checked on every run). For a
+    timeseries the first column is ``time``; when ``series_column`` is set the result is long
+    (time, series name, value) as Grafana's ``metric`` convention expects, else every other
+    column is a series. For a barchart the first column is the category. ``column_units``
+    overrides ``unit`` for single columns (a second axis on charts, cell format in tables).
+    ``width`` and ``height`` are in Grafana grid units (24 columns wide).
+    """
+
+    id: str
+    title: str
+    type: str
+    sql: str
+    columns: tuple[str, ...]
+    unit: str = "short"
+    description: str = ""
+    column_units: Mapping[str, str] = field(default_factory=dict)
+    series_column: str | None = None
+    stacked: bool = False
+    bars: bool = False
+    width: int = 12
+    height: int = 8
+    decimals: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in PANEL_TYPES:
+            raise ValueError(f"panel {self.id}: unknown type {self.type!r}")
+        if self.type == "timeseries" and self.columns[0] != "time":
+            raise ValueError(f"panel {self.id}: a timeseries returns `time` first")
+        if self.series_column and self.series_column not in self.columns:
+            raise ValueError(f"panel {self.id}: series column {self.series_column!r} not returned")
+        unknown = set(self.column_units) - set(self.columns)
+        if unknown:
+            raise ValueError(f"panel {self.id}: units for columns it does not return: {sorted(unknown)}")
+
+    def unit_of(self, column: str) -> str:
+        return self.column_units.get(column, self.unit)
+
+
+def _sql(text_: str) -> str:
+    """Strip the indentation of a query written inline, so the Grafana JSON reads well."""
+    lines = [line.rstrip() for line in text_.strip("\n").splitlines()]
+    indent = min((len(line) - len(line.lstrip()) for line in lines if line.strip()), default=0)
+    return "\n".join(line[indent:] for line in lines)
+
+
+PANELS: tuple[Panel, ...] = (
+    # --- the description's eight panels --------------------------------------------------------
+    Panel(
+        id="total_local_models",
+        title="Total Local Models",
+        type="stat",
+        width=6,
+        height=4,
+        description="Every local model any device has trained (rows of local_models).",
+        sql=_sql("""
+            SELECT count(*) AS local_models
+            FROM local_models
+        """),
+        columns=("local_models",),
+        unit="short",
+    ),
+    Panel(
+        id="global_models",
+        title="Global Models Created",
+        type="stat",
+        width=6,
+        height=4,
+        description="Global versions FedAvg has produced; each is one aggregation round.",
+        sql=_sql("""
+            SELECT count(DISTINCT global_version) AS global_models
+            FROM federated_models
+        """),
+        columns=("global_models",),
+        unit="short",
+    ),
+    Panel(
+        id="active_devices",
+        title="Active Devices (Last Hour)",
+        type="stat",
+        width=6,
+        height=4,
+        description="Distinct devices that trained a local model or raised an anomaly in the last hour.",
+        sql=_sql("""
+            SELECT count(DISTINCT device_id) AS active_devices
+            FROM (
+                SELECT device_id FROM local_models WHERE created_at > now() - interval '1 hour'
+                UNION
+                SELECT device_id FROM anomalies WHERE detected_at > now() - interval '1 hour'
+            ) AS recent
+        """),
+        columns=("active_devices",),
+        unit="short",
+    ),
+    Panel(
+        id="latest_global_accuracy",
+        title="Latest Global Accuracy",
+        type="stat",
+        width=6,
+        height=4,
+        description="Sample-weighted training accuracy of the newest global version (held-out F1 is below).",
+        sql=_sql("""
+            SELECT accuracy
+            FROM federated_models
+            ORDER BY created_at DESC, global_version DESC
+            LIMIT 1
+        """),
+        columns=("accuracy",),
+        unit="percentunit",
+        decimals=1,
+    ),
+    Panel(
+        id="models_per_minute",
+        title="Model Training Rate (Per Minute)",
+        type="timeseries",
+        bars=True,
+        description="Local models trained in each minute of the time range.",
+        sql=_sql("""
+            SELECT date_trunc('minute', created_at) AS time, count(*) AS models
+            FROM local_models
+            WHERE $__timeFilter(created_at)
+            GROUP BY 1
+            ORDER BY 1
+        """),
+        columns=("time", "models"),
+        unit="short",
+    ),
+    Panel(
+        id="global_accuracy_trend",
+        title="Global Model Accuracy Trend",
+        type="timeseries",
+        description="Accuracy of each global version as it was created.",
+        sql=_sql("""
+            SELECT created_at AS time, accuracy
+            FROM federated_models
+            WHERE $__timeFilter(created_at)
+            ORDER BY created_at
+        """),
+        columns=("time", "accuracy"),
+        unit="percentunit",
+        decimals=1,
+    ),
+    Panel(
+        id="top_devices",
+        title="Top Devices by Training Count",
+        type="barchart",
+        height=9,
+        description="The ten devices that trained most often, with their mean local accuracy.",
+        sql=_sql("""
+            SELECT device_id, count(*) AS models_trained, avg(accuracy) AS avg_accuracy
+            FROM local_models
+            GROUP BY device_id
+            ORDER BY models_trained DESC, device_id
+            LIMIT 10
+        """),
+        columns=("device_id", "models_trained", "avg_accuracy"),
+        unit="short",
+        column_units={"avg_accuracy": "percentunit"},
+    ),
+    Panel(
+        id="recent_federated_models",
+        title="Recent Federated Models",
+        type="table",
+        height=9,
+        description="The last ten global versions.",
+        sql=_sql("""
+            SELECT global_version AS version, aggregation_round AS round, num_devices AS devices,
+                   accuracy, created_at
+            FROM federated_models
+            ORDER BY created_at DESC, global_version DESC
+            LIMIT 10
+        """),
+        columns=("version", "round", "devices", "accuracy", "created_at"),
+        unit="short",
+        column_units={"accuracy": "percentunit", "created_at": "dateTimeAsIso"},
+    ),
+    # --- beyond the description ---------------------------------------------------------------
+    Panel(
+        id="anomalies_by_severity",
+        title="Anomalies per Minute by Severity",
+        type="timeseries",
+        bars=True,
+        stacked=True,
+        description="Anomalies detected each minute (|z| > 2.5 warning, from 3.0 critical).",
+        sql=_sql("""
+            SELECT date_trunc('minute', detected_at) AS time,
+                   count(*) FILTER (WHERE severity = 'warning') AS warning,
+                   count(*) FILTER (WHERE severity = 'critical') AS critical
+            FROM anomalies
+            WHERE $__timeFilter(detected_at)
+            GROUP BY 1
+            ORDER BY 1
+        """),
+        columns=("time", "warning", "critical"),
+        unit="short",
+    ),
+    Panel(
+        id="anomalies_by_broker",
+        title="Anomalies per Minute by Broker",
+        type="timeseries",
+        series_column="metric",
+        description="Anomalies by the broker that led the device's partition when it was detected.",
+        sql=_sql("""
+            SELECT date_trunc('minute', detected_at) AS time,
+                   CASE WHEN broker_id < 0 THEN 'unknown broker' ELSE 'broker ' || broker_id END AS metric,
+                   count(*) AS anomalies
+            FROM anomalies
+            WHERE $__timeFilter(detected_at)
+            GROUP BY 1, 2
+            ORDER BY 1, 2
+        """),
+        columns=("time", "metric", "anomalies"),
+        unit="short",
+    ),
+    Panel(
+        id="heldout_f1",
+        title="Held-out F1: Global vs Local-only vs Central",
+        type="barchart",
+        height=9,
+        description=(
+            "F1 on readings no model trained on, for the last 20 global versions. Baselines (local-only models, "
+            "one centrally trained model) are evaluated once per run, at the newest global version: each bar "
+            "shows the baseline evaluated at that version, else the nearest earlier one, else the nearest later one."
+        ),
+        sql=_sql(f"""
+            WITH s AS (
+                SELECT model_kind, model_version, f1
+                FROM evaluation_summaries
+                WHERE split = '{HELDOUT_SPLIT}'
+            ), g AS (
+                SELECT model_version, f1 FROM s WHERE model_kind = 'global'
+                ORDER BY model_version DESC
+                LIMIT 20
+            )
+            SELECT 'v' || g.model_version AS version,
+                   g.f1 AS global_f1,
+                   (SELECT b.f1 FROM s AS b WHERE b.model_kind = 'local'
+                    ORDER BY (b.model_version <= g.model_version) DESC, abs(b.model_version - g.model_version)
+                    LIMIT 1) AS local_f1,
+                   (SELECT b.f1 FROM s AS b WHERE b.model_kind = 'central'
+                    ORDER BY (b.model_version <= g.model_version) DESC, abs(b.model_version - g.model_version)
+                    LIMIT 1) AS central_f1
+            FROM g
+            ORDER BY g.model_version
+        """),
+        columns=("version", "global_f1", "local_f1", "central_f1"),
+        unit="percentunit",
+        decimals=1,
+    ),
+    Panel(
+        id="broker_analytics",
+        title="Per-Broker Stream Analytics (Latest Window)",
+        type="table",
+        height=9,
+        description="Spark's hourly batch analytics per broker: the newest window of each broker.",
+        sql=_sql("""
+            SELECT DISTINCT ON (scope_key)
+                   scope_key AS broker, window_start, window_end, "count" AS readings,
+                   readings_per_minute, mean, std, anomaly_rate
+            FROM stream_analytics
+            WHERE scope = 'broker'
+            ORDER BY scope_key, window_end DESC
+        """),
+        columns=(
+            "broker",
+            "window_start",
+            "window_end",
+            "readings",
+            "readings_per_minute",
+            "mean",
+            "std",
+            "anomaly_rate",
+        ),
+        unit="short",
+        column_units={
+            "window_start": "dateTimeAsIso",
+            "window_end": "dateTimeAsIso",
+            "anomaly_rate": "percentunit",
+        },
+    ),
+)
+
+PANELS_BY_ID: dict[str, Panel] = {p.id: p for p in PANELS}
+if len(PANELS_BY_ID) != len(PANELS):
+    raise RuntimeError("duplicate panel id")
+
+
+class UnsupportedMacro(ValueError):
+    """A query uses a Grafana macro our runner cannot expand the same way."""
+
+
+def expand_macros(sql: str, range_s: int = DEFAULT_RANGE_S) -> str:
+    """Expand ``$__timeFilter(col)`` as Grafana would for the last ``range_s`` seconds."""
+    range_s = int(range_s)
+    if range_s <= 0:
+        raise ValueError("range must be positive")
+
+    def repl(m: re.Match[str]) -> str:
+        name, arg = m.group(1), (m.group(2) or "").strip()
+        if name != "timeFilter" or not _COLUMN.match(arg):
+            raise UnsupportedMacro(f"only $__timeFilter(column) is supported, got {m.group(0)!r}")
+        return f"{arg} BETWEEN now() - interval '{range_s} seconds' AND now()"
+
+    return _MACRO.sub(repl, sql)
+
+
+class ColumnMismatch(RuntimeError):
+    """A query returned other columns than its panel declares."""
+
+
+def run_panel(conn: Connection, panel: Panel, range_s: int = DEFAULT_RANGE_S) -> list[dict[str, Any]]:
+    """Run one panel's query; rows as dicts in the declared column order."""
+    result = conn.execute(text(expand_macros(panel.sql, range_s)))
+    columns = tuple(result.keys())
+    if columns != panel.columns:
+        raise ColumnMismatch(f"panel {panel.id}: declared {panel.columns}, query returned {columns}")
+    return [dict(zip(columns, row, strict=True)) for row in result]
+
+
+def run_all_queries(
+    engine: Engine, range_s: int = DEFAULT_RANGE_S, panels: tuple[Panel, ...] = PANELS
+) -> dict[str, list[dict[str, Any]]]:
+    """Every panel's rows by panel id; raises on the first failing query (for tests and checks).
+
+    Runs in one read-only transaction so the panels agree with each other.
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    with engine.connect() as conn, conn.begin():
+        conn.execute(text("SET TRANSACTION READ ONLY"))
+        for panel in panels:
+            out[panel.id] = run_panel(conn, panel, range_s)
+    return out
+
+
+def collect(engine: Engine, range_s: int = DEFAULT_RANGE_S, panels: tuple[Panel, ...] = PANELS) -> dict[str, dict]:
+    """Like ``run_all_queries`` but one failing panel reports its error instead of failing the page.
+
+    Each panel runs in its own short read-only transaction, so an error (a table not created
+    yet, say) does not abort the others.
+    """
+    out: dict[str, dict] = {}
+    with engine.connect() as conn:
+        for panel in panels:
+            try:
+                with conn.begin():
+                    conn.execute(text("SET TRANSACTION READ ONLY"))
+                    conn.execute(text("SET LOCAL statement_timeout = 10000"))
+                    out[panel.id] = {"rows": run_panel(conn, panel, range_s), "error": None}
+            except Exception as err:  # noqa: BLE001 - reported on the page, the other panels still show
+                out[panel.id] = {"rows": [], "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+    return out

@@ -1,0 +1,99 @@
+"""The panel definitions and the macro rule, without a database."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from flead_app.dashboard.queries import (
+    DEFAULT_RANGE_S,
+    PANEL_TYPES,
+    PANELS,
+    PANELS_BY_ID,
+    Panel,
+    UnsupportedMacro,
+    expand_macros,
+)
+
+# the description's GRAFANA section, in its order
+DESCRIPTION_PANELS = [
+    ("total_local_models", "stat"),
+    ("global_models", "stat"),
+    ("active_devices", "stat"),
+    ("latest_global_accuracy", "stat"),
+    ("models_per_minute", "timeseries"),
+    ("global_accuracy_trend", "timeseries"),
+    ("top_devices", "barchart"),
+    ("recent_federated_models", "table"),
+]
+
+
+def test_the_descriptions_eight_panels_come_first_in_its_order():
+    assert [(p.id, p.type) for p in PANELS[:8]] == DESCRIPTION_PANELS
+
+
+def test_the_extra_panels_exist():
+    for pid in ("anomalies_by_severity", "anomalies_by_broker", "heldout_f1", "broker_analytics"):
+        assert pid in PANELS_BY_ID
+    assert "anomalies.broker_id" not in PANELS_BY_ID["anomalies_by_broker"].sql  # unqualified, one table
+    assert "broker_id" in PANELS_BY_ID["anomalies_by_broker"].sql
+    assert "scope = 'broker'" in PANELS_BY_ID["broker_analytics"].sql
+    f1 = PANELS_BY_ID["heldout_f1"]
+    assert f1.columns == ("version", "global_f1", "local_f1", "central_f1")
+    for kind in ("'global'", "'local'", "'central'"):
+        assert kind in f1.sql
+
+
+@pytest.mark.parametrize("panel", PANELS, ids=lambda p: p.id)
+def test_panel_is_well_formed(panel: Panel):
+    assert panel.type in PANEL_TYPES
+    assert panel.title and panel.description and panel.unit
+    assert len(set(panel.columns)) == len(panel.columns)
+    assert 1 <= panel.width <= 24
+    # neither SQLAlchemy's text() nor psycopg2 may read anything in the SQL as a parameter
+    assert not re.search(r"(?<!:):[A-Za-z_]", panel.sql), "':name' would be a bind parameter"
+    assert "%" not in panel.sql
+    # only the one macro both runners understand
+    for macro in re.findall(r"\$__\w+", panel.sql):
+        assert macro == "$__timeFilter"
+    expand_macros(panel.sql)  # does not raise
+    if panel.type == "timeseries":
+        assert "$__timeFilter(" in panel.sql, "a time series follows the dashboard's range"
+
+
+def test_time_filter_expands_to_a_concrete_interval():
+    sql = "SELECT 1 FROM t WHERE $__timeFilter(created_at) AND x"
+    assert expand_macros(sql, 3600) == (
+        "SELECT 1 FROM t WHERE created_at BETWEEN now() - interval '3600 seconds' AND now() AND x"
+    )
+    assert f"'{DEFAULT_RANGE_S} seconds'" in expand_macros(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT $__timeGroupAlias(created_at, '1m')",
+        "SELECT $__timeFrom()",
+        "SELECT 1 WHERE $__timeFilter(created_at + 1)",
+        "SELECT 1 WHERE $__timeFilter",
+        "SELECT 1 WHERE $__timeFilter()",
+    ],
+)
+def test_other_macros_are_refused(sql):
+    with pytest.raises(UnsupportedMacro):
+        expand_macros(sql)
+
+
+def test_range_must_be_positive():
+    with pytest.raises(ValueError):
+        expand_macros("SELECT 1", 0)
+
+
+def test_panel_validation():
+    with pytest.raises(ValueError, match="time"):
+        Panel(id="x", title="x", type="timeseries", sql="SELECT 1", columns=("t", "v"))
+    with pytest.raises(ValueError, match="unknown type"):
+        Panel(id="x", title="x", type="pie", sql="SELECT 1", columns=("v",))
+    with pytest.raises(ValueError, match="units"):
+        Panel(id="x", title="x", type="table", sql="SELECT 1", columns=("v",), column_units={"w": "short"})
