@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "flead_app.report",
     "flead_app.worker",
     "flead_app.device_cli",
+    "flead_app.simulate",
     "flead_app.dashboard.cli",
 ]
 

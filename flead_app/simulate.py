@@ -1,0 +1,585 @@
+"""``flead simulate``: the device fleet (or a CSV replay) producing readings to Kafka.
+
+The readings come from ``flead_app.fleet`` (simulated sensors with labelled anomalies) or
+``flead_app.replay`` (real labelled CSV); this module only paces, encodes and sends them.
+
+Where a device's readings go (the one rule, also in docs/simulator.md and ``--help``): the
+message key is the device id, so a device maps to a *partition* by Kafka's default
+partitioner, ``murmur2(key) & 0x7fffffff % partitions`` (aiokafka's ``DefaultPartitioner``,
+the same function as the Java client's). A partition lives on the broker that currently
+leads it. So devices are spread over brokers through partitions; the description's
+"device_id modulo 4" and "devices 0-599 on broker 1" are not how Kafka places keys, and the
+simulator shows the real per-broker counts instead.
+
+The send loop is the hot path: readings arrive as numpy arrays, timestamps are formatted in
+one vectorised call, each message is one ``orjson.dumps``, and ``producer.send`` is awaited
+only for buffer space (delivery is confirmed by callbacks and a final flush), never per message.
+Pacing is a token bucket on the monotonic clock, so the rate does not drift with the cost of
+each step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import numpy as np
+import orjson
+
+from flead_app.fleet import DEFAULT_ANOMALY_RATE, Fleet, Readings, empty_readings, message_starts
+from flead_app.models import encode_batch
+from flead_app.settings import Settings, kafka_client_options, load_settings
+
+PROGRESS_EVERY_S = 2.0
+MAX_CHUNK_READINGS = 5_000  # readings generated, encoded and queued per step of the loop
+BURST_S = 1.0  # the token bucket holds at most this many seconds of readings
+METADATA_TIMEOUT_S = 20.0
+
+RULE = (
+    "Device -> partition: Kafka's default partitioner on the key (the device id), "
+    "murmur2(key) & 0x7fffffff % partitions. Partition -> broker: that partition's current "
+    "leader. Per-broker counts below use the leader at the time of sending."
+)
+
+
+# --- pure helpers ---------------------------------------------------------------------------
+
+
+def format_timestamps(epoch_s: np.ndarray) -> list[str]:
+    """Epoch seconds -> ISO 8601 UTC with milliseconds and ``Z``, as ``models.format_timestamp``.
+
+    Like ``datetime.fromtimestamp``: round to microseconds, then cut (not round) to milliseconds.
+    """
+    us = np.round(np.asarray(epoch_s, dtype=np.float64) * 1e6).astype(np.int64)
+    ms = (us // 1000).astype("datetime64[ms]")
+    return np.datetime_as_string(ms, unit="ms", timezone="UTC").tolist()
+
+
+def encode_messages(
+    device_ids: list[str], readings: Readings, starts: np.ndarray, single: bool
+) -> tuple[list[int], list[bytes]]:
+    """Device index and wire bytes of every message (``starts`` = first reading of each).
+
+    ``single`` emits each reading as ``Reading(...).to_json()`` (then every message must hold
+    one reading); otherwise each message is ``encode_batch(...)`` of one device's readings.
+    """
+    n = len(readings)
+    if n == 0:
+        return [], []
+    stamps = format_timestamps(readings.timestamp)
+    values = readings.value.tolist()
+    labels: list[int | None] = readings.label.tolist()
+    if (readings.label < 0).any():
+        labels = [None if lab < 0 else lab for lab in labels]
+    devices = readings.device[starts].tolist()
+    dumps = orjson.dumps
+    if single:
+        if starts.shape[0] != n:
+            raise ValueError("single-reading messages need one reading per message")
+        out = [
+            dumps({"device_id": device_ids[d], "timestamp": t, "value": v, "label": lab})
+            for d, t, v, lab in zip(devices, stamps, values, labels, strict=True)
+        ]
+        return devices, out
+    bounds = starts.tolist() + [n]
+    out = [
+        encode_batch(device_ids[d], stamps[s:e], values[s:e], labels[s:e])
+        for d, s, e in zip(devices, bounds[:-1], bounds[1:], strict=True)
+    ]
+    return devices, out
+
+
+class TokenBucket:
+    """Readings allowed so far at ``rate`` per second, holding at most ``capacity``.
+
+    Tokens are computed from the elapsed monotonic time, not from how long we slept, so
+    oversleeping or slow steps do not make the rate drift; the cap stops a long stall from
+    turning into a huge burst.
+    """
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        if rate <= 0 or capacity <= 0:
+            raise ValueError("rate and capacity must be positive")
+        self.rate = rate
+        self.capacity = capacity
+        self.tokens = 0.0
+        self._last = now
+
+    def available(self, now: float) -> float:
+        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
+        self._last = now
+        return self.tokens
+
+    def consume(self, n: float) -> None:
+        self.tokens -= n
+
+    def wait_time(self, n: float, now: float) -> float:
+        """Seconds until ``n`` tokens are available."""
+        return max(0.0, (n - self.available(now)) / self.rate)
+
+
+def partition_of(key: bytes, partitions: list[int]) -> int:
+    """The partition Kafka's (and aiokafka's) default partitioner picks for this key."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    return DefaultPartitioner()(key, partitions, partitions)
+
+
+# --- sources --------------------------------------------------------------------------------
+
+
+class Source(Protocol):
+    device_ids: list[str]
+
+    def take(self, budget: int, now: float, exact: bool) -> tuple[Readings, np.ndarray]:
+        """Up to ``budget`` readings in whole messages (exactly ``budget`` if ``exact``)."""
+        ...
+
+
+class FleetSource:
+    """Simulated devices, taking turns; each message is ``batch`` readings of one device."""
+
+    def __init__(self, fleet: Fleet, batch: int, interval_s: float) -> None:
+        self.fleet = fleet
+        self.batch = batch
+        self.interval_s = interval_s
+        self.device_ids = fleet.device_ids
+
+    def take(self, budget: int, now: float, exact: bool) -> tuple[Readings, np.ndarray]:
+        full, rem = divmod(budget, self.batch)
+        if not exact:
+            rem = 0
+        parts: list[Readings] = []
+        while full > 0:
+            devices = self.fleet.round_robin(full)
+            parts.append(self.fleet.next_readings(devices, now, self.batch, self.interval_s))
+            full -= devices.shape[0]
+        if rem:
+            parts.append(self.fleet.next_readings(self.fleet.round_robin(1), now, rem, self.interval_s))
+        if not parts:
+            return empty_readings(), np.empty(0, np.int64)
+        readings = parts[0] if len(parts) == 1 else _concat(parts)
+        return readings, message_starts(readings.device, self.batch)
+
+
+class ReplaySource:
+    """Rows of a CSV replay in their send order (see ``ReplayData.schedule``)."""
+
+    def __init__(self, data: Any, batch: int) -> None:
+        self.data = data
+        self.device_ids = data.device_ids
+        self.readings, self.starts = data.schedule(batch)
+        self._bounds = np.append(self.starts, len(self.readings))
+        self.pos = 0
+
+    def take(self, budget: int, now: float, exact: bool) -> tuple[Readings, np.ndarray]:
+        total = len(self.readings)
+        limit = min(self.pos + budget, total)
+        if exact:
+            end = limit
+        else:
+            end = int(self._bounds[np.searchsorted(self._bounds, limit, side="right") - 1])
+        if end <= self.pos:
+            return empty_readings(), np.empty(0, np.int64)
+        r = self.readings
+        sl = slice(self.pos, end)
+        chunk = Readings(r.device[sl], r.timestamp[sl], r.value[sl], r.label[sl], r.kind[sl])
+        lo, hi = np.searchsorted(self.starts, [self.pos, end])
+        starts = self.starts[lo:hi] - self.pos
+        self.pos = end
+        return chunk, starts
+
+
+def _concat(parts: list[Readings]) -> Readings:
+    return Readings(*(np.concatenate([getattr(p, f) for p in parts]) for f in Readings.__dataclass_fields__))
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+@dataclass
+class SimOptions:
+    devices: int
+    rate: float  # readings per minute; 0 = as fast as possible
+    batch: int
+    seed: int = 0
+    seconds: float | None = None
+    count: int | None = None
+    csv: str | None = None
+    skip_bad: bool = False
+    anomaly_rate: float = DEFAULT_ANOMALY_RATE
+    topic: str | None = None
+    bootstrap: list[str] | None = None
+    progress_every_s: float = PROGRESS_EVERY_S
+    metadata_timeout_s: float = METADATA_TIMEOUT_S
+
+
+@dataclass
+class Summary:
+    topic: str
+    partitions: int
+    source: str
+    devices: int
+    batch: int
+    readings: int = 0
+    messages: int = 0
+    bytes: int = 0  # keys + values
+    acked_messages: int = 0
+    failed_messages: int = 0
+    first_error: str = ""
+    seconds: float = 0.0
+    target_rate_per_s: float = 0.0
+    anomaly_readings: int = 0
+    anomalies_by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
+    per_broker: dict[str, dict[str, int]] = field(default_factory=dict)
+    per_partition: dict[str, int] = field(default_factory=dict)
+    stopped_by: str = ""
+    skipped_rows: int = 0
+
+    @property
+    def rate_per_s(self) -> float:
+        return self.readings / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rate_per_s": round(self.rate_per_s, 1), "rule": RULE}
+
+
+class _Counters:
+    """Delivery results, updated from the futures' callbacks."""
+
+    def __init__(self) -> None:
+        self.acked = 0
+        self.failed = 0
+        self.first_error = ""
+
+    def done(self, fut: asyncio.Future) -> None:
+        if fut.cancelled():
+            self.failed += 1
+            return
+        err = fut.exception()
+        if err is None:
+            self.acked += 1
+        else:
+            self.failed += 1
+            if not self.first_error:
+                self.first_error = f"{type(err).__name__}: {err}"
+
+
+def _make_source(opts: SimOptions) -> tuple[Source, Fleet | None, Any]:
+    if opts.csv:
+        from flead_app.replay import load_csv
+
+        data = load_csv(opts.csv, skip_bad=opts.skip_bad)
+        if len(data) == 0:
+            raise ValueError(f"{opts.csv} holds no readings")
+        return ReplaySource(data, opts.batch), None, data
+    fleet = Fleet(opts.devices, seed=opts.seed, anomaly_rate=opts.anomaly_rate)
+    per_device_s = opts.devices * 60.0 / opts.rate if opts.rate > 0 else 0.001
+    return FleetSource(fleet, opts.batch, per_device_s), fleet, None
+
+
+def _broker_label(node: Any) -> str:
+    return f"broker {node}" if node is not None and node != -1 else "no leader"
+
+
+async def simulate(
+    settings: Settings, opts: SimOptions, progress: IO[str] | None = sys.stderr, stop: asyncio.Event | None = None
+) -> Summary:
+    """Produce readings until ``--count``/``--seconds``/the end of the CSV/``stop``; return the summary."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+    from aiokafka.structs import TopicPartition
+
+    if opts.batch < 1:
+        raise ValueError("--batch must be at least 1")
+    if opts.rate < 0:
+        raise ValueError("--rate must be >= 0 (0 = as fast as possible)")
+    source, fleet, data = _make_source(opts)
+    topic = opts.topic or settings.topic_readings
+    stop = stop or asyncio.Event()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=opts.bootstrap or settings.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        compression_type=None,
+        max_batch_size=131072,
+        client_id="flead-simulate",
+        **kafka_client_options(settings),
+    )
+    await producer.start()
+    summary = Summary(
+        topic=topic,
+        partitions=0,
+        source=f"csv {opts.csv}" if opts.csv else f"simulated fleet (seed {opts.seed})",
+        devices=len(source.device_ids),
+        batch=opts.batch,
+        target_rate_per_s=opts.rate / 60.0,
+        skipped_rows=data.skipped if data is not None else 0,
+    )
+    counters = _Counters()
+    try:
+        try:
+            parts = await asyncio.wait_for(producer.partitions_for(topic), opts.metadata_timeout_s)
+        except Exception as err:  # noqa: BLE001 - any failure here means the same to the user
+            raise RuntimeError(
+                f"topic {topic!r} is not available at {opts.bootstrap or settings.kafka_bootstrap} "
+                f"({type(err).__name__}); `flead stack up` creates it (auto-creation is off)"
+            ) from err
+        partitions = sorted(parts)
+        summary.partitions = len(partitions)
+        cluster = producer.client.cluster
+        keys = [d.encode() for d in source.device_ids]
+        part_of = np.array([partition_of(k, partitions) for k in keys], np.int64)
+
+        def leaders() -> dict[int, Any]:
+            return {p: cluster.leader_for_partition(TopicPartition(topic, p)) for p in partitions}
+
+        leader = leaders()
+        part_readings = np.zeros(max(partitions) + 1, np.int64)
+        broker_readings: dict[Any, int] = {}
+        broker_messages: dict[Any, int] = {}
+        sent_devices = np.zeros(len(keys), bool)
+        anomaly_readings = 0
+        single = opts.batch == 1
+        started = time.monotonic()
+        deadline = started + opts.seconds if opts.seconds else math.inf
+        bucket = (
+            TokenBucket(opts.rate / 60.0, max(opts.batch, opts.rate / 60.0 * BURST_S), started) if opts.rate else None
+        )
+        next_progress = started + opts.progress_every_s
+        send = producer.send
+        on_done = counters.done
+        while True:
+            now_m = time.monotonic()
+            if stop.is_set():
+                summary.stopped_by = "signal"
+                break
+            if now_m >= deadline:
+                summary.stopped_by = "--seconds"
+                break
+            remaining = opts.count - summary.readings if opts.count else MAX_CHUNK_READINGS
+            if remaining <= 0:
+                summary.stopped_by = "--count"
+                break
+            need = min(opts.batch, remaining)
+            budget = min(MAX_CHUNK_READINGS, remaining)
+            if bucket is not None:
+                avail = bucket.available(now_m)
+                if avail < need:
+                    pause = min(bucket.wait_time(need, now_m), 0.05, max(deadline - now_m, 0.0))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), pause)
+                    continue
+                budget = min(budget, int(avail))
+            readings, starts = source.take(budget, time.time(), exact=bool(opts.count) and budget == remaining)
+            if len(readings) == 0:
+                summary.stopped_by = "end of CSV"
+                break
+            if bucket is not None:
+                bucket.consume(len(readings))
+            devices, values = encode_messages(source.device_ids, readings, starts, single)
+            sizes = np.diff(np.append(starts, len(readings)))
+            try:
+                for d, value, size in zip(devices, values, sizes.tolist(), strict=True):
+                    p = int(part_of[d])
+                    fut = await send(topic, value, key=keys[d], partition=p)
+                    fut.add_done_callback(on_done)
+                    node = leader[p]
+                    broker_readings[node] = broker_readings.get(node, 0) + size
+                    broker_messages[node] = broker_messages.get(node, 0) + 1
+                    summary.bytes += len(value) + len(keys[d])
+            except KafkaError as err:  # e.g. no broker took the data within request_timeout_ms
+                summary.stopped_by = f"error: {type(err).__name__}: {err}"
+                break
+            np.add.at(part_readings, part_of[readings.device[starts]], sizes)
+            sent_devices[readings.device[starts]] = True
+            summary.readings += len(readings)
+            summary.messages += len(values)
+            anomaly_readings += int((readings.label == 1).sum())
+            await asyncio.sleep(0)  # let the sender drain between chunks
+            if now_m >= next_progress:
+                next_progress = now_m + opts.progress_every_s
+                leader = leaders()
+                if progress is not None:
+                    elapsed = now_m - started
+                    by_broker = sorted(broker_readings.items(), key=lambda x: str(x[0]))
+                    brokers = "  ".join(f"{_broker_label(b)}: {n:,}" for b, n in by_broker)
+                    print(
+                        f"[{elapsed:6.1f}s] sent {summary.readings:,} readings ({summary.messages:,} msgs) "
+                        f"at {summary.readings / max(elapsed, 1e-9):,.0f}/s"
+                        + (f" (target {opts.rate / 60.0:,.0f}/s)" if opts.rate else " (as fast as possible)")
+                        + f", acked {counters.acked:,} msgs | {brokers}",
+                        file=progress,
+                        flush=True,
+                    )
+        try:
+            await producer.flush()
+        except KafkaError as err:
+            summary.stopped_by += f"; flush failed: {type(err).__name__}: {err}"
+        await asyncio.sleep(0)  # run the last delivery callbacks
+        summary.seconds = time.monotonic() - started
+        leader = leaders()
+        dev_leader = [leader.get(int(p)) for p in part_of[sent_devices]]
+        devices_per_broker: dict[Any, int] = {}
+        for node in dev_leader:
+            devices_per_broker[node] = devices_per_broker.get(node, 0) + 1
+        nodes = sorted(set(broker_readings) | set(devices_per_broker), key=str)
+        summary.per_broker = {
+            _broker_label(b): {
+                "readings": broker_readings.get(b, 0),
+                "messages": broker_messages.get(b, 0),
+                "devices": devices_per_broker.get(b, 0),
+                "partitions": sum(1 for p in partitions if leader[p] == b),
+            }
+            for b in nodes
+        }
+        summary.per_partition = {str(p): int(part_readings[p]) for p in partitions}
+        summary.anomaly_readings = anomaly_readings
+        if fleet is not None:
+            summary.anomalies_by_kind = fleet.injected()
+        else:
+            summary.anomalies_by_kind = {"labelled in CSV": {"episodes": 0, "readings": anomaly_readings}}
+    finally:
+        await producer.stop()
+    summary.acked_messages = counters.acked
+    summary.failed_messages = counters.failed
+    summary.first_error = counters.first_error
+    return summary
+
+
+def format_summary(s: Summary) -> str:
+    pct = 100.0 * s.anomaly_readings / s.readings if s.readings else 0.0
+    lines = [
+        f"flead simulate: {s.readings:,} readings in {s.messages:,} messages, {s.bytes:,} bytes (keys+values), "
+        f"{s.seconds:.1f} s, {s.rate_per_s:,.0f} readings/s"
+        + (f" (target {s.target_rate_per_s:,.0f}/s)" if s.target_rate_per_s else " (as fast as possible)")
+        + f"; stopped by {s.stopped_by}",
+        f"  source: {s.source}, {s.devices:,} devices, batch {s.batch}; topic {s.topic} ({s.partitions} partitions)",
+        f"  delivery: {s.acked_messages:,} messages acknowledged (acks=all), {s.failed_messages:,} failed"
+        + (f" - first error: {s.first_error}" if s.first_error else ""),
+        f"  anomalies: {s.anomaly_readings:,} readings labelled 1 ({pct:.2f}%)",
+    ]
+    if s.skipped_rows:
+        lines.append(f"  skipped bad CSV rows: {s.skipped_rows:,}")
+    for kind, c in s.anomalies_by_kind.items():
+        episodes = f"{c['episodes']:,} episodes, " if c.get("episodes") else ""
+        lines.append(f"    {kind:<16} {episodes}{c['readings']:,} readings")
+    lines.append("  per broker (leader of the device's partition):")
+    for broker, c in s.per_broker.items():
+        lines.append(
+            f"    {broker:<10} {c['readings']:>10,} readings {c['messages']:>10,} messages "
+            f"{c['devices']:>6,} devices  leads {c['partitions']} partition(s)"
+        )
+    lines.append("  " + RULE)
+    return "\n".join(lines)
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+HELP_EPILOG = """\
+where readings go:
+  device -> partition: the key is the device id; Kafka's default partitioner picks
+    murmur2(key) & 0x7fffffff % partitions (aiokafka's DefaultPartitioner is the same).
+  partition -> broker: the broker that currently leads that partition.
+  The progress lines and the summary count readings per broker by that rule (not by
+  "device_id modulo 4", which is not how Kafka places keys).
+
+examples:
+  flead simulate --seconds 60                    # 2,407 devices at 31,482 readings/minute
+  flead simulate --count 100000 --rate 0 --batch 10
+  flead simulate --csv data/nab/nab_realknowncause.csv.gz --rate 0
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    d = Settings()
+    p = subparsers.add_parser(
+        "simulate",
+        help="run the device fleet (or replay a CSV) into Kafka",
+        description="Produce sensor readings to the readings topic, keyed by device id: a simulated fleet "
+        "with labelled, injected anomalies, or a replay of labelled CSV data. Runs until --seconds, "
+        "--count, the end of the CSV, or Ctrl-C; prints progress to stderr every ~2 s and a summary.",
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--devices", type=int, default=None, help=f"fleet size (default FLEAD_DEVICES, {d.devices})")
+    p.add_argument(
+        "--rate", type=float, default=None,
+        help="readings per minute over the whole fleet, 0 = as fast as possible "
+        f"(default FLEAD_READINGS_PER_MINUTE, {d.readings_per_minute})",
+    )  # fmt: skip
+    until = p.add_mutually_exclusive_group()
+    until.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    until.add_argument("--count", type=int, default=None, help="stop after this many readings")
+    p.add_argument(
+        "--batch", type=int, default=None,
+        help=f"readings of one device per message, 1 = single readings (default FLEAD_BATCH_SIZE, {d.batch_size})",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="fleet seed: sensors and anomalies follow from it (default 0)")
+    p.add_argument(
+        "--anomaly-rate", type=float, default=DEFAULT_ANOMALY_RATE,
+        help=f"share of simulated readings inside an anomaly episode (default {DEFAULT_ANOMALY_RATE})",
+    )  # fmt: skip
+    p.add_argument("--csv", default=None, help="replay this long-format CSV (.csv, .csv.gz, or a folder of them)")
+    p.add_argument("--skip-bad", action="store_true", help="count and skip bad CSV rows instead of stopping")
+    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: the running stack's)")
+    p.add_argument("--topic", default=None, help=f"topic (default FLEAD_TOPIC_READINGS, {d.topic_readings})")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def options_from_args(args: argparse.Namespace, settings: Settings) -> SimOptions:
+    return SimOptions(
+        devices=args.devices if args.devices is not None else settings.devices,
+        rate=args.rate if args.rate is not None else float(settings.readings_per_minute),
+        batch=args.batch if args.batch is not None else settings.batch_size,
+        seed=args.seed,
+        seconds=args.seconds,
+        count=args.count,
+        csv=args.csv,
+        skip_bad=args.skip_bad,
+        anomaly_rate=args.anomaly_rate,
+        topic=args.topic,
+        bootstrap=[s.strip() for s in args.bootstrap.split(",") if s.strip()] if args.bootstrap else None,
+    )
+
+
+async def _main(settings: Settings, opts: SimOptions) -> Summary:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    return await simulate(settings, opts, progress=sys.stderr, stop=stop)
+
+
+def run(args: argparse.Namespace) -> int:
+    from flead_app.replay import BadRow
+
+    settings = load_settings()
+    try:
+        opts = options_from_args(args, settings)
+        if opts.devices < 1:
+            raise ValueError("--devices must be at least 1")
+        if opts.csv and not Path(opts.csv).exists():
+            raise FileNotFoundError(f"no such file or folder: {opts.csv}")
+        summary = asyncio.run(_main(settings, opts))
+    except (BadRow, ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"flead simulate: {err}", file=sys.stderr)
+        return 2 if isinstance(err, BadRow | ValueError | FileNotFoundError) else 1
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(format_summary(summary))
+    return 1 if summary.failed_messages else 0

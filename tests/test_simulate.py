@@ -1,0 +1,120 @@
+"""The simulator's pure parts: wire encoding, pacing, the partition rule, message sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flead_app.fleet import Fleet, Readings
+from flead_app.models import Reading, encode_batch, format_timestamp, parse_readings
+from flead_app.replay import load_csv
+from flead_app.simulate import (
+    FleetSource,
+    ReplaySource,
+    TokenBucket,
+    encode_messages,
+    format_timestamps,
+    partition_of,
+)
+
+T0 = 1_762_528_951.0
+
+
+def test_timestamps_match_the_models_format():
+    stamps = np.array([0.0, T0, T0 + 0.001, T0 + 0.9995, 1_372_896_000.25, 4_102_444_799.999])
+    assert format_timestamps(stamps) == [format_timestamp(float(t)) for t in stamps]
+    assert format_timestamps(np.array([T0]))[0] == "2025-11-07T15:22:31.000Z"
+    random = np.random.default_rng(1).uniform(1e9, 2e9, 2000)  # microsecond fractions, cut like datetime
+    assert format_timestamps(random) == [format_timestamp(float(t)) for t in random]
+
+
+def readings(devices, values, labels) -> Readings:
+    n = len(values)
+    return Readings(
+        np.array(devices, np.int32), T0 + np.arange(n), np.array(values, float), np.array(labels, np.int8),
+        np.zeros(n, np.int8),
+    )  # fmt: skip
+
+
+def test_single_messages_are_exactly_reading_to_json():
+    ids = ["device_0", "device_1"]
+    r = readings([0, 1, 0], [1.5, -2.25, 3.0], [0, 1, -1])
+    devices, values = encode_messages(ids, r, np.arange(3), single=True)
+    assert devices == [0, 1, 0]
+    expected = [
+        Reading("device_0", format_timestamp(T0), 1.5, 0).to_json(),
+        Reading("device_1", format_timestamp(T0 + 1), -2.25, 1).to_json(),
+        Reading("device_0", format_timestamp(T0 + 2), 3.0, None).to_json(),
+    ]
+    assert values == expected
+    parsed = parse_readings(values[2], key=b"device_0")
+    assert parsed.labels.tolist() == [-1] and parsed.timestamps.tolist() == [T0 + 2]
+
+
+def test_batch_messages_are_exactly_encode_batch():
+    ids = ["a", "b"]
+    r = readings([0, 0, 0, 1, 1], [1, 2, 3, 4, 5], [0, 1, 0, 0, 0])
+    devices, values = encode_messages(ids, r, np.array([0, 2, 3]), single=False)
+    assert devices == [0, 0, 1]
+    stamps = [format_timestamp(T0 + i) for i in range(5)]
+    assert values[0] == encode_batch("a", stamps[0:2], [1.0, 2.0], [0, 1])
+    assert values[1] == encode_batch("a", stamps[2:3], [3.0], [0])
+    assert values[2] == encode_batch("b", stamps[3:5], [4.0, 5.0], [0, 0])
+    batch = parse_readings(values[2], key=b"b")
+    assert batch.values.tolist() == [4.0, 5.0] and batch.labels.tolist() == [0, 0]
+    with pytest.raises(ValueError):
+        encode_messages(ids, r, np.array([0, 2, 3]), single=True)
+
+
+def test_token_bucket_keeps_the_rate_whatever_the_sleeps():
+    rng = np.random.default_rng(0)
+    now = 100.0
+    bucket = TokenBucket(rate=500.0, capacity=500.0, now=now)
+    sent = 0
+    for _ in range(2000):
+        now += float(rng.uniform(0.0, 0.02))  # irregular steps, as a busy event loop gives
+        take = int(bucket.available(now)) // 10 * 10
+        bucket.consume(take)
+        sent += take
+    elapsed = now - 100.0
+    assert abs(sent - 500.0 * elapsed) <= 10, (sent, 500.0 * elapsed)
+    assert bucket.wait_time(10, now) <= 10 / 500.0
+
+
+def test_token_bucket_caps_bursts_after_a_stall():
+    bucket = TokenBucket(rate=100.0, capacity=50.0, now=0.0)
+    assert bucket.available(60.0) == 50.0
+
+
+def test_partition_is_kafkas_murmur2():
+    # signed murmur2 values from Kafka's own UtilsTest.testMurmur2
+    vectors = {b"21": -973932308, b"foobar": -790332482, b"a-little-bit-long-string": -985981536, b"abc": 479470107}
+    for key, signed in vectors.items():
+        for n in (1, 4, 8, 12):
+            assert partition_of(key, list(range(n))) == (signed & 0x7FFFFFFF) % n
+
+
+def test_fleet_source_gives_whole_messages_or_exactly_the_budget():
+    src = FleetSource(Fleet(5, seed=0), batch=4, interval_s=1.0)
+    r, starts = src.take(23, now=T0, exact=False)
+    assert len(r) == 20 and starts.tolist() == [0, 4, 8, 12, 16]
+    assert r.device.tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
+    r, starts = src.take(11, now=T0 + 10, exact=True)
+    assert len(r) == 11 and starts.tolist() == [0, 4, 8]
+    assert r.device.tolist() == [0] * 4 + [1] * 4 + [2] * 3
+    r, starts = src.take(3, now=T0 + 20, exact=False)
+    assert len(r) == 0
+
+
+def test_replay_source_respects_message_boundaries(tmp_path):
+    lines = ["device_id,timestamp,value,label"] + [f"d{i % 2},2025-01-01 00:00:{i:02d},{i},0" for i in range(9)]
+    path = tmp_path / "r.csv"
+    path.write_text("\n".join(lines) + "\n")
+    src = ReplaySource(load_csv(path), batch=3)
+    r, starts = src.take(5, now=0.0, exact=False)
+    assert r.value.tolist() == [0, 2, 4] and starts.tolist() == [0]
+    r, starts = src.take(4, now=0.0, exact=True)
+    assert r.value.tolist() == [1, 3, 5, 6] and starts.tolist() == [0, 3]
+    r, starts = src.take(100, now=0.0, exact=False)
+    assert r.value.tolist() == [8, 7]
+    assert len(src.take(100, now=0.0, exact=False)[0]) == 0
