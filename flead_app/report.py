@@ -35,12 +35,20 @@ LATEST_GLOBALS = 5
 
 
 def training_rate(
-    count: int, first: datetime | None, last: datetime | None, recent: int, recent_minutes: float = RECENT_MINUTES
+    count: int,
+    first: datetime | None,
+    last: datetime | None,
+    recent: int,
+    final: int | None = None,
+    recent_minutes: float = RECENT_MINUTES,
 ) -> dict[str, Any]:
-    """Local models per minute over the whole span of ``local_models`` and over the last minutes.
+    """Local models per minute over the whole span of ``local_models`` and over windows.
 
     The span runs from the first to the last ``created_at``; with a single instant (one row,
-    or all rows in the same millisecond) there is no rate to speak of: None.
+    or all rows in the same millisecond) there is no rate to speak of: None. ``recent`` counts
+    the models of the last minutes up to now (is it training now?); ``final`` those of the last
+    minutes up to the newest model (how fast was it going at the end?), which differs when the
+    run is over or ``created_at`` is the event time of a replayed data set.
     """
     span_min = (last - first).total_seconds() / 60.0 if first and last else 0.0
     return {
@@ -52,6 +60,8 @@ def training_rate(
         "recent_minutes": recent_minutes,
         "recent_local_models": recent,
         "recent_per_minute": round(recent / recent_minutes, 3),
+        "final_local_models": final,
+        "final_per_minute": None if final is None else round(final / recent_minutes, 3),
     }
 
 
@@ -149,7 +159,10 @@ def render_text(report: dict[str, Any]) -> str:
     lines.append(f"  overall     {_fmt_num(tr['per_minute'], 2):>10}   {tr['local_models']:,} models over "
                  f"{tr['span_minutes']:.1f} min ({_fmt_time(tr['first_at'])} .. {_fmt_time(tr['last_at'])})")
     lines.append(f"  last {tr['recent_minutes']:g} min  {_fmt_num(tr['recent_per_minute'], 2):>10}   "
-                 f"{tr['recent_local_models']:,} models")
+                 f"{tr['recent_local_models']:,} models up to now")
+    if tr.get("final_local_models") is not None:
+        lines.append(f"  final {tr['recent_minutes']:g} min {_fmt_num(tr['final_per_minute'], 2):>10}   "
+                     f"{tr['final_local_models']:,} models up to the newest one")
     lines.append("")
 
     an = report["anomalies"]
@@ -179,6 +192,8 @@ def render_text(report: dict[str, Any]) -> str:
         )
         saving = s["bandwidth_saving"]
         shown = "-" if saving is None else f"{saving:.1%}"
+        if saving is not None and s["model_bytes"] == 0:
+            shown += " (no model-update bytes on Kafka yet)"
         lines.append(
             f"  bandwidth saving: {shown}  = 1 - (local {s['local_update_bytes']:,} + global "
             f"{s['global_update_bytes']:,}) / readings {s['reading_bytes']:,} bytes"
@@ -223,7 +238,12 @@ def collect_database(db: Any, now: datetime | None = None) -> dict[str, Any]:
         recent = conn.execute(
             select(func.count()).where(local_models.c.created_at > now - timedelta(minutes=RECENT_MINUTES))
         ).scalar_one()
-        out["training"] = training_rate(int(count), first, last, int(recent))
+        final = None
+        if last is not None:
+            final = conn.execute(
+                select(func.count()).where(local_models.c.created_at > last - timedelta(minutes=RECENT_MINUTES))
+            ).scalar_one()
+        out["training"] = training_rate(int(count), first, last, int(recent), final)
 
         by_sev = dict(conn.execute(
             select(anomalies.c.severity, func.count()).group_by(anomalies.c.severity).order_by(anomalies.c.severity)

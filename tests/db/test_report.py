@@ -22,9 +22,10 @@ def closed_port() -> int:
 
 def test_training_rate_over_the_span_and_the_recent_window():
     t0 = datetime(2025, 1, 1, tzinfo=UTC)
-    r = training_rate(31, t0, t0 + timedelta(minutes=10), recent=20)
+    r = training_rate(31, t0, t0 + timedelta(minutes=10), recent=20, final=25)
     assert r["per_minute"] == pytest.approx(3.1)
     assert r["recent_per_minute"] == pytest.approx(4.0)
+    assert r["final_per_minute"] == pytest.approx(5.0)
     assert training_rate(1, t0, t0, recent=1)["per_minute"] is None  # one instant: no rate
     assert training_rate(0, None, None, recent=0)["per_minute"] is None
 
@@ -50,7 +51,7 @@ def sample_report() -> dict:
              "precision": 0.7, "recall": 0.6, "f1": 0.65, "roc_auc": 0.7, "event_recall": None,
              "false_alarms_per_1000": None, "evaluated_at": t},
         ]},
-        "training": training_rate(1403, t - timedelta(minutes=60), t, 117),
+        "training": training_rate(1403, t - timedelta(minutes=60), t, 117, 120),
         "anomalies": {"total": 3, "by_severity": {"critical": 1, "warning": 2}, "by_broker": {1: 2, 3: 1}},
         "kafka": {"measured_at": t, "method": "describe_log_dirs", "note": None, "summary": {
             "topics": {"edge-iiot-stream": {"bytes": 7_200_000, "messages": 72_000, "partitions": 8}},
@@ -64,7 +65,8 @@ def test_render_text_shows_every_section():
     text = render_text(sample_report())
     for expected in ("Rows per table", "local_models", "1,403", "Latest global versions", "0.7270",
                      "latest evaluated global version: v70", "global v70", "local v0", "0.937",
-                     "23.38", "last 5 min", "23.40", "critical", "Kafka traffic", "93.3%", "6.9 MiB"):
+                     "23.38", "last 5 min", "23.40", "final 5 min", "24.00", "critical", "Kafka traffic",
+                     "93.3%", "6.9 MiB"):
         assert expected in text, expected
     # aligned: every row of the counts table has its number in the same column
     rows = [line for line in text.splitlines() if line.startswith("  local_models") or line.startswith("  table ")]
@@ -115,6 +117,7 @@ def test_report_json_counts_and_models_per_minute(db, db_url, local_update, glob
     assert tr["per_minute"] == pytest.approx(30 / (29 * 20 / 60), rel=1e-3)
     assert tr["recent_local_models"] == 15
     assert tr["recent_per_minute"] == pytest.approx(3.0)
+    assert tr["final_local_models"] == 15  # created_at > newest - 5 min: i = 0..14
     assert report["anomalies"] == {"total": 5, "by_severity": {"critical": 2, "warning": 3},
                                    "by_broker": {"1": 3, "2": 2}}
     assert report["evaluation"] is None
