@@ -10,12 +10,14 @@ anomalies, local models, latest global version and accuracy, models per minute);
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
 
+from flead_app.kafka_util import consumer_lag
 from flead_app.settings import load_settings
 from flead_app.worker import WorkerProcess
 
@@ -36,6 +38,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _flead(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flead_app.cli", *args], check=check)
+
+
+def drain(settings, timeout: float) -> bool:  # noqa: ANN001
+    """Wait until the worker has committed everything on its input topics; False on timeout."""
+    topics = [
+        settings.topic_readings,
+        settings.topic_local_updates,
+        settings.topic_anomalies,
+        settings.topic_global_updates,
+    ]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lags = {t: asyncio.run(consumer_lag(settings.bootstrap_servers, settings.app_id, t)) for t in topics}
+        if not any(lags.values()):
+            return True
+        print(f"flead demo: waiting for the worker to catch up: {lags}", flush=True)
+        time.sleep(3)
+    print("flead demo: the worker did not catch up in time; the report shows what was processed", flush=True)
+    return False
 
 
 def summary_line(stats: dict, started: float, first_models: int) -> str:
@@ -68,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--devices", args.devices), ("--rate", args.rate), ("--batch", args.batch)):
         if value is not None:
             sim_args += [flag, str(value)]
-    simulator = subprocess.Popen(sim_args)
+    sim_log_path = settings.home_path / "logs" / "simulator.log"
+    sim_log = sim_log_path.open("w")
+    print(f"flead demo: simulator running for {args.minutes:g} min (log {sim_log_path})", flush=True)
+    simulator = subprocess.Popen(sim_args, stdout=sim_log, stderr=subprocess.STDOUT)
     started = time.monotonic()
     interrupted = False
     try:
@@ -83,17 +107,11 @@ def run(args: argparse.Namespace) -> int:
         print("\nflead demo: stopping (Ctrl-C) ...", flush=True)
         simulator.send_signal(signal.SIGINT)
     simulator.wait()
-    # let the worker finish what was produced, then let the sink flush
-    drain_until = time.monotonic() + (10 if interrupted else 60)
-    last = -1
-    while time.monotonic() < drain_until:
-        readings = worker.stats().get("detector", {}).get("readings", 0)
-        if readings == last:
-            break
-        last = readings
-        time.sleep(3)
+    sim_log.close()
+    print("".join(line for line in sim_log_path.open() if not line.startswith("[")), flush=True)
+    # let the worker finish what was produced: every topic's lag back to zero
+    drain(settings, timeout=30 if interrupted else 180)
     print(summary_line(worker.stats(), started, 0), flush=True)
-    time.sleep(2)
     worker.stop()
     print("\nflead demo: report\n", flush=True)
     _flead("report", check=False)

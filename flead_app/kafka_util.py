@@ -28,3 +28,26 @@ def event_time(msg) -> float:  # noqa: ANN001 - a faust Message
     """The record's Kafka timestamp in epoch seconds (wall clock if the record has none)."""
     ts = msg.timestamp
     return float(ts) if ts and ts > 0 else time.time()
+
+
+async def consumer_lag(bootstrap: list[str], group: str, topic: str, **client_options) -> int:
+    """Messages of ``topic`` the consumer group has not committed yet (end offset - committed)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **client_options)
+    await admin.start()
+    await consumer.start()
+    try:
+        parts = await assign_all_partitions(consumer, topic)
+        ends = await consumer.end_offsets(parts)
+        committed = await admin.list_consumer_group_offsets(group, partitions=parts)
+        lag = 0
+        for tp in parts:
+            meta = committed.get(tp)
+            done = meta.offset if meta is not None and meta.offset >= 0 else 0
+            lag += max(0, ends[tp] - done)
+        return lag
+    finally:
+        await consumer.stop()
+        await admin.close()

@@ -58,6 +58,8 @@ config = DeviceConfig(
 counters: Counter[str] = Counter()
 #: devices with readings waiting for a round -> time of their last round (for the quiet timer)
 waiting: dict[bytes, float] = {}
+#: devices the timer asked to train whose request the agent has not handled yet
+requested: set[bytes] = set()
 
 
 def anomaly_records(batch, scored, partition: int, z_threshold: float, z_critical: float) -> list[Anomaly]:  # noqa: ANN001
@@ -131,6 +133,8 @@ async def handle(event) -> None:  # noqa: ANN001 - a faust Event
             await local_updates_topic.send(key=FLEET_KEY, value=update.to_json())
     state = _with_position(state, msg.partition, msg.offset)
     device_state[key] = state.to_bytes()
+    if batch.control == CONTROL_TRAIN:
+        requested.discard(key)
     if state.pending:
         waiting[key] = state.last_round_at
     else:
@@ -156,9 +160,9 @@ async def detect(stream) -> None:  # noqa: ANN001
 async def train_quiet_devices() -> None:
     """Ask for a round on devices that have waited ``FLEAD_TRAIN_INTERVAL_S`` since their last one."""
     now = time.time()
-    due = [k for k, t in waiting.items() if now - t >= config.train_interval_s]
+    due = [k for k, t in waiting.items() if now - t >= config.train_interval_s and k not in requested]
     for key in due:
-        waiting.pop(key, None)
+        requested.add(key)  # one request in flight per device, even while the agent lags behind
         control = orjson.dumps({"device_id": key.decode("utf-8", "replace"), "control": CONTROL_TRAIN})
         await readings_topic.send(key=key, value=control)
     if due:
