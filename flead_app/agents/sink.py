@@ -26,13 +26,13 @@ BATCH_WAIT_S = 1.0
 def database():  # noqa: ANN201 - returns flead_app.db.store.Database
     """The database, with its schema created on first use."""
     global _database
-    from flead_app.db.store import Database
+    from flead_app.db.store import Database, write_with_retry
 
     if _database is None:
         if not settings.db_url:
             raise RuntimeError("no database: run `flead stack up` or set FLEAD_DB_URL")
         db = Database(settings.db_url)
-        db.init_schema()
+        write_with_retry(lambda _: db.init_schema(), None, what="schema")  # the database may still be starting
         _database = db
     return _database
 
@@ -48,15 +48,11 @@ async def persist(events: list, parse: Callable, insert_name: str, counter: str)
             await send_dead_letter(event, str(err))
     if not records:
         return
-    loop = asyncio.get_running_loop()
+    from flead_app.db.retry import write_with_retry_async
 
-    def write() -> int:
-        from flead_app.db.store import write_with_retry
-
-        db = database()
-        return write_with_retry(getattr(db, insert_name), records)
-
-    inserted = await loop.run_in_executor(None, write)
+    db = await asyncio.get_running_loop().run_in_executor(None, database)
+    # retried with backoff while the database is down; the batch is acknowledged only after this returns
+    inserted = await write_with_retry_async(getattr(db, insert_name), records, what=insert_name)
     counters[counter] += inserted
     counters[counter + "_duplicates_ignored"] += len(records) - inserted
 
