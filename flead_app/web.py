@@ -9,6 +9,7 @@ from __future__ import annotations
 from flead_app.agents import dead_letter, detector, fedavg, global_model, sink
 from flead_app.algorithms.device import DeviceState
 from flead_app.app import app
+from flead_app.dashboard import web as dashboard_web  # noqa: F401
 from flead_app.tables.device_state import device_state
 
 

@@ -245,6 +245,8 @@ PANELS: tuple[Panel, ...] = (
         title="Anomalies per Minute by Broker",
         type="timeseries",
         series_column="metric",
+        bars=True,
+        stacked=True,
         description="Anomalies by the broker that led the device's partition when it was detected.",
         sql=_sql("""
             SELECT date_trunc('minute', detected_at) AS time,

@@ -1,0 +1,353 @@
+// FLEAD live dashboard: draws every panel of flead_app/dashboard/queries.py from /dashboard/data.
+// Plain browser JavaScript with the vendored Chart.js; no build step.
+// Each panel element carries data-state ("loading", "data", "empty", "error") and data-rows,
+// which the browser test reads; document.body carries data-updates (successful refreshes).
+(function () {
+  "use strict";
+
+  var config = JSON.parse(document.getElementById("flead-config").textContent);
+  var grid = document.getElementById("grid");
+  var banner = document.getElementById("banner");
+  var updated = document.getElementById("updated");
+  var PALETTE = ["#5794f2", "#f2cc0c", "#73bf69", "#ff9830", "#b877d9", "#f2495c", "#8ab8ff", "#96d98d"];
+  var SEVERITY = { warning: "#ff9830", critical: "#f2495c" };
+  var ROW_PX = 36;
+  var charts = {};
+  var cards = {};
+  var updates = 0;
+
+  if (window.Chart) {
+    Chart.defaults.color = "#ccccdc";
+    Chart.defaults.borderColor = "rgba(204, 204, 220, 0.12)";
+    Chart.defaults.font.family = "Inter, Helvetica, Arial, sans-serif";
+    Chart.defaults.animation = false;
+  }
+
+  // ---------------------------------------------------------------- formatting
+  function pad(n) {
+    return (n < 10 ? "0" : "") + n;
+  }
+
+  function formatTime(ms, withDate) {
+    var d = new Date(ms);
+    var t = pad(d.getHours()) + ":" + pad(d.getMinutes());
+    return withDate ? d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " + t + ":" + pad(d.getSeconds()) : t;
+  }
+
+  function formatValue(value, unit, decimals) {
+    if (value === null || value === undefined) return "\u2014";
+    if (unit === "dateTimeAsIso") return formatTime(Date.parse(value), true);
+    if (typeof value !== "number") return String(value);
+    if (unit === "percentunit") return (value * 100).toFixed(decimals === null || decimals === undefined ? 1 : decimals) + "%";
+    var digits = decimals === null || decimals === undefined ? (Number.isInteger(value) ? 0 : 2) : decimals;
+    return value.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: 0 });
+  }
+
+  function axisTicks(unit, integers) {
+    return {
+      precision: integers ? 0 : undefined,
+      callback: function (v) {
+        return unit === "percentunit" ? Math.round(v * 1000) / 10 + "%" : formatValue(v, unit, null);
+      },
+    };
+  }
+
+  // ---------------------------------------------------------------- layout
+  function buildCard(panel) {
+    var card = document.createElement("section");
+    card.className = "panel panel-" + panel.type;
+    card.id = "panel-" + panel.id;
+    card.dataset.panel = panel.id;
+    card.dataset.state = "loading";
+    card.dataset.rows = "0";
+    card.style.gridColumn = "span " + panel.width;
+    card.style.height = panel.height * ROW_PX + "px";
+    var title = document.createElement("h2");
+    title.textContent = panel.title;
+    title.title = panel.description || "";
+    var body = document.createElement("div");
+    body.className = "body";
+    var empty = document.createElement("div");
+    empty.className = "empty";
+    empty.textContent = "no data yet";
+    card.appendChild(title);
+    card.appendChild(body);
+    card.appendChild(empty);
+    grid.appendChild(card);
+    cards[panel.id] = { el: card, body: body, empty: empty };
+  }
+
+  function setState(panel, state, rows, message) {
+    var c = cards[panel.id];
+    c.el.dataset.state = state;
+    c.el.dataset.rows = String(rows);
+    c.empty.textContent = state === "error" ? "query failed: " + message : "no data yet";
+    c.empty.style.display = state === "data" ? "none" : "flex";
+    c.body.style.visibility = state === "data" ? "visible" : "hidden";
+  }
+
+  // ---------------------------------------------------------------- renderers
+  function renderStat(panel, rows) {
+    var c = cards[panel.id];
+    var col = panel.columns[0];
+    var value = rows.length ? rows[0][col] : null;
+    if (value === null || value === undefined) return setState(panel, "empty", 0);
+    c.body.innerHTML = "";
+    var v = document.createElement("div");
+    v.className = "stat";
+    v.textContent = formatValue(value, panel.units[col], panel.decimals);
+    c.body.appendChild(v);
+    setState(panel, "data", rows.length);
+  }
+
+  function renderTable(panel, rows) {
+    var c = cards[panel.id];
+    if (!rows.length) return setState(panel, "empty", 0);
+    var table = document.createElement("table");
+    var head = table.createTHead().insertRow();
+    panel.columns.forEach(function (col) {
+      var th = document.createElement("th");
+      th.textContent = col.replace(/_/g, " ");
+      head.appendChild(th);
+    });
+    var tbody = table.createTBody();
+    rows.forEach(function (row) {
+      var tr = tbody.insertRow();
+      panel.columns.forEach(function (col) {
+        var td = tr.insertCell();
+        td.textContent = formatValue(row[col], panel.units[col], panel.units[col] === "percentunit" ? 1 : null);
+        if (typeof row[col] === "number") td.className = "num";
+      });
+    });
+    c.body.innerHTML = "";
+    c.body.appendChild(table);
+    setState(panel, "data", rows.length);
+  }
+
+  // counts get whole-number ticks: "1.5 models" per minute reads wrong
+  function allIntegers(panel, rows) {
+    var cols = panel.columns.slice(1).filter(function (c) {
+      return c !== panel.series_column && panel.units[c] === panel.unit;
+    });
+    return rows.every(function (row) {
+      return cols.every(function (c) {
+        return typeof row[c] !== "number" || Number.isInteger(row[c]);
+      });
+    });
+  }
+
+  function seriesColor(name, i) {
+    return SEVERITY[name] || PALETTE[i % PALETTE.length];
+  }
+
+  // timeseries: wide (time, a, b...) or long (time, series name, value) -> Chart.js datasets of {x, y}
+  function timeDatasets(panel, rows) {
+    var series = {};
+    var order = [];
+    function add(name, x, y) {
+      if (!(name in series)) {
+        series[name] = [];
+        order.push(name);
+      }
+      series[name].push({ x: x, y: y });
+    }
+    rows.forEach(function (row) {
+      var x = Date.parse(row.time);
+      if (panel.series_column) {
+        var valueCol = panel.columns.filter(function (c) {
+          return c !== "time" && c !== panel.series_column;
+        })[0];
+        add(String(row[panel.series_column]), x, row[valueCol]);
+      } else {
+        panel.columns.slice(1).forEach(function (col) {
+          add(col, x, row[col]);
+        });
+      }
+    });
+    return order.map(function (name, i) {
+      var color = seriesColor(name, i);
+      return {
+        label: name,
+        data: series[name],
+        borderColor: color,
+        backgroundColor: panel.bars ? color : color + "33",
+        fill: !panel.bars && order.length === 1,
+        pointRadius: panel.bars ? 0 : 2,
+        borderWidth: panel.bars ? 0 : 2,
+        tension: 0.2,
+        barPercentage: 1.0,
+        categoryPercentage: 0.9,
+      };
+    });
+  }
+
+  function timeseriesConfig(panel, rows) {
+    var span = rows.length ? Date.parse(rows[rows.length - 1].time) - Date.parse(rows[0].time) : 0;
+    return {
+      type: panel.bars ? "bar" : "line",
+      data: { datasets: timeDatasets(panel, rows) },
+      options: {
+        maintainAspectRatio: false,
+        parsing: true,
+        interaction: { mode: "nearest", axis: "x", intersect: false },
+        scales: {
+          x: {
+            type: "linear",
+            offset: panel.bars,
+            stacked: panel.stacked,
+            ticks: {
+              maxTicksLimit: 8,
+              callback: function (v) {
+                return formatTime(v, span > 86400000);
+              },
+            },
+          },
+          y: { beginAtZero: true, stacked: panel.stacked, ticks: axisTicks(panel.unit, allIntegers(panel, rows)) },
+        },
+        plugins: {
+          legend: { position: "bottom", labels: { boxWidth: 12 } },
+          tooltip: {
+            callbacks: {
+              title: function (items) {
+                return items.length ? formatTime(items[0].parsed.x, true) : "";
+              },
+              label: function (item) {
+                return item.dataset.label + ": " + formatValue(item.parsed.y, panel.unit, panel.decimals);
+              },
+            },
+          },
+        },
+      },
+    };
+  }
+
+  function barchartConfig(panel, rows) {
+    var xCol = panel.columns[0];
+    var valueCols = panel.columns.slice(1);
+    var datasets = valueCols.map(function (col, i) {
+      var unit = panel.units[col];
+      var color = PALETTE[i % PALETTE.length];
+      return {
+        label: col.replace(/_/g, " "),
+        data: rows.map(function (r) {
+          return r[col];
+        }),
+        backgroundColor: color,
+        yAxisID: unit === panel.unit ? "y" : "y2",
+        unit: unit,
+      };
+    });
+    var scales = {
+      x: { ticks: { autoSkip: false, maxRotation: 45 } },
+      y: { beginAtZero: true, ticks: axisTicks(panel.unit, allIntegers(panel, rows)) },
+    };
+    var other = valueCols.filter(function (c) {
+      return panel.units[c] !== panel.unit;
+    });
+    if (other.length) {
+      var unit2 = panel.units[other[0]];
+      scales.y2 = {
+        position: "right",
+        beginAtZero: true,
+        max: unit2 === "percentunit" ? 1 : undefined,
+        grid: { drawOnChartArea: false },
+        ticks: axisTicks(unit2),
+      };
+    }
+    return {
+      type: "bar",
+      data: {
+        labels: rows.map(function (r) {
+          return String(r[xCol]);
+        }),
+        datasets: datasets,
+      },
+      options: {
+        maintainAspectRatio: false,
+        scales: scales,
+        plugins: {
+          legend: { position: "bottom", labels: { boxWidth: 12 } },
+          tooltip: {
+            callbacks: {
+              label: function (item) {
+                return item.dataset.label + ": " + formatValue(item.parsed.y, item.dataset.unit, panel.decimals);
+              },
+            },
+          },
+        },
+      },
+    };
+  }
+
+  function renderChart(panel, rows) {
+    var c = cards[panel.id];
+    if (!rows.length) {
+      if (charts[panel.id]) {
+        charts[panel.id].destroy();
+        delete charts[panel.id];
+        c.body.innerHTML = "";
+      }
+      return setState(panel, "empty", 0);
+    }
+    var cfg = panel.type === "timeseries" ? timeseriesConfig(panel, rows) : barchartConfig(panel, rows);
+    var chart = charts[panel.id];
+    if (chart && chart.config.type === cfg.type) {
+      chart.data = cfg.data;
+      chart.options = cfg.options;
+      chart.update("none");
+    } else {
+      if (chart) chart.destroy();
+      c.body.innerHTML = "";
+      var canvas = document.createElement("canvas");
+      c.body.appendChild(canvas);
+      charts[panel.id] = new Chart(canvas, cfg);
+    }
+    setState(panel, "data", rows.length);
+  }
+
+  function render(panel, result) {
+    if (!result) return setState(panel, "empty", 0);
+    if (result.error) return setState(panel, "error", 0, result.error);
+    var rows = result.rows || [];
+    if (panel.type === "stat") return renderStat(panel, rows);
+    if (panel.type === "table") return renderTable(panel, rows);
+    return renderChart(panel, rows);
+  }
+
+  // ---------------------------------------------------------------- refresh loop
+  function showBanner(text) {
+    banner.hidden = !text;
+    banner.textContent = text || "";
+  }
+
+  function refresh() {
+    return fetch(config.data_url, { cache: "no-store" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.json();
+      })
+      .then(function (data) {
+        showBanner(data.error);
+        config.panels.forEach(function (panel) {
+          try {
+            render(panel, data.panels[panel.id]);
+          } catch (err) {
+            setState(panel, "error", 0, String(err));
+            throw err;
+          }
+        });
+        updates += 1;
+        document.body.dataset.updates = String(updates);
+        updated.textContent = "updated " + formatTime(Date.parse(data.generated_at), true);
+      })
+      .catch(function (err) {
+        console.error("dashboard refresh failed:", err);
+        showBanner("cannot load data: " + err.message + " (retrying)");
+        document.body.dataset.failures = String(Number(document.body.dataset.failures || 0) + 1);
+      });
+  }
+
+  config.panels.forEach(buildCard);
+  refresh();
+  if (config.refresh_s > 0) setInterval(refresh, config.refresh_s * 1000);
+})();
