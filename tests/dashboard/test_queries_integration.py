@@ -120,3 +120,17 @@ def test_queries_run_read_only(sample_db, engine_for):
     bad = Panel(id="bad", title="bad", type="table", sql="DELETE FROM anomalies RETURNING id", columns=("id",))
     with pytest.raises(Exception, match="read-only"):
         run_all_queries(engine_for(sample_db[0]), panels=(bad,))
+
+
+def test_cli_query_prints_every_panel(sample_db, monkeypatch, capsys):
+    from flead_app.cli import main
+
+    monkeypatch.setenv("FLEAD_DB_URL", sample_db[0])
+    assert main(["dashboard", "query"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0] for line in lines] == [p.title for p in PANELS]
+    assert main(["dashboard", "query", "--json", "--range", "1h"]) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert list(out) == [p.id for p in PANELS] and out["global_models"] == [{"global_models": 12}]

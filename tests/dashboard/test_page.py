@@ -1,0 +1,103 @@
+"""The live page's handlers without a browser: query parameters, HTML, assets, JSON values."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import decimal
+import json
+import re
+
+import pytest
+
+from flead_app.dashboard import page
+from flead_app.dashboard.queries import DEFAULT_RANGE_S, PANELS
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [(None, 30), ("", 30), ("10", 10), ("0", 0), ("-3", 0), ("1", 5), ("abc", 30), ("999999", 86400)],
+)
+def test_refresh_parameter(raw, seconds):
+    assert page.parse_refresh({} if raw is None else {"refresh": raw}) == seconds
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        (None, DEFAULT_RANGE_S),
+        ("6h", 21600),
+        ("90m", 5400),
+        ("3600", 3600),
+        ("2d", 172800),
+        ("10s", 60),
+        ("1y", DEFAULT_RANGE_S),
+        ("400d", 90 * 86400),
+    ],
+)
+def test_range_parameter(raw, seconds):
+    assert page.parse_range({} if raw is None else {"range": raw}) == seconds
+
+
+def test_page_html_carries_every_panel_and_no_sql():
+    html = page.page_html(15, 3600)
+    m = re.search(r'<script id="flead-config" type="application/json">(.*?)</script>', html, re.S)
+    config = json.loads(m.group(1))
+    assert [p["id"] for p in config["panels"]] == [p.id for p in PANELS]
+    assert config["refresh_s"] == 15 and config["data_url"] == "/dashboard/data?range=3600"
+    assert "SELECT" not in m.group(1)
+    assert "refresh: every 15 s" in html and "range: last 1h" in html
+    assert "refresh: off" in page.page_html(0)
+
+
+def test_config_cannot_close_its_script_tag(monkeypatch):
+    specs = page.panel_specs()
+    specs[0]["title"] = "</script><script>alert(1)</script>"
+    monkeypatch.setattr(page, "panel_specs", lambda: specs)
+    html = page.page_html()
+    assert "</script><script>alert(1)" not in html
+    assert html.count("</script>") == 3  # config, chart.js, dashboard.js
+
+
+def test_static_files_are_a_fixed_list():
+    body, ctype = page.static_file("chart.umd.min.js")
+    assert body.startswith(b"/*!\n * Chart.js v4.6.1") and ctype == "application/javascript"
+    assert page.static_file("dashboard.js")[1] == "application/javascript"
+    assert page.static_file("dashboard.css")[1] == "text/css"
+    for name in ("../page.py", "LICENSE.chart.js.md", "VENDORED.md", "", "/etc/passwd"):
+        assert page.static_file(name) is None
+    assert (page.STATIC_DIR / "LICENSE.chart.js.md").read_text().startswith("The MIT License")
+
+
+def test_json_values():
+    t = dt.datetime(2025, 11, 7, 15, 22, 31, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    assert page.jsonable(t) == "2025-11-07T14:22:31Z"
+    assert page.jsonable(decimal.Decimal("1.5")) == 1.5
+    assert page.jsonable(float("nan")) is None
+    assert page.jsonable("x") == "x" and page.jsonable(3) == 3
+
+
+def test_without_a_database_the_data_endpoint_says_so():
+    source = page.DataSource(db_url="")
+    payload = asyncio.run(source.payload(3600))
+    assert payload["error"].startswith("no database configured") and payload["panels"] == {}
+    assert payload["range_s"] == 3600
+
+
+def test_standalone_app_routes():
+    from aiohttp.test_utils import TestClient, TestServer
+
+    async def run() -> None:
+        async with TestClient(TestServer(page.make_app(page.DataSource(db_url="")))) as client:
+            for path in ("/dashboard", "/dashboard/"):
+                r = await client.get(path)
+                assert r.status == 200 and "FLEAD live dashboard" in await r.text()
+            r = await client.get("/", allow_redirects=False)
+            assert r.status == 302 and r.headers["Location"] == "/dashboard"
+            r = await client.get("/dashboard/data?range=1h")
+            data = await r.json()
+            assert r.status == 200 and data["range_s"] == 3600 and data["error"]
+            assert (await client.get("/dashboard/static/dashboard.css")).status == 200
+            assert (await client.get("/dashboard/static/VENDORED.md")).status == 404
+
+    asyncio.run(run())
