@@ -1,0 +1,339 @@
+"""``flead bench``: the pipeline's performance, measured on the running broker.
+
+For each fleet size (2,407, 24,070 and 240,700 devices by default) and message shape (single
+readings and batches of ``--batch``), in one run on one broker:
+
+1. the simulator fills a fresh readings topic for ``--duration`` seconds as fast as it can;
+2. the ceiling: a bare aiokafka consumer reads and decodes (``parse_readings``) all of it;
+3. the pipeline: a fresh Faust worker (own app id, own topics) processes the same messages
+   through detection, training, FedAvg and the sink; readings/s is counted from its first
+   processed reading to the moment every input topic's consumer lag is zero;
+4. latency: with the worker caught up, the simulator produces at a moderate rate for a few
+   seconds; anomaly latency = Kafka timestamp of the ``anomalies`` record - the reading's time;
+5. the worker's peak RSS (VmHWM) and FedAvg time per aggregation (from its /flead/stats/).
+
+Throughput is reported as medians-free single measurements per size, always next to the ceiling
+measured moments before on the same broker: quote the ratio, not the raw number, when the
+machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from flead_app.kafka_util import assign_all_partitions, consumer_lag
+from flead_app.models import InvalidRecord, parse_readings, parse_timestamp
+from flead_app.settings import Settings, load_settings
+from flead_app.worker import WorkerProcess
+
+DEFAULT_SIZES = (2407, 24070, 240700)
+
+
+@dataclass
+class BenchResult:
+    devices: int
+    batch: int
+    readings: int
+    messages: int
+    produce_seconds: float
+    ceiling_readings_per_s: float
+    pipeline_readings_per_s: float
+    ratio_to_ceiling: float
+    local_models: int
+    local_models_per_minute: float
+    global_models: int
+    anomalies: int
+    anomaly_latency_ms_p50: float | None
+    anomaly_latency_ms_p99: float | None
+    latency_samples: int
+    fedavg_ms_per_aggregation: float | None
+    worker_peak_rss_mb: float | None
+    notes: list[str] = field(default_factory=list)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure throughput, latency and memory against the running broker")
+    p.add_argument("--devices", type=int, action="append", help="fleet size (repeatable; default 2407 24070 240700)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of readings per size (default 60)")
+    p.add_argument("--batch", type=int, default=50, help="readings per message for the batched runs (default 50)")
+    p.add_argument("--no-single", action="store_true", help="skip the single-reading run (2,407 devices)")
+    p.add_argument("--latency-seconds", type=float, default=10.0, help="steady-state phase for latency")
+    p.add_argument("--json", dest="json_path", default=None, help="write the results here")
+    p.set_defaults(func=run)
+
+
+# --- measurements -----------------------------------------------------------------------
+
+
+async def bare_consume(
+    settings: Settings, topic: str, expect_messages: int, timeout: float = 600.0
+) -> tuple[int, float]:
+    """The ceiling: read ``topic`` from the start with aiokafka and decode every message."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        await assign_all_partitions(consumer, topic)
+        await consumer.seek_to_beginning()
+        messages = readings = 0
+        started = time.perf_counter()
+        deadline = time.monotonic() + timeout
+        while messages < expect_messages and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for records in batches.values():
+                for r in records:
+                    messages += 1
+                    try:
+                        readings += len(parse_readings(r.value, r.key))
+                    except InvalidRecord:
+                        pass
+        return readings, time.perf_counter() - started
+    finally:
+        await consumer.stop()
+
+
+async def anomaly_latencies(settings: Settings, topic: str, since_ms: int) -> list[float]:
+    """Milliseconds from each reading's time to its anomaly record's Kafka timestamp."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = await assign_all_partitions(consumer, topic)
+        starts = await consumer.offsets_for_times({tp: since_ms for tp in parts})
+        ends = await consumer.end_offsets(parts)
+        for tp in parts:
+            start = starts.get(tp)
+            consumer.seek(tp, start.offset if start is not None else ends[tp])
+        out: list[float] = []
+        pending = {tp for tp in parts if (starts.get(tp) is not None and starts[tp].offset < ends[tp])}
+        deadline = time.monotonic() + 60
+        while pending and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for tp, records in batches.items():
+                for r in records:
+                    doc = json.loads(r.value)
+                    out.append(r.timestamp - parse_timestamp(doc["timestamp"]) * 1000.0)
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    pending.discard(tp)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def create_topics(settings: Settings, names: list[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        rf = settings.replication_factor
+        configs = {"min.insync.replicas": "2"} if rf >= 3 else {}
+        await admin.create_topics([NewTopic(n, settings.partitions, rf, topic_configs=configs) for n in names])
+    finally:
+        await admin.close()
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def wait_caught_up(settings: Settings, topics: list[str], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lags = [asyncio.run(consumer_lag(settings.bootstrap_servers, settings.app_id, t)) for t in topics]
+        if not any(lags):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def bench_one(base: Settings, devices: int, batch: int, duration: float, latency_s: float) -> BenchResult:
+    """One fleet size and message shape, on fresh topics and a fresh worker."""
+    from flead_app.simulate import SimOptions, simulate
+
+    run = f"bench-{uuid.uuid4().hex[:6]}"
+    env = {
+        "FLEAD_APP_ID": run,
+        "FLEAD_TOPIC_READINGS": f"{run}-readings",
+        "FLEAD_TOPIC_ANOMALIES": f"{run}-anomalies",
+        "FLEAD_TOPIC_LOCAL_UPDATES": f"{run}-local",
+        "FLEAD_TOPIC_GLOBAL_UPDATES": f"{run}-global",
+        "FLEAD_TOPIC_DEAD_LETTER": f"{run}-dead",
+        "FLEAD_WEB_PORT": str(base.web_port + 7),
+    }
+    os.environ.update(env)
+    settings = load_settings()
+    notes: list[str] = []
+    try:
+        asyncio.run(create_topics(settings, [v for k, v in env.items() if k.startswith("FLEAD_TOPIC_")]))
+        print(f"  filling {settings.topic_readings}: {devices:,} devices, batch {batch}, {duration:.0f} s", flush=True)
+        opts = SimOptions(devices=devices, rate=0, batch=batch, seconds=duration, seed=1)
+        summary = asyncio.run(simulate(settings, opts, progress=None))
+        print(f"  produced {summary.readings:,} readings in {summary.messages:,} messages", flush=True)
+
+        readings, seconds = asyncio.run(bare_consume(settings, settings.topic_readings, summary.messages))
+        ceiling = readings / seconds if seconds else 0.0
+        print(f"  ceiling (bare aiokafka consumer + decode): {ceiling:,.0f} readings/s", flush=True)
+
+        worker = WorkerProcess(settings, env=env, name=f"bench-{devices}-{batch}")
+        worker.start()
+        try:
+            first = None
+            deadline = time.monotonic() + max(600.0, 20 * duration)
+            while time.monotonic() < deadline:
+                done = worker.stats()["detector"].get("readings", 0)
+                if first is None and done > 0:
+                    first = (time.perf_counter(), done)
+                if done >= summary.readings:
+                    break
+                time.sleep(0.2)
+            finished = time.perf_counter()
+            topics = [settings.topic_readings, settings.topic_local_updates, settings.topic_anomalies]
+            if not wait_caught_up(settings, topics, 300):
+                notes.append("the worker did not reach zero lag on every topic within 300 s")
+            stats = worker.stats()
+            processed = stats["detector"].get("readings", 0)
+            elapsed = finished - first[0] if first else float("nan")
+            pipeline = (processed - first[1]) / elapsed if first and elapsed > 0 else 0.0
+            if processed < summary.readings:
+                notes.append(f"processed {processed:,} of {summary.readings:,} readings before the deadline")
+            print(f"  pipeline: {pipeline:,.0f} readings/s ({pipeline / ceiling:.0%} of the ceiling)", flush=True)
+
+            # steady state: a moderate rate, then anomaly latency from Kafka timestamps
+            since_ms = int(time.time() * 1000)
+            rate = min(pipeline * 0.5, 30_000.0) * 60.0
+            steady = SimOptions(devices=devices, rate=rate, batch=batch, seconds=latency_s, seed=2)
+            asyncio.run(simulate(settings, steady, progress=None))
+            wait_caught_up(settings, [settings.topic_readings, settings.topic_anomalies], 120)
+            lat = asyncio.run(anomaly_latencies(settings, settings.topic_anomalies, since_ms))
+            stats = worker.stats()
+            rss = peak_rss_mb(worker.proc.pid) if worker.proc else None
+        finally:
+            worker.stop()
+        det, fed = stats.get("detector", {}), stats.get("fedavg", {})
+        local = det.get("local_updates", 0)
+        aggregations = fed.get("global_models", 0)
+        fed_ms = fed.get("aggregate_seconds_total")
+        return BenchResult(
+            devices=devices,
+            batch=batch,
+            readings=summary.readings,
+            messages=summary.messages,
+            produce_seconds=round(summary.seconds, 2),
+            ceiling_readings_per_s=round(ceiling, 1),
+            pipeline_readings_per_s=round(pipeline, 1),
+            ratio_to_ceiling=round(pipeline / ceiling, 3) if ceiling else 0.0,
+            local_models=local,
+            local_models_per_minute=round(local / elapsed * 60.0, 1) if first and elapsed > 0 else 0.0,
+            global_models=aggregations,
+            anomalies=det.get("anomalies", 0),
+            anomaly_latency_ms_p50=percentile(lat, 50),
+            anomaly_latency_ms_p99=percentile(lat, 99),
+            latency_samples=len(lat),
+            fedavg_ms_per_aggregation=(1000.0 * fed_ms / aggregations) if fed_ms and aggregations else None,
+            worker_peak_rss_mb=round(rss, 1) if rss else None,
+            notes=notes,
+        )
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+
+
+def machine() -> dict:
+    mem_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "load_average": os.getloadavg(),
+    }
+
+
+def format_table(results: list[BenchResult]) -> str:
+    head = (
+        f"{'devices':>8} {'batch':>5} {'readings':>10} {'ceiling/s':>10} {'pipeline/s':>10} {'ratio':>6} "
+        f"{'models/min':>10} {'lat p50 ms':>10} {'lat p99 ms':>10} {'fedavg ms':>9} {'peak MB':>8}"
+    )
+    lines = [head, "-" * len(head)]
+
+    def f(v, spec):  # noqa: ANN001, ANN202
+        return "-" if v is None else format(v, spec)
+
+    for r in results:
+        lines.append(
+            f"{r.devices:>8,} {r.batch:>5} {r.readings:>10,} {r.ceiling_readings_per_s:>10,.0f} "
+            f"{r.pipeline_readings_per_s:>10,.0f} {r.ratio_to_ceiling:>6.2f} {r.local_models_per_minute:>10,.0f} "
+            f"{f(r.anomaly_latency_ms_p50, '>10.0f')} {f(r.anomaly_latency_ms_p99, '>10.0f')} "
+            f"{f(r.fedavg_ms_per_aggregation, '>9.2f')} {f(r.worker_peak_rss_mb, '>8.0f')}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    base = load_settings()
+    sizes = args.devices or list(DEFAULT_SIZES)
+    plan = ([] if args.no_single else [(sizes[0], 1)]) + [(n, args.batch) for n in sizes]
+    print(f"flead bench on {base.kafka_bootstrap}: {len(plan)} runs of {args.duration:.0f} s", flush=True)
+    results = []
+    for devices, batch in plan:
+        print(f"- {devices:,} devices, {batch} reading(s) per message", flush=True)
+        try:
+            results.append(bench_one(base, devices, batch, args.duration, args.latency_seconds))
+        except Exception as err:  # keep the other sizes
+            print(f"  failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+            results.append(replace(_failed(devices, batch), notes=[f"{type(err).__name__}: {err}"]))
+    print()
+    print(format_table(results))
+    doc = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "broker": base.kafka_bootstrap,
+        "duration_s": args.duration,
+        "results": [asdict(r) for r in results],
+        "median_ratio_to_ceiling": statistics.median([r.ratio_to_ceiling for r in results]) if results else None,
+    }
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(doc, indent=2))
+        print(f"\nwritten to {args.json_path}")
+    return 0 if all(not r.notes or r.pipeline_readings_per_s > 0 for r in results) else 1
+
+
+def _failed(devices: int, batch: int) -> BenchResult:
+    return BenchResult(devices, batch, 0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0, 0, None, None, 0, None, None)
