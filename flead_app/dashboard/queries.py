@@ -87,7 +87,7 @@ def _sql(text_: str) -> str:
     """Strip the indentation of a query written inline, so the Grafana JSON reads well."""
     lines = [line.rstrip() for line in text_.strip("\n").splitlines()]
     indent = min((len(line) - len(line.lstrip()) for line in lines if line.strip()), default=0)
-    return "\n".join(line[indent:] for line in lines)
+    return "\n".join(line[indent:] for line in lines).strip()
 
 
 PANELS: tuple[Panel, ...] = (
