@@ -75,7 +75,7 @@ EPISODES: tuple[AnomalyKind, ...] = (
 
 DEFAULT_ANOMALY_RATE = 0.04
 MAX_ANOMALY_RATE = 0.5
-WARMUP_READINGS = 20  # no episode in a device's first readings: the detector needs some history
+WARMUP_READINGS = 12  # no episode in a device's first readings: the detector needs some history
 QUIET_AFTER = 10  # normal readings after every episode before the next may start
 MIN_STEP_S = 0.001  # timestamps are millisecond-precise and strictly increase per device
 DAY_S = 86_400.0
@@ -142,9 +142,18 @@ def message_starts(device: np.ndarray, batch: int) -> np.ndarray:
 class Fleet:
     """``n_devices`` simulated sensors; deterministic from ``seed`` and the sequence of calls."""
 
-    def __init__(self, n_devices: int, seed: int = 0, anomaly_rate: float = DEFAULT_ANOMALY_RATE) -> None:
+    def __init__(
+        self,
+        n_devices: int,
+        seed: int = 0,
+        anomaly_rate: float = DEFAULT_ANOMALY_RATE,
+        warmup: int = WARMUP_READINGS,
+    ) -> None:
         if n_devices <= 0:
             raise ValueError("a fleet needs at least one device")
+        if warmup < 0:
+            raise ValueError("warmup must be >= 0")
+        self.warmup = warmup
         self.n_devices = n_devices
         self.seed = seed
         self.anomaly_rate = anomaly_rate
@@ -173,7 +182,7 @@ class Fleet:
         self._count = np.zeros(n, np.int64)
         self._last_ts = np.full(n, -np.inf)
         self._last_value = self.level.copy()
-        self._quiet = np.full(n, WARMUP_READINGS, np.int64)
+        self._quiet = np.full(n, warmup, np.int64)
         self._ep_kind = np.zeros(n, np.int8)
         self._ep_pos = np.zeros(n, np.int64)
         self._ep_len = np.ones(n, np.int64)
@@ -190,6 +199,8 @@ class Fleet:
         self._dur_hi = np.array([e.duration[1] for e in EPISODES])
         self._mag_lo = np.array([e.magnitude[0] for e in EPISODES])
         self._mag_hi = np.array([e.magnitude[1] for e in EPISODES])
+        timeshare = w * (self._dur_lo + self._dur_hi) / 2.0
+        self._stationary_cdf = np.cumsum(timeshare / timeshare.sum())
 
     # ------------------------------------------------------------------------------------
     def device_id(self, i: int) -> str:
@@ -275,9 +286,14 @@ class Fleet:
         noise_draw = rng.standard_normal(m)
         if self.p_start > 0.0:
             free = (self._ep_kind[idx] == NORMAL) & (self._quiet[idx] == 0)
-            starting = idx[free & (rng.random(m) < self.p_start)]
-            if starting.shape[0]:
-                self._start_episodes(starting)
+            # a device leaving warm-up joins the stationary state: inside an episode with
+            # probability anomaly_rate, so labels do not ramp up over the first minutes
+            first = self._count[idx] == self.warmup
+            chance = np.where(first, self.anomaly_rate, self.p_start)
+            starting = free & (rng.random(m) < chance)
+            if starting.any():
+                self._start_episodes(idx[starting & ~first], stationary=False)
+                self._start_episodes(idx[starting & first], stationary=True)
         kind = self._ep_kind[idx]
         value = (
             self.level[idx]
@@ -312,12 +328,21 @@ class Fleet:
         self._quiet[idx] = np.where(q > 0, q - 1, 0)
         return value, kind
 
-    def _start_episodes(self, devs: np.ndarray) -> None:
-        rng = self._rng
+    def _start_episodes(self, devs: np.ndarray, stationary: bool) -> None:
+        """Begin episodes on ``devs``; ``stationary`` ones are caught at a random point of their course.
+
+        A reading taken at a random moment falls in a kind's episodes in proportion to
+        share x mean length, at a uniformly random position of the episode.
+        """
         n = devs.shape[0]
-        choice = np.searchsorted(self._kind_cdf, rng.random(n), side="right").clip(0, len(EPISODES) - 1)
+        if n == 0:
+            return
+        rng = self._rng
+        cdf = self._stationary_cdf if stationary else self._kind_cdf
+        choice = np.searchsorted(cdf, rng.random(n), side="right").clip(0, len(EPISODES) - 1)
         code = (choice + 1).astype(np.int8)
         length = rng.integers(self._dur_lo[choice], self._dur_hi[choice] + 1)
+        position = rng.integers(0, length) if stationary else np.zeros(n, np.int64)
         size = self._mag_lo[choice] + (self._mag_hi[choice] - self._mag_lo[choice]) * rng.random(n)
         size = size * self.spread[devs]
         sign = np.where(rng.random(n) < 0.5, -1.0, 1.0)
@@ -326,7 +351,7 @@ class Fleet:
         sign = np.where(level - size < self.low[devs], 1.0, sign)
         sign = np.where(level + size > self.high[devs], -1.0, sign)
         self._ep_kind[devs] = code
-        self._ep_pos[devs] = 0
+        self._ep_pos[devs] = position
         self._ep_len[devs] = length
         self._ep_mag[devs] = np.where(code == NOISE_BURST, size, sign * size)
         self.episodes += np.bincount(code, minlength=self.episodes.shape[0])

@@ -27,6 +27,7 @@ import json
 import math
 import signal
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,19 +36,21 @@ from typing import IO, Any, Protocol
 import numpy as np
 import orjson
 
-from flead_app.fleet import DEFAULT_ANOMALY_RATE, Fleet, Readings, empty_readings, message_starts
+from flead_app.fleet import DEFAULT_ANOMALY_RATE, WARMUP_READINGS, Fleet, Readings, empty_readings, message_starts
 from flead_app.models import encode_batch
 from flead_app.settings import Settings, kafka_client_options, load_settings
 
 PROGRESS_EVERY_S = 2.0
 MAX_CHUNK_READINGS = 5_000  # readings generated, encoded and queued per step of the loop
 BURST_S = 1.0  # the token bucket holds at most this many seconds of readings
-METADATA_TIMEOUT_S = 20.0
+TICK_S = 0.02  # a paced loop wakes at most every 20 ms (about 10 readings at the default rate)
+METADATA_TIMEOUT_S = 10.0  # how long a missing topic is waited for
 
 RULE = (
     "Device -> partition: Kafka's default partitioner on the key (the device id), "
     "murmur2(key) & 0x7fffffff % partitions. Partition -> broker: that partition's current "
-    "leader. Per-broker counts below use the leader at the time of sending."
+    "leader. Per-broker counts give each reading to its partition's leader when it was sent "
+    "(leaders re-read every ~2 s)."
 )
 
 
@@ -217,6 +220,7 @@ class SimOptions:
     csv: str | None = None
     skip_bad: bool = False
     anomaly_rate: float = DEFAULT_ANOMALY_RATE
+    warmup: int = WARMUP_READINGS  # normal readings per device before the first anomaly
     topic: str | None = None
     bootstrap: list[str] | None = None
     progress_every_s: float = PROGRESS_EVERY_S
@@ -244,6 +248,7 @@ class Summary:
     per_partition: dict[str, int] = field(default_factory=dict)
     stopped_by: str = ""
     skipped_rows: int = 0
+    skipped_examples: list[str] = field(default_factory=list)
 
     @property
     def rate_per_s(self) -> float:
@@ -253,25 +258,66 @@ class Summary:
         return {**asdict(self), "rate_per_s": round(self.rate_per_s, 1), "rule": RULE}
 
 
-class _Counters:
-    """Delivery results, updated from the futures' callbacks."""
+class _Tally:
+    """What was sent where: per broker (leader at send time), per partition, per device; and acks."""
 
-    def __init__(self) -> None:
+    def __init__(self, n_devices: int, partitions: list[int]) -> None:
+        self.partitions = partitions
+        self.part_readings = np.zeros(max(partitions) + 1, np.int64)
+        self.part_messages = np.zeros(max(partitions) + 1, np.int64)
+        self.broker_readings: dict[Any, int] = {}
+        self.broker_messages: dict[Any, int] = {}
+        self.devices_sent = np.zeros(n_devices, bool)
+        self.readings = 0
+        self.messages = 0
+        self.bytes = 0
+        self.anomaly_readings = 0
         self.acked = 0
         self.failed = 0
         self.first_error = ""
 
-    def done(self, fut: asyncio.Future) -> None:
-        if fut.cancelled():
-            self.failed += 1
-            return
-        err = fut.exception()
-        if err is None:
+    def delivered(self, fut: asyncio.Future) -> None:
+        """Done-callback of every send future."""
+        if not fut.cancelled() and fut.exception() is None:
             self.acked += 1
-        else:
-            self.failed += 1
-            if not self.first_error:
-                self.first_error = f"{type(err).__name__}: {err}"
+            return
+        self.failed += 1
+        if not self.first_error:
+            exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
+            self.first_error = f"{type(exc).__name__}: {exc}"
+
+    def add_chunk(self, readings: Readings, starts: np.ndarray, sizes: np.ndarray, part: np.ndarray) -> None:
+        """Count a chunk whose messages went to partitions ``part`` (one per message)."""
+        np.add.at(self.part_readings, part, sizes)
+        np.add.at(self.part_messages, part, 1)
+        self.devices_sent[readings.device[starts]] = True
+        self.readings += len(readings)
+        self.messages += starts.shape[0]
+        self.anomaly_readings += int((readings.label == 1).sum())
+
+    def add_leaders(self, leader: dict[int, Any], since: tuple[np.ndarray, np.ndarray]) -> None:
+        """Attribute partition counts accumulated since the last call to the current leaders."""
+        readings, messages = self.part_readings - since[0], self.part_messages - since[1]
+        for p in self.partitions:
+            node = leader.get(p)
+            self.broker_readings[node] = self.broker_readings.get(node, 0) + int(readings[p])
+            self.broker_messages[node] = self.broker_messages.get(node, 0) + int(messages[p])
+
+    def per_broker(self, leader: dict[int, Any], part_of: np.ndarray) -> dict[str, dict[str, int]]:
+        devices: dict[Any, int] = {}
+        for p in part_of[self.devices_sent].tolist():
+            devices[leader.get(p)] = devices.get(leader.get(p), 0) + 1
+        nodes = sorted(set(self.broker_readings) | set(devices), key=str)
+        return {
+            _broker_label(b): {
+                "readings": self.broker_readings.get(b, 0),
+                "messages": self.broker_messages.get(b, 0),
+                "devices": devices.get(b, 0),
+                "partitions": sum(1 for p in self.partitions if leader.get(p) == b),
+            }
+            for b in nodes
+            if self.broker_readings.get(b, 0) or devices.get(b, 0)
+        }
 
 
 def _make_source(opts: SimOptions) -> tuple[Source, Fleet | None, Any]:
@@ -282,13 +328,41 @@ def _make_source(opts: SimOptions) -> tuple[Source, Fleet | None, Any]:
         if len(data) == 0:
             raise ValueError(f"{opts.csv} holds no readings")
         return ReplaySource(data, opts.batch), None, data
-    fleet = Fleet(opts.devices, seed=opts.seed, anomaly_rate=opts.anomaly_rate)
+    fleet = Fleet(opts.devices, seed=opts.seed, anomaly_rate=opts.anomaly_rate, warmup=opts.warmup)
     per_device_s = opts.devices * 60.0 / opts.rate if opts.rate > 0 else 0.001
     return FleetSource(fleet, opts.batch, per_device_s), fleet, None
 
 
 def _broker_label(node: Any) -> str:
     return f"broker {node}" if node is not None and node != -1 else "no leader"
+
+
+def progress_line(elapsed: float, tally: _Tally, target_per_s: float) -> str:
+    by_broker = sorted(tally.broker_readings.items(), key=lambda x: str(x[0]))
+    brokers = "  ".join(f"{_broker_label(b)}: {n:,}" for b, n in by_broker if n)
+    target = f"target {target_per_s:,.0f}/s" if target_per_s else "as fast as possible"
+    return (
+        f"[{elapsed:6.1f}s] sent {tally.readings:,} readings ({tally.messages:,} msgs) at "
+        f"{tally.readings / max(elapsed, 1e-9):,.0f}/s ({target}), acked {tally.acked:,} msgs | {brokers}"
+    )
+
+
+async def _topic_partitions(producer: Any, topic: str, timeout: float) -> list[int]:
+    """The topic's partitions, or [] if it does not show up in the cluster metadata in time.
+
+    Asks for the whole cluster's metadata (one request per try) rather than waiting in
+    ``partitions_for``, which logs an error every 100 ms while a topic is missing.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        cluster = await producer.client.fetch_all_metadata()
+        parts = cluster.partitions_for_topic(topic)
+        if parts:
+            await producer.partitions_for(topic)  # now known: the producer tracks it from here
+            return sorted(parts)
+        if time.monotonic() >= deadline:
+            return []
+        await asyncio.sleep(0.5)
 
 
 async def simulate(
@@ -305,9 +379,20 @@ async def simulate(
         raise ValueError("--rate must be >= 0 (0 = as fast as possible)")
     source, fleet, data = _make_source(opts)
     topic = opts.topic or settings.topic_readings
+    bootstrap = opts.bootstrap or settings.bootstrap_servers
     stop = stop or asyncio.Event()
+    summary = Summary(
+        topic=topic,
+        partitions=0,
+        source=f"csv {opts.csv}" if opts.csv else f"simulated fleet (seed {opts.seed})",
+        devices=len(source.device_ids),
+        batch=opts.batch,
+        target_rate_per_s=opts.rate / 60.0,
+        skipped_rows=data.skipped if data is not None else 0,
+        skipped_examples=data.skipped_examples if data is not None else [],
+    )
     producer = AIOKafkaProducer(
-        bootstrap_servers=opts.bootstrap or settings.bootstrap_servers,
+        bootstrap_servers=bootstrap,
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
@@ -317,71 +402,65 @@ async def simulate(
         **kafka_client_options(settings),
     )
     await producer.start()
-    summary = Summary(
-        topic=topic,
-        partitions=0,
-        source=f"csv {opts.csv}" if opts.csv else f"simulated fleet (seed {opts.seed})",
-        devices=len(source.device_ids),
-        batch=opts.batch,
-        target_rate_per_s=opts.rate / 60.0,
-        skipped_rows=data.skipped if data is not None else 0,
-    )
-    counters = _Counters()
     try:
-        try:
-            parts = await asyncio.wait_for(producer.partitions_for(topic), opts.metadata_timeout_s)
-        except Exception as err:  # noqa: BLE001 - any failure here means the same to the user
+        partitions = await _topic_partitions(producer, topic, opts.metadata_timeout_s)
+        if not partitions:
             raise RuntimeError(
-                f"topic {topic!r} is not available at {opts.bootstrap or settings.kafka_bootstrap} "
-                f"({type(err).__name__}); `flead stack up` creates it (auto-creation is off)"
-            ) from err
-        partitions = sorted(parts)
+                f"topic {topic!r} does not exist at {','.join(bootstrap)}; "
+                "`flead stack up` creates it (auto-creation is off)"
+            )
         summary.partitions = len(partitions)
         cluster = producer.client.cluster
-        keys = [d.encode() for d in source.device_ids]
-        part_of = np.array([partition_of(k, partitions) for k in keys], np.int64)
 
         def leaders() -> dict[int, Any]:
             return {p: cluster.leader_for_partition(TopicPartition(topic, p)) for p in partitions}
 
-        leader = leaders()
-        part_readings = np.zeros(max(partitions) + 1, np.int64)
-        broker_readings: dict[Any, int] = {}
-        broker_messages: dict[Any, int] = {}
-        sent_devices = np.zeros(len(keys), bool)
-        anomaly_readings = 0
+        keys = [d.encode() for d in source.device_ids]
+        part_of = np.array([partition_of(k, partitions) for k in keys], np.int64)
+        tally = _Tally(len(keys), partitions)
         single = opts.batch == 1
         started = time.monotonic()
         deadline = started + opts.seconds if opts.seconds else math.inf
-        bucket = (
-            TokenBucket(opts.rate / 60.0, max(opts.batch, opts.rate / 60.0 * BURST_S), started) if opts.rate else None
-        )
+        bucket = None
+        if opts.rate:
+            per_s = opts.rate / 60.0
+            bucket = TokenBucket(per_s, max(opts.batch, per_s * BURST_S), started)
+        leader = leaders()
+        counted = (tally.part_readings.copy(), tally.part_messages.copy())
         next_progress = started + opts.progress_every_s
-        send = producer.send
-        on_done = counters.done
+        send, delivered = producer.send, tally.delivered
         while True:
             now_m = time.monotonic()
+            if now_m >= next_progress:  # attribute counts to the leaders, refresh them, report
+                tally.add_leaders(leader, counted)
+                counted = (tally.part_readings.copy(), tally.part_messages.copy())
+                leader = leaders()
+                next_progress = now_m + opts.progress_every_s
+                if progress is not None:
+                    print(progress_line(now_m - started, tally, summary.target_rate_per_s), file=progress, flush=True)
             if stop.is_set():
                 summary.stopped_by = "signal"
                 break
             if now_m >= deadline:
                 summary.stopped_by = "--seconds"
                 break
-            remaining = opts.count - summary.readings if opts.count else MAX_CHUNK_READINGS
+            remaining = opts.count - tally.readings if opts.count else MAX_CHUNK_READINGS
             if remaining <= 0:
                 summary.stopped_by = "--count"
                 break
-            need = min(opts.batch, remaining)
             budget = min(MAX_CHUNK_READINGS, remaining)
             if bucket is not None:
+                need = min(opts.batch, remaining)
                 avail = bucket.available(now_m)
                 if avail < need:
-                    pause = min(bucket.wait_time(need, now_m), 0.05, max(deadline - now_m, 0.0))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), pause)
+                    # sleep at least a tick so that each step sends several messages, not one
+                    # (and at most 0.25 s, so that slow rates still notice Ctrl-C and the deadline)
+                    pause = min(max(bucket.wait_time(need, now_m), TICK_S), 0.25, max(deadline - now_m, 0.0))
+                    await asyncio.sleep(pause)
                     continue
                 budget = min(budget, int(avail))
-            readings, starts = source.take(budget, time.time(), exact=bool(opts.count) and budget == remaining)
+            exact = bool(opts.count) and budget == remaining
+            readings, starts = source.take(budget, time.time(), exact)
             if len(readings) == 0:
                 summary.stopped_by = "end of CSV"
                 break
@@ -389,71 +468,34 @@ async def simulate(
                 bucket.consume(len(readings))
             devices, values = encode_messages(source.device_ids, readings, starts, single)
             sizes = np.diff(np.append(starts, len(readings)))
+            part = part_of[readings.device[starts]]
             try:
-                for d, value, size in zip(devices, values, sizes.tolist(), strict=True):
-                    p = int(part_of[d])
+                for d, value, p in zip(devices, values, part.tolist(), strict=True):
                     fut = await send(topic, value, key=keys[d], partition=p)
-                    fut.add_done_callback(on_done)
-                    node = leader[p]
-                    broker_readings[node] = broker_readings.get(node, 0) + size
-                    broker_messages[node] = broker_messages.get(node, 0) + 1
-                    summary.bytes += len(value) + len(keys[d])
+                    fut.add_done_callback(delivered)
+                    tally.bytes += len(value) + len(keys[d])
             except KafkaError as err:  # e.g. no broker took the data within request_timeout_ms
                 summary.stopped_by = f"error: {type(err).__name__}: {err}"
                 break
-            np.add.at(part_readings, part_of[readings.device[starts]], sizes)
-            sent_devices[readings.device[starts]] = True
-            summary.readings += len(readings)
-            summary.messages += len(values)
-            anomaly_readings += int((readings.label == 1).sum())
+            tally.add_chunk(readings, starts, sizes, part)
             await asyncio.sleep(0)  # let the sender drain between chunks
-            if now_m >= next_progress:
-                next_progress = now_m + opts.progress_every_s
-                leader = leaders()
-                if progress is not None:
-                    elapsed = now_m - started
-                    by_broker = sorted(broker_readings.items(), key=lambda x: str(x[0]))
-                    brokers = "  ".join(f"{_broker_label(b)}: {n:,}" for b, n in by_broker)
-                    print(
-                        f"[{elapsed:6.1f}s] sent {summary.readings:,} readings ({summary.messages:,} msgs) "
-                        f"at {summary.readings / max(elapsed, 1e-9):,.0f}/s"
-                        + (f" (target {opts.rate / 60.0:,.0f}/s)" if opts.rate else " (as fast as possible)")
-                        + f", acked {counters.acked:,} msgs | {brokers}",
-                        file=progress,
-                        flush=True,
-                    )
         try:
             await producer.flush()
         except KafkaError as err:
             summary.stopped_by += f"; flush failed: {type(err).__name__}: {err}"
         await asyncio.sleep(0)  # run the last delivery callbacks
         summary.seconds = time.monotonic() - started
+        tally.add_leaders(leader, counted)
         leader = leaders()
-        dev_leader = [leader.get(int(p)) for p in part_of[sent_devices]]
-        devices_per_broker: dict[Any, int] = {}
-        for node in dev_leader:
-            devices_per_broker[node] = devices_per_broker.get(node, 0) + 1
-        nodes = sorted(set(broker_readings) | set(devices_per_broker), key=str)
-        summary.per_broker = {
-            _broker_label(b): {
-                "readings": broker_readings.get(b, 0),
-                "messages": broker_messages.get(b, 0),
-                "devices": devices_per_broker.get(b, 0),
-                "partitions": sum(1 for p in partitions if leader[p] == b),
-            }
-            for b in nodes
-        }
-        summary.per_partition = {str(p): int(part_readings[p]) for p in partitions}
-        summary.anomaly_readings = anomaly_readings
-        if fleet is not None:
-            summary.anomalies_by_kind = fleet.injected()
-        else:
-            summary.anomalies_by_kind = {"labelled in CSV": {"episodes": 0, "readings": anomaly_readings}}
+        summary.per_broker = tally.per_broker(leader, part_of)
+        summary.per_partition = {str(p): int(tally.part_readings[p]) for p in partitions}
     finally:
         await producer.stop()
-    summary.acked_messages = counters.acked
-    summary.failed_messages = counters.failed
-    summary.first_error = counters.first_error
+    summary.readings, summary.messages, summary.bytes = tally.readings, tally.messages, tally.bytes
+    summary.acked_messages, summary.failed_messages, summary.first_error = tally.acked, tally.failed, tally.first_error
+    summary.anomaly_readings = tally.anomaly_readings
+    if fleet is not None:
+        summary.anomalies_by_kind = fleet.injected()
     return summary
 
 
@@ -467,20 +509,21 @@ def format_summary(s: Summary) -> str:
         f"  source: {s.source}, {s.devices:,} devices, batch {s.batch}; topic {s.topic} ({s.partitions} partitions)",
         f"  delivery: {s.acked_messages:,} messages acknowledged (acks=all), {s.failed_messages:,} failed"
         + (f" - first error: {s.first_error}" if s.first_error else ""),
-        f"  anomalies: {s.anomaly_readings:,} readings labelled 1 ({pct:.2f}%)",
+        f"  anomalies: {s.anomaly_readings:,} readings labelled 1 ({pct:.2f}%)"
+        + (", by injected kind:" if s.anomalies_by_kind else " (labels from the CSV)"),
     ]
-    if s.skipped_rows:
-        lines.append(f"  skipped bad CSV rows: {s.skipped_rows:,}")
     for kind, c in s.anomalies_by_kind.items():
-        episodes = f"{c['episodes']:,} episodes, " if c.get("episodes") else ""
-        lines.append(f"    {kind:<16} {episodes}{c['readings']:,} readings")
+        lines.append(f"    {kind:<12} {c['episodes']:>7,} episodes {c['readings']:>9,} readings")
+    if s.skipped_rows:
+        lines.append(f"  skipped bad CSV rows: {s.skipped_rows:,}, the first:")
+        lines += [f"    {example}" for example in s.skipped_examples]
     lines.append("  per broker (leader of the device's partition):")
     for broker, c in s.per_broker.items():
         lines.append(
             f"    {broker:<10} {c['readings']:>10,} readings {c['messages']:>10,} messages "
             f"{c['devices']:>6,} devices  leads {c['partitions']} partition(s)"
         )
-    lines.append("  " + RULE)
+    lines += textwrap.wrap(RULE, 100, initial_indent="  rule: ", subsequent_indent="    ")
     return "\n".join(lines)
 
 
@@ -550,6 +593,7 @@ def options_from_args(args: argparse.Namespace, settings: Settings) -> SimOption
         csv=args.csv,
         skip_bad=args.skip_bad,
         anomaly_rate=args.anomaly_rate,
+        warmup=settings.min_history + 2,  # anomalies start once the detector scores the device
         topic=args.topic,
         bootstrap=[s.strip() for s in args.bootstrap.split(",") if s.strip()] if args.bootstrap else None,
     )

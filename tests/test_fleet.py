@@ -100,6 +100,13 @@ def test_anomaly_rate_default_and_configurable():
         _, labels, _ = run(fleet, 1500, interval=1.0)
         share = labels[:, WARMUP_READINGS:].mean()
         assert rate * 0.8 <= share <= rate * 1.2, (rate, share)
+    # devices leaving warm-up join the stationary state: no slow ramp-up of anomalies
+    fleet = Fleet(2407, seed=4)
+    _, labels, _ = run(fleet, WARMUP_READINGS + 20)
+    assert 0.025 <= labels[:, WARMUP_READINGS:].mean() <= 0.055
+    fleet = Fleet(100, seed=4, warmup=3)
+    _, labels, _ = run(fleet, 200)
+    assert not labels[:, :3].any() and labels[:, 3:].any()
     _, labels, _ = run(Fleet(50, seed=1, anomaly_rate=0.0), 300)
     assert not labels.any()
     with pytest.raises(ValueError):
