@@ -125,6 +125,9 @@ class Settings:
     # --- versions of the local stack -------------------------------------------------------
     kafka_version: str = field(default="3.9.1", metadata={"help": "Apache Kafka fetched from Maven Central"})
     spark_master: str = field(default="local[*]", metadata={"help": "Spark master URL"})
+    eval_sample_rows: int = field(
+        default=2000, metadata={"help": "Per-sample model_evaluations rows kept per evaluated model version"}
+    )
 
     # ---------------------------------------------------------------------------------
     @property
