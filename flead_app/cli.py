@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "flead_app.device_cli",
     "flead_app.simulate",
     "flead_app.dashboard.cli",
+    "flead_app.spark_support.cli",
     "flead_app.demo",
     "flead_app.bench",
 ]

@@ -1,0 +1,341 @@
+"""Spark jobs end to end: real Spark local mode, a real Kafka topic, the real database.
+
+A fresh topic gets a few thousand labelled readings from six devices (single readings and
+batches, plus control records and invalid messages), with Kafka timestamps inside one hour
+and a few before and after it. Analytics over that hour must count exactly what a plain numpy
+computation counts, twice without duplicates; evaluation of two global versions must store
+summaries equal to the pure evaluation of the same readings, plus the local and central
+baselines, with model_evaluations capped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import text
+
+from flead_app.db.store import Database
+from flead_app.settings import load_settings
+from flead_app.spark_support import dbio
+from flead_app.spark_support.analytics import Window
+from flead_app.spark_support.evaluation import (
+    KIND_CENTRAL,
+    KIND_GLOBAL,
+    KIND_LOCAL,
+    SPLIT_DEVICE_MEAN,
+    SPLIT_POOLED,
+    EvalSet,
+    GlobalVersion,
+    evaluate_model,
+    history_rows,
+    replay_device,
+)
+from flead_app.spark_support.jobs import analytics_job, device_config, evaluate_job
+from flead_app.spark_support.kafka_meta import partition_leaders
+from flead_app.spark_support.summary import evaluation_summary
+from tests.conftest import create_topics, unique
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark]
+
+DEVICES = [f"spark-dev-{i}" for i in range(6)]
+IN_WINDOW = 500  # readings per device inside the hour
+OUTSIDE = 20  # readings per device before and after it
+BATCH = 25
+SAMPLE_ROWS = 40
+
+
+def iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def make_device(rng: np.random.Generator, n: int, level: float, spread: float):
+    values = rng.normal(level, spread, n)
+    labels = np.zeros(n, dtype=np.int8)
+    for start in rng.choice(np.arange(40, n - 30, 60), size=max(2, n // 150), replace=False):
+        values[start : start + 12] += 6 * spread
+        labels[start : start + 12] = 1
+    labels[rng.choice(n, 5, replace=False)] = -1  # a few unknown labels
+    return values, labels
+
+
+def build_plan(window: Window, seed: int = 11) -> list[dict]:
+    """Every message to produce, in order: key, value bytes, Kafka timestamp, and its readings."""
+    rng = np.random.default_rng(seed)
+    plan: list[dict] = []
+    t_read = 1_700_000_000.0
+    w0 = window.start.timestamp()
+    for d, device in enumerate(DEVICES):
+        n = IN_WINDOW + 2 * OUTSIDE
+        values, labels = make_device(rng, n, level=10.0 * (d + 1), spread=0.5 + d)
+        stamps = t_read + np.arange(n) * 60.0
+        # Kafka timestamps: OUTSIDE before the window, IN_WINDOW spread over it, OUTSIDE after it
+        kts = np.concatenate(
+            [
+                w0 - 900 + np.arange(OUTSIDE),
+                w0 + 1 + np.sort(rng.uniform(0, 3590, IN_WINDOW)),
+                w0 + 3600 + 60 + np.arange(OUTSIDE),
+            ]
+        )
+        batch = 1 if d < 3 else BATCH
+        i = 0
+        while i < n:
+            j = min(n, i + batch)
+            # a batch never straddles the window edges, so its single Kafka timestamp is right
+            for edge in (OUTSIDE, OUTSIDE + IN_WINDOW):
+                if i < edge < j:
+                    j = edge
+            labs = [None if v < 0 else int(v) for v in labels[i:j]]
+            if batch == 1:
+                doc = {"device_id": device, "timestamp": iso(stamps[i]), "value": float(values[i]), "label": labs[0]}
+            else:
+                doc = {
+                    "device_id": device,
+                    "timestamps": [iso(t) for t in stamps[i:j]],
+                    "values": values[i:j].tolist(),
+                    "labels": labs,
+                }
+            plan.append(
+                {
+                    "device": device, "key": device.encode(), "value": orjson.dumps(doc), "kts": float(kts[j - 1]),
+                    "stamps": stamps[i:j], "values": values[i:j], "labels": labels[i:j], "control": False,
+                }
+            )  # fmt: skip
+            if i < OUTSIDE + IN_WINDOW // 2 <= j:  # one control record per device, mid-window
+                control = orjson.dumps({"device_id": device, "control": "train"})
+                plan.append(
+                    {
+                        "device": device, "key": device.encode(), "value": control, "kts": float(kts[j - 1]),
+                        "stamps": np.empty(0), "values": np.empty(0), "labels": np.empty(0, np.int8),
+                        "control": True,
+                    }
+                )  # fmt: skip
+            i = j
+    bad = [
+        (b"spark-dev-0", b"{not json"),
+        (b"spark-dev-1", orjson.dumps({"device_id": "spark-dev-2", "timestamp": iso(t_read), "value": 1.0})),
+        (b"spark-dev-2", orjson.dumps({"device_id": "spark-dev-2", "timestamp": "noon", "value": 1.0})),
+    ]
+    for k, (key, raw) in enumerate(bad):
+        plan.append({"device": None, "key": key, "value": raw, "kts": w0 + 100 + k, "control": False, "bad": True})
+    # produced in time order, as devices would send them (stable: a device's order is kept)
+    return sorted(plan, key=lambda m: m["kts"])
+
+
+async def produce(bootstrap: list[str], topic: str, plan: list[dict]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, m["value"], key=m["key"], timestamp_ms=int(round(m["kts"] * 1000))) for m in plan
+        ]
+        metas = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    for m, meta in zip(plan, metas, strict=True):
+        m["partition"], m["offset"] = meta.partition, meta.offset
+
+
+@pytest.fixture(scope="module")
+def env(stack):
+    topic = unique("spark-readings")
+    create_topics([topic])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLEAD_TOPIC_READINGS", topic)
+        mp.setenv("FLEAD_EVAL_SAMPLE_ROWS", str(SAMPLE_ROWS))
+        settings = load_settings()
+        # a window of its own: start 2-3 hours back, at a random second, so reruns never collide
+        start = (datetime.now(UTC) - timedelta(hours=3)).replace(microsecond=0) + timedelta(
+            seconds=random.randint(0, 3000)
+        )
+        window = Window(start, start + timedelta(hours=1))
+        plan = build_plan(window)
+        asyncio.run(produce(settings.bootstrap_servers, topic, plan))
+        db = Database(settings.db_url)
+        db.init_schema()
+        yield {"settings": settings, "window": window, "plan": plan, "db": db, "topic": topic}
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from flead_app.spark_support.session import SparkOptions, build_session
+
+    session = build_session(SparkOptions(master="local[2]", driver_memory="1g", shuffle_partitions=2))
+    yield session
+    session.stop()
+
+
+def window_rows(db: Database, window: Window) -> list[dict]:
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT * FROM stream_analytics WHERE window_start = :s AND window_end = :e"),
+            {"s": window.start, "e": window.end},
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+def expected_device_stats(plan: list[dict], window: Window, settings) -> dict[str, dict]:
+    out = {}
+    lo, hi = window.start.timestamp(), window.end.timestamp()
+    for device in DEVICES:
+        msgs = [m for m in plan if m["device"] == device and not m["control"] and lo <= m["kts"] < hi]
+        v = np.concatenate([m["values"] for m in msgs])
+        mean, std = v.mean(), v.std(ddof=1)
+        anomalous = np.abs(v - mean) / std > settings.z_threshold if len(v) >= settings.min_history else v < v
+        out[device] = {
+            "count": len(v), "mean": mean, "std": std, "min": v.min(), "max": v.max(),
+            "anomaly_rate": anomalous.mean(), "partition": msgs[0]["partition"],
+        }  # fmt: skip
+    return out
+
+
+def test_analytics_counts_the_window_and_replaces_on_rerun(env, spark):
+    settings, window, plan, db = env["settings"], env["window"], env["plan"], env["db"]
+    first = analytics_job(spark, settings, window, db)
+    expected = expected_device_stats(plan, window, settings)
+    total = sum(e["count"] for e in expected.values())
+    assert first.readings == total == len(DEVICES) * IN_WINDOW
+    assert first.messages["control"] == len(DEVICES) and first.messages["invalid"] == 3
+    rows = window_rows(db, window)
+    computed_at = {r["computed_at"] for r in rows}
+
+    second = analytics_job(spark, settings, window, db)
+    again = window_rows(db, window)
+    assert second.rows == first.rows == len(again) == len(rows)
+    assert {r["computed_at"] for r in again} != computed_at  # replaced, not kept beside
+
+    by = {(r["scope"], r["scope_key"]): r for r in again}
+    assert len(by) == len(again)  # one row per scope and key
+    for device, e in expected.items():
+        r = by[("device", device)]
+        assert r["count"] == e["count"]
+        assert r["mean"] == pytest.approx(e["mean"]) and r["std"] == pytest.approx(e["std"])
+        assert r["min"] == pytest.approx(e["min"]) and r["max"] == pytest.approx(e["max"])
+        assert r["anomaly_rate"] == pytest.approx(e["anomaly_rate"])
+        assert r["readings_per_minute"] == pytest.approx(e["count"] / 60.0)
+    per_partition: dict[str, int] = {}
+    for e in expected.values():
+        per_partition[str(e["partition"])] = per_partition.get(str(e["partition"]), 0) + e["count"]
+    assert {k: r["count"] for (s, k), r in by.items() if s == "partition"} == per_partition
+    leaders = partition_leaders(settings, env["topic"])
+    per_broker: dict[str, int] = {}
+    for p, n in per_partition.items():
+        per_broker[str(leaders[int(p)])] = per_broker.get(str(leaders[int(p)]), 0) + n
+    assert {k: r["count"] for (s, k), r in by.items() if s == "broker"} == per_broker
+    fleet = by[("fleet", "all")]
+    assert fleet["count"] == total and fleet["readings_per_minute"] == pytest.approx(total / 60.0)
+    assert by[("skipped", "control")]["count"] == len(DEVICES) and by[("skipped", "invalid")]["count"] == 3
+
+
+def expected_evalset(plan: list[dict], settings) -> EvalSet:
+    cfg = device_config(settings)
+    rows = []
+    for device in DEVICES:
+        msgs = [
+            (m["partition"], m["offset"], m["kts"], m["control"], m["stamps"], m["values"], m["labels"])
+            for m in plan
+            if m["device"] == device
+        ]
+        rows += [r for r in history_rows(replay_device(device, msgs, cfg)) if r[1]]
+    return EvalSet.from_rows(rows)
+
+
+def insert_versions(db: Database, base: int) -> dict[int, GlobalVersion]:
+    now = datetime.now(UTC)
+    versions = {
+        base: GlobalVersion(base, np.array([0.0, 1.2, 0.1, 0.6]), -4.0),  # alarms on large |z|
+        base + 1: GlobalVersion(base + 1, np.array([0.01, 0.02, 0.0, 0.01]), -0.5),  # nearly always normal
+    }
+    rows = [
+        {
+            "global_version": v.version, "aggregation_round": v.version, "num_devices": 6, "num_updates": 20,
+            "samples": 1000, "accuracy": 0.7, "weights": v.weights.tolist(), "bias": v.bias, "aggregator": "fedavg",
+            "mean_staleness": 0.0, "created_at": now,
+        }
+        for v in versions.values()
+    ]  # fmt: skip
+    # a model over three features cannot be scored on ours: never pending
+    rows.append({**rows[0], "global_version": base + 2, "weights": [0.1, 0.2, 0.3]})
+    db.insert_rows("federated_models", rows)
+    return versions
+
+
+def test_evaluate_versions_and_baselines_on_held_out_readings(env, spark):
+    settings, plan, db = env["settings"], env["plan"], env["db"]
+    base = random.randrange(1_000_000_000, 1_100_000_000, 10)
+    versions = insert_versions(db, base)
+    pending = {v.version for v in dbio.pending_versions(db)}
+    assert {base, base + 1} <= pending and base + 2 not in pending
+
+    res = evaluate_job(spark, settings, db, only={base, base + 1, base + 2})
+    assert res.versions == [base, base + 1] and res.baseline_version == base + 1
+    expected = expected_evalset(plan, settings)
+    assert res.heldout == len(expected) > 300
+    assert not {v.version for v in dbio.pending_versions(db, only={base, base + 1})}
+
+    with db.engine.connect() as conn:
+        summaries = conn.execute(
+            text("SELECT * FROM evaluation_summaries WHERE model_version IN (:a, :b)"), {"a": base, "b": base + 1}
+        ).mappings()
+        summaries = {(r["model_kind"], r["model_version"], r["split"]): dict(r) for r in summaries}
+        samples = dict(
+            conn.execute(
+                text(
+                    "SELECT model_kind || ':' || model_version, count(*) FROM model_evaluations "
+                    "WHERE model_version IN (:a, :b) GROUP BY 1"
+                ),
+                {"a": base, "b": base + 1},
+            ).all()
+        )
+    kinds = [(KIND_GLOBAL, base), (KIND_GLOBAL, base + 1), (KIND_LOCAL, base + 1), (KIND_CENTRAL, base + 1)]
+    for kind, version in kinds:
+        assert (kind, version, SPLIT_POOLED) in summaries and (kind, version, SPLIT_DEVICE_MEAN) in summaries
+        assert samples[f"{kind}:{version}"] == SAMPLE_ROWS
+        assert summaries[(kind, version, SPLIT_POOLED)]["samples"] == len(expected)
+
+    # the stored numbers are the pure evaluation of the same readings
+    for version, kind, proba in [
+        (base, KIND_GLOBAL, None),
+        (base + 1, KIND_GLOBAL, None),
+        (base + 1, KIND_LOCAL, expected.local_p),
+    ]:
+        if proba is None:
+            from flead_app.algorithms.sgd import predict_proba
+
+            proba = predict_proba(versions[version].model, expected.features)
+        ev = evaluate_model(expected, proba, kind, version)
+        got = summaries[(kind, version, SPLIT_POOLED)]
+        for key in ("tp", "fp", "tn", "fn"):
+            assert got[key] == getattr(ev.pooled, key), (kind, version, key)
+        assert got["f1"] == pytest.approx(ev.pooled.f1) and got["roc_auc"] == pytest.approx(ev.pooled.roc_auc)
+        assert got["event_recall"] == pytest.approx(ev.event_recall)
+        assert got["false_alarms_per_1000"] == pytest.approx(ev.false_alarms_per_1000)
+        assert summaries[(kind, version, SPLIT_DEVICE_MEAN)]["f1"] == pytest.approx(ev.device_mean["f1"])
+    good = summaries[(KIND_GLOBAL, base, SPLIT_POOLED)]
+    assert good["recall"] > 0.5 and good["event_recall"] > 0.8
+    central = summaries[(KIND_CENTRAL, base + 1, SPLIT_POOLED)]
+    assert central["roc_auc"] > 0.8
+
+    summary = evaluation_summary(db.engine)
+    assert summary["versions_evaluated"] >= 2
+    assert summary["latest_global"]["model_version"] >= base + 1
+    if summary["baseline_version"] == base + 1:
+        local = summaries[(KIND_LOCAL, base + 1, SPLIT_POOLED)]
+        assert summary["baselines"]["local"]["f1"] == pytest.approx(local["f1"])
+        assert summary["baselines"]["central"]["device_mean"] is not None
+
+    # re-evaluating replaces: the same number of rows, no duplicates
+    again = evaluate_job(spark, settings, db, all_versions=True, only={base})
+    assert again.versions == [base]
+    with db.engine.connect() as conn:
+        n = conn.execute(
+            text("SELECT count(*) FROM model_evaluations WHERE model_kind = 'global' AND model_version = :v"),
+            {"v": base},
+        ).scalar_one()
+    assert n == SAMPLE_ROWS
