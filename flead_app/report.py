@@ -133,7 +133,17 @@ def render_text(report: dict[str, Any]) -> str:
             [[str(g["global_version"]), str(g["aggregation_round"]), str(g["num_devices"]), str(g["num_updates"]),
               _fmt_num(g["accuracy"], 4), g["aggregator"], _fmt_time(g["created_at"])] for g in globals_],
         )
-        lines.append("  (accuracy: sample-weighted training accuracy of the contributing local rounds)")
+        lines.append("  (accuracy: sample-weighted accuracy of the contributing rounds, measured before training)")
+        trend = report.get("global_trend")
+        if trend:
+            lines.append(
+                f"  accuracy trend over {trend['versions']} versions: first v{trend['first']['global_version']} "
+                f"{_fmt_num(trend['first']['accuracy'], 4)}, latest v{trend['latest']['global_version']} "
+                f"{_fmt_num(trend['latest']['accuracy'], 4)}, best v{trend['best']['global_version']} "
+                f"{_fmt_num(trend['best']['accuracy'], 4)}; mean of the last 10 "
+                f"{_fmt_num(trend['mean_accuracy_last_10'], 4)}; "
+                f"{trend['versions_beating_first']} versions beat the first"
+            )
     else:
         lines.append("  no global model yet")
     lines.append("")
@@ -229,6 +239,7 @@ def collect_database(db: Any, now: datetime | None = None) -> dict[str, Any]:
             .limit(LATEST_GLOBALS)
         ).mappings().all()
         out["global_models"] = [dict(r) for r in rows]
+        out["global_trend"] = _global_trend(conn, federated_models)
 
         out["evaluation"] = _evaluation(conn, evaluation_summaries)
 
@@ -257,6 +268,27 @@ def collect_database(db: Any, now: datetime | None = None) -> dict[str, Any]:
             "by_broker": {int(k): int(v) for k, v in by_broker.items()},
         }
     return out
+
+
+def _global_trend(conn: Any, t: Any) -> dict[str, Any] | None:
+    """First, latest and best global accuracy, and how many versions beat the first one."""
+    versions = conn.execute(
+        select(t.c.global_version, func.min(t.c.accuracy).label("accuracy"))
+        .group_by(t.c.global_version)
+        .order_by(t.c.global_version)
+    ).all()
+    if not versions:
+        return None
+    first, latest = versions[0], versions[-1]
+    best = max(versions, key=lambda v: v.accuracy)
+    return {
+        "versions": len(versions),
+        "first": {"global_version": first.global_version, "accuracy": first.accuracy},
+        "latest": {"global_version": latest.global_version, "accuracy": latest.accuracy},
+        "best": {"global_version": best.global_version, "accuracy": best.accuracy},
+        "versions_beating_first": sum(1 for v in versions if v.accuracy > first.accuracy),
+        "mean_accuracy_last_10": sum(v.accuracy for v in versions[-10:]) / len(versions[-10:]),
+    }
 
 
 def _evaluation(conn: Any, t: Any) -> dict[str, Any] | None:
