@@ -108,8 +108,9 @@ def up(brokers: int | None = None, with_db: bool = True, timeout: float = 180.0,
     if replace and existing is not None and existing.plan != cluster.plan and existing.running_nodes():
         log.info("stopping the running %d-broker cluster to start %d broker(s)", existing.brokers, cluster.brokers)
         existing.down()
-    from .fetch import fetch, is_cached
+    from .fetch import fetch, is_cached, require_java
 
+    require_java()
     downloaded = not is_cached(cluster.version)
     fetch(cluster.version)  # before anything starts: a failed download leaves nothing behind
     pg: postgres.PgInfo | None = None

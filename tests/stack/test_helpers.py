@@ -113,3 +113,19 @@ def test_poll_and_tail(tmp_path):
     log.write_text("\n".join(f"line {i}" for i in range(100)))
     assert procs.tail(log, 2) == "line 98\nline 99"
     assert "no log" in procs.tail(tmp_path / "nope")
+
+
+def test_up_without_java_starts_nothing(tmp_path, monkeypatch):
+    from flead_app.stack import local, postgres
+
+    monkeypatch.setenv("FLEAD_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: None)
+
+    def must_not_run(*a, **k):
+        raise AssertionError("nothing may start without Java")
+
+    monkeypatch.setattr(postgres, "ensure_running", must_not_run)
+    monkeypatch.setattr(KafkaCluster, "up", must_not_run)
+    with pytest.raises(StackError, match="Java is not installed"):
+        local.up(1)
+    assert not (tmp_path / "home" / "stack.json").exists()
