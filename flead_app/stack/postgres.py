@@ -129,15 +129,23 @@ def install_server() -> None:
         raise StackError(f"installing PostgreSQL failed:\n{tail}")
 
 
-def local_cluster(version: str) -> PgCluster | None:
+def cluster_name() -> str:
+    """The Debian cluster to use: ``FLEAD_PG_CLUSTER`` or ``main``."""
+    name = os.environ.get("FLEAD_PG_CLUSTER", "").strip() or "main"
+    if not re.match(r"^[A-Za-z0-9_.-]{1,63}$", name):
+        raise StackError(f"FLEAD_PG_CLUSTER={name!r} is not a cluster name")
+    return name
+
+
+def local_cluster(version: str, name: str | None = None) -> PgCluster | None:
     if not shutil.which("pg_lsclusters"):
         return None
+    name = name or cluster_name()
     proc = _run(["pg_lsclusters", "--no-header"])
-    clusters = [c for c in parse_lsclusters(proc.stdout) if c.version == version]
-    for c in clusters:
-        if c.name == "main":
+    for c in parse_lsclusters(proc.stdout):
+        if c.version == version and c.name == name:
             return c
-    return clusters[0] if clusters else None
+    return None
 
 
 def answers(port: int, host: str = "127.0.0.1") -> bool:
@@ -274,10 +282,11 @@ def ensure_running(home: Path | str) -> PgInfo:
     version = versions[-1]
     cluster = local_cluster(version)
     if cluster is None:
-        log.info("creating PostgreSQL %s cluster main", version)
-        proc = _run(["pg_createcluster", version, "main"])
+        name = cluster_name()
+        log.info("creating PostgreSQL %s cluster %s", version, name)
+        proc = _run(["pg_createcluster", version, name])
         if proc.returncode != 0:
-            raise StackError(f"pg_createcluster {version} main failed: {proc.stderr.strip()}")
+            raise StackError(f"pg_createcluster {version} {name} failed: {proc.stderr.strip()}")
         cluster = local_cluster(version)
         if cluster is None:
             raise StackError(f"no PostgreSQL {version} cluster after pg_createcluster")
@@ -332,7 +341,7 @@ def stop(home: Path | str, force: bool = False) -> str:
         return "not managed (FLEAD_DB_URL)"
     if not state.get("started"):
         return "left running (not started by this stack)"
-    cluster = local_cluster(str(state.get("version", "")))
+    cluster = local_cluster(str(state.get("version", "")), str(state.get("cluster", "")) or None)
     _state_file(home).unlink(missing_ok=True)
     if cluster is None or not cluster.online:
         return "not running"
@@ -342,7 +351,7 @@ def stop(home: Path | str, force: bool = False) -> str:
             return f"left running ({others} session(s) of other databases are connected)"
     proc = _run(["pg_ctlcluster", cluster.version, cluster.name, "stop", "-m", "fast"])
     if proc.returncode != 0:
-        refreshed = local_cluster(cluster.version)
+        refreshed = local_cluster(cluster.version, cluster.name)
         if refreshed and refreshed.online:
             raise StackError(f"pg_ctlcluster {cluster.version} {cluster.name} stop failed: {proc.stderr.strip()}")
     return "stopped"

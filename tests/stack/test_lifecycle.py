@@ -154,3 +154,29 @@ def test_plan_matches_the_rendered_cluster(tmp_path):
     cluster = KafkaCluster(tmp_path / "home", 4, 29092)
     assert cluster.plan == ClusterPlan(4, 29092)
     assert cluster.bootstrap == "localhost:29092,localhost:29093,localhost:29094,localhost:29095"
+
+
+def test_postgres_started_by_the_stack_is_stopped_by_it(tmp_path, monkeypatch):
+    """A private Debian cluster (FLEAD_PG_CLUSTER) that the stack creates, starts and stops."""
+    if postgres.external_url() or not postgres.installed_versions():
+        pytest.skip("needs Debian's PostgreSQL server and no FLEAD_DB_URL")
+    name = f"fltest{random.randrange(10**6)}"
+    monkeypatch.setenv("FLEAD_PG_CLUSTER", name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    home = tmp_path / "home"
+    version = postgres.installed_versions()[-1]
+    try:
+        info = postgres.ensure_running(home)
+        assert info.started and info.cluster.name == name
+        assert postgres.read_state(home)["started"] is True
+        assert postgres.check_url(info.url) == ""
+        again = postgres.ensure_running(home)
+        assert not again.started and again.url == info.url  # up twice: same server, same URL
+        assert postgres.stop(home) == "stopped"
+        assert not postgres.local_cluster(version, name).online
+        assert postgres.stop(home) == "left running (not started by this stack)"  # nothing recorded now
+        # a missing server is started again by the next up
+        assert postgres.ensure_running(home).started
+        assert postgres.stop(home) == "stopped"
+    finally:
+        subprocess.run(["pg_dropcluster", "--stop", version, name], capture_output=True)
