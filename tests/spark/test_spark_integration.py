@@ -158,7 +158,21 @@ def env(stack):
         asyncio.run(produce(settings.bootstrap_servers, topic, plan))
         db = Database(settings.db_url)
         db.init_schema()
-        yield {"settings": settings, "window": window, "plan": plan, "db": db, "topic": topic}
+        versions: list[int] = []
+        yield {"settings": settings, "window": window, "plan": plan, "db": db, "topic": topic, "versions": versions}
+        # leave the shared database as we found it: other tests read the latest global version
+        with db.engine.begin() as conn:
+            conn.execute(
+                text("DELETE FROM stream_analytics WHERE window_start = :s AND window_end = :e"),
+                {"s": window.start, "e": window.end},
+            )
+            if versions:
+                for table, col in [
+                    ("federated_models", "global_version"),
+                    ("evaluation_summaries", "model_version"),
+                    ("model_evaluations", "model_version"),
+                ]:
+                    conn.execute(text(f"DELETE FROM {table} WHERE {col} = ANY(:v)"), {"v": versions})
         db.close()
 
 
@@ -269,6 +283,7 @@ def insert_versions(db: Database, base: int) -> dict[int, GlobalVersion]:
 def test_evaluate_versions_and_baselines_on_held_out_readings(env, spark):
     settings, plan, db = env["settings"], env["plan"], env["db"]
     base = random.randrange(1_000_000_000, 1_100_000_000, 10)
+    env["versions"].extend([base, base + 1, base + 2])
     versions = insert_versions(db, base)
     pending = {v.version for v in dbio.pending_versions(db)}
     assert {base, base + 1} <= pending and base + 2 not in pending
