@@ -1,0 +1,112 @@
+"""The whole system once: simulator -> Kafka -> worker -> PostgreSQL -> Spark analytics and
+evaluation -> every dashboard panel, `flead report` and `flead device`, on real services.
+
+It runs in a fresh PostgreSQL schema, so every row it finds was written by this run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import create_engine
+
+from flead_app.dashboard.queries import PANELS, run_all_queries
+from flead_app.db.store import sqlalchemy_url
+from flead_app.settings import load_settings
+from flead_app.simulate import SimOptions, simulate
+from flead_app.worker import WorkerProcess
+from tests.agents.test_pipeline_integration import wait_for
+from tests.db.conftest import url_with_schema
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark]
+
+DEVICES, PER_DEVICE, BATCH = 40, 400, 10
+
+
+@pytest.fixture
+def fresh_schema_url(stack):
+    import uuid
+
+    from sqlalchemy import text
+
+    schema = f"e2e_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(sqlalchemy_url(stack.db_url))
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    yield url_with_schema(stack.db_url, schema)
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+def flead(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "flead_app.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_simulator_to_dashboards(pipeline_env, fresh_schema_url, monkeypatch):
+    env = {**pipeline_env, "FLEAD_DB_URL": fresh_schema_url, "FLEAD_TRAIN_INTERVAL_S": "3600"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    settings = load_settings()
+    started = datetime.now(UTC)
+    worker = WorkerProcess(settings, env=env).start()
+    try:
+        opts = SimOptions(devices=DEVICES, rate=0, batch=BATCH, count=DEVICES * PER_DEVICE, seed=4)
+        summary = asyncio.run(simulate(settings, opts, None))
+        assert summary.readings == DEVICES * PER_DEVICE and summary.failed_messages == 0
+        wait_for(lambda: worker.stats()["detector"].get("readings", 0) == summary.readings, 240, "every reading")
+        rounds = DEVICES * (PER_DEVICE // settings.train_every)
+        engine = create_engine(sqlalchemy_url(fresh_schema_url))
+
+        def rows(table: str) -> int:
+            from sqlalchemy import text
+
+            with engine.connect() as conn:
+                return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+
+        wait_for(lambda: rows("local_models") == rounds, 120, "every local model stored")
+        wait_for(lambda: rows("federated_models") == rounds // settings.fedavg_buffer, 60, "every global model")
+
+        device = "device_3"
+        shown = flead("device", device, "--json", env=env)
+        assert shown.returncode == 0, shown.stderr
+        state = json.loads(shown.stdout)
+        assert state["readings"] == PER_DEVICE and state["model_version"] == PER_DEVICE // settings.train_every
+    finally:
+        worker.stop()
+
+    window = [
+        "--start", (started - timedelta(minutes=5)).isoformat(),
+        "--end", (datetime.now(UTC) + timedelta(minutes=5)).isoformat(),
+    ]  # fmt: skip
+    analytics = flead("spark", "analytics", *window, "--json", env=env)
+    assert analytics.returncode == 0, analytics.stderr[-3000:]
+    evaluate = flead("spark", "evaluate", "--json", env=env)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    assert json.loads(evaluate.stdout)["versions"], evaluate.stdout[-2000:]
+
+    results = run_all_queries(engine)
+    for panel in PANELS:
+        got = results[panel.id]
+        assert got, f"panel {panel.id!r} returned no rows after a full run"
+        assert list(got[0]) == list(panel.columns), panel.id
+
+    report = flead("report", "--json", env=env)
+    assert report.returncode == 0, report.stderr
+    doc = json.loads(report.stdout)
+    assert doc["counts"]["local_models"] == rounds
+    assert doc["evaluation"] is not None
+    assert doc["global_trend"]["versions"] == rounds // settings.fedavg_buffer
