@@ -116,7 +116,7 @@ def _scope_stats(df: DataFrame) -> list[an.ScopeStats]:
         union = union.unionByName(p.select(*cols))
     out = []
     for r in union.collect():
-        if not r["n"]:
+        if not r["n"] and r["scope"] != an.SCOPE_FLEET:  # an empty hour still gets its fleet row: 0 readings
             continue
         std = r["std"]
         out.append(

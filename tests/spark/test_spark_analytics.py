@@ -64,3 +64,11 @@ def test_rows_carry_rates_per_minute_and_skipped_counts():
     skipped = {r["scope_key"]: r["count"] for r in rows if r["scope"] == SCOPE_SKIPPED}
     assert skipped == {"control": 2, "invalid": 1}
     assert all(r["window_start"] == start and r["computed_at"] == now for r in rows)
+
+
+def test_an_empty_fleet_row_has_no_rate_of_anomalies():
+    start = datetime(2025, 11, 7, 14, tzinfo=UTC)
+    (row,) = analytics_rows(
+        Window(start, start + timedelta(hours=1)), [ScopeStats("fleet", "all", 0, None, None, None, None, 0)], {}, start
+    )
+    assert row["count"] == 0 and row["anomaly_rate"] is None and row["readings_per_minute"] == 0.0

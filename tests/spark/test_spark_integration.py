@@ -246,6 +246,15 @@ def test_analytics_counts_the_window_and_replaces_on_rerun(env, spark):
     assert fleet["count"] == total and fleet["readings_per_minute"] == pytest.approx(total / 60.0)
     assert by[("skipped", "control")]["count"] == len(DEVICES) and by[("skipped", "invalid")]["count"] == 3
 
+    # an hour without readings still says so: a fleet row of 0 and the skipped counts, nothing else
+    empty = Window(window.start - timedelta(hours=2), window.start - timedelta(hours=1))
+    try:
+        assert analytics_job(spark, settings, empty, db).readings == 0
+        rows = {(r["scope"], r["scope_key"]): r["count"] for r in window_rows(db, empty)}
+        assert rows == {("fleet", "all"): 0, ("skipped", "control"): 0, ("skipped", "invalid"): 0}
+    finally:
+        dbio.write_analytics(db, empty, [])
+
 
 def expected_evalset(plan: list[dict], settings) -> EvalSet:
     cfg = device_config(settings)
