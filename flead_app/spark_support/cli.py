@@ -254,10 +254,6 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def submit_main(command: str, argv: list[str] | None = None) -> int:
     """Entry of ``spark/analytics.py`` and ``spark/evaluate.py`` (under spark-submit or python)."""
-    # stderr, whatever pyspark configured: stdout carries the (JSON) result
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
-    )
     parser = argparse.ArgumentParser(prog=f"spark/{command}.py")
     if command == "analytics":
         add_analytics_args(parser)
@@ -266,4 +262,13 @@ def submit_main(command: str, argv: list[str] | None = None) -> int:
         add_evaluate_args(parser)
         handler = cmd_evaluate
     add_spark_args(parser)
-    return handler(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    # spark-submit merges the script's stderr into its stdout: with --json only warnings are
+    # logged, so that stdout stays one JSON document
+    logging.basicConfig(
+        level=logging.WARNING if args.json else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    return handler(args)

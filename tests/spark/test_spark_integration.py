@@ -178,8 +178,10 @@ def env(stack):
 
 @pytest.fixture(scope="module")
 def spark():
+    from flead_app.spark_support.jars import fetch
     from flead_app.spark_support.session import SparkOptions, build_session
 
+    fetch()  # a no-op once `flead spark fetch` (scripts/setup.sh) has cached the jars
     session = build_session(SparkOptions(master="local[2]", driver_memory="1g", shuffle_partitions=2))
     yield session
     session.stop()
