@@ -132,8 +132,10 @@ def up(brokers: int | None = None, with_db: bool = True, timeout: float = 180.0,
             except StackError as exc:
                 log.warning("%s", exc)
         raise
-    db_url = pg.url if pg else read_state(home).get("db_url", "")
-    write_state(home, stack_state(cluster, db_url, bool(pg and pg.managed)))
+    previous = read_state(home)
+    db_url = pg.url if pg else previous.get("db_url", "")
+    db_managed = pg.managed if pg else bool(previous.get("db_managed", False))
+    write_state(home, stack_state(cluster, db_url, db_managed))
     return UpResult(cluster, started_nodes, created, db_url, bool(pg and pg.started), downloaded,
                     time.monotonic() - t0)  # fmt: skip
 
