@@ -25,7 +25,7 @@ import orjson
 from flead_app.agents import global_model
 from flead_app.agents.dead_letter import send_dead_letter
 from flead_app.algorithms.detection import severity
-from flead_app.algorithms.device import DeviceConfig, DeviceState, ingest, train_round, training_due
+from flead_app.algorithms.device import DeviceConfig, DeviceState, ingest, initial_global, train_round, training_due
 from flead_app.algorithms.holdout import holdout_mask
 from flead_app.app import anomalies_topic, app, local_updates_topic, readings_topic, settings
 from flead_app.kafka_util import event_time
@@ -52,7 +52,10 @@ config = DeviceConfig(
     learning_rate=settings.learning_rate,
     local_epochs=settings.local_epochs,
     holdout_percent=settings.holdout_percent,
+    prior_anomaly_rate=settings.prior_anomaly_rate,
 )
+#: global version 0, which rounds start from until the first FedAvg version arrives
+INITIAL_GLOBAL = initial_global(config)
 
 #: what this worker did, for /flead/stats and the demo's live summary
 counters: Counter[str] = Counter()
@@ -115,7 +118,7 @@ async def handle(event) -> None:  # noqa: ANN001 - a faust Event
             counters["anomalies"] += 1
             await anomalies_topic.send(key=key, value=anomaly.to_json())
     if training_due(state, now, config):
-        state, result = train_round(state, now, config, global_model.latest.params)
+        state, result = train_round(state, now, config, global_model.latest.params or INITIAL_GLOBAL)
         if result is not None:
             update = LocalModelUpdate(
                 device_id=batch.device_id,

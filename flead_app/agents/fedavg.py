@@ -1,9 +1,13 @@
 """Federated averaging: buffer local updates, publish a global model every 20 of them.
 
 Every local update is keyed ``fleet`` so they all arrive, in order, at one partition and one
-worker, which owns the single ``fedavg_state`` row (buffer + version counter). Aggregation is
-``flead_app.algorithms.aggregation`` (FedAvg weighted by samples and discounted for staleness,
-or a robust coordinate-wise median / trimmed mean, by ``FLEAD_AGGREGATOR``). A timer asks for a
+worker, which owns the single ``fedavg_state`` row (buffer, version counter and the parameters
+of the last ``FLEAD_FEDAVG_HISTORY`` global versions, version 0 being the initial model).
+Aggregation is ``flead_app.algorithms.aggregation.federated_step``: each update's change from
+the global version it started from, combined by FedAvg weighted by samples and discounted for
+staleness (or a robust coordinate-wise median / trimmed mean, by ``FLEAD_AGGREGATOR``), is
+added to the current global model (FedBuff). An update whose base version has left the history
+counts with its absolute weights, as plain FedAvg would. A timer asks for a
 partial flush when the oldest buffered update is older than ``FLEAD_FEDAVG_TIMEOUT_S``, so a
 quiet fleet still gets new versions.
 """
@@ -13,13 +17,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import orjson
 
 from flead_app.agents import global_model
 from flead_app.agents.dead_letter import send_dead_letter
-from flead_app.algorithms.aggregation import aggregate, weighted_accuracy
+from flead_app.algorithms.aggregation import aggregate, federated_step, weighted_accuracy
+from flead_app.algorithms.detection import NUM_FEATURES
+from flead_app.algorithms.sgd import LinearModel
 from flead_app.app import app, global_updates_topic, local_updates_topic, settings
 from flead_app.kafka_util import event_time
 from flead_app.models import GlobalModel, InvalidRecord, LocalModelUpdate, format_timestamp, utc_now_iso
@@ -42,12 +49,24 @@ def federate(
     staleness_exponent: float = 0.5,
     trim_ratio: float = 0.1,
     timestamp: str | None = None,
+    history: Mapping[int, Sequence[float]] | None = None,
 ) -> GlobalModel:
-    """The next global model (version ``current_version + 1``) from buffered updates."""
+    """The next global model (version ``current_version + 1``) from buffered updates.
+
+    ``history`` maps global versions to their parameters (weights then bias). With the current
+    version in it, updates are combined as changes from their base versions (``federated_step``);
+    without, their absolute parameters are averaged (plain FedAvg).
+    """
     params = np.array([[*u.weights, u.bias] for u in updates], dtype=np.float64)
     samples = np.array([u.samples for u in updates], dtype=np.float64)
     staleness = np.array([max(0, current_version - u.global_version) for u in updates], dtype=np.float64)
-    merged = aggregate(params, samples, staleness, method, staleness_exponent, trim_ratio)
+    if history is not None and current_version in history:
+        nan = [float("nan")] * params.shape[1]
+        bases = np.array([history.get(u.global_version, nan) for u in updates], dtype=np.float64)
+        current = np.asarray(history[current_version], dtype=np.float64)
+        merged = federated_step(params, bases, current, samples, staleness, method, staleness_exponent, trim_ratio)
+    else:
+        merged = aggregate(params, samples, staleness, method, staleness_exponent, trim_ratio)
     return GlobalModel(
         global_version=current_version + 1,
         aggregation_round=aggregation_round,
@@ -64,11 +83,20 @@ def federate(
     )
 
 
+def initial_params() -> list[float]:
+    """Global version 0 (weights then bias): the model every device starts from."""
+    m = LinearModel.initial(NUM_FEATURES, settings.prior_anomaly_rate)
+    return [*m.weights.tolist(), m.bias]
+
+
 def _load() -> dict:
     raw = fedavg_state.get(FLEET_KEY)
     if raw:
         return orjson.loads(raw)
-    return {"version": 0, "round": 0, "buffer": [], "first_at": 0.0, "p": -1, "o": -1, "recent": []}
+    return {
+        "version": 0, "round": 0, "buffer": [], "first_at": 0.0, "p": -1, "o": -1, "recent": [],
+        "history": {"0": initial_params()},
+    }  # fmt: skip
 
 
 async def handle(event) -> None:  # noqa: ANN001
@@ -103,6 +131,7 @@ async def handle(event) -> None:  # noqa: ANN001
     full = len(buffer) >= settings.fedavg_buffer
     stale = flush and buffer and now - state["first_at"] >= settings.fedavg_timeout_s
     if full or stale:
+        history: dict[str, list[float]] = state.setdefault("history", {})
         model = federate(
             [LocalModelUpdate(**b) for b in buffer],
             state["version"],
@@ -111,8 +140,12 @@ async def handle(event) -> None:  # noqa: ANN001
             settings.staleness_exponent,
             settings.trim_ratio,
             format_timestamp(now),
+            history={int(v): p for v, p in history.items()},
         )
         state["version"], state["round"], state["buffer"] = model.global_version, model.aggregation_round, []
+        history[str(model.global_version)] = [*model.weights, model.bias]
+        for old in sorted(history, key=int)[: -max(1, settings.fedavg_history)]:
+            del history[old]
         counters["global_models"] += 1
         if not full:
             counters["partial_flushes"] += 1

@@ -7,6 +7,13 @@ weights (samples, discounted for staleness) and returns one parameter vector.
 Staleness: an update that started from global version g while the current version is G has
 staleness s = G - g. As in buffered asynchronous FL (FedBuff), its weight is
 samples / (1 + s) ** exponent, so stale work still counts but less; exponent 0 is plain FedAvg.
+
+Deltas (``federated_step``): devices train asynchronously, so the updates in one buffer started
+from different global versions. Averaging their *absolute* parameters would pull the model back
+towards the older versions stale updates started from; FedBuff instead averages each update's
+*change* from its own base version and adds it to the current model. When every update started
+from the current version this is exactly the sample-weighted average of the parameters (the
+description's worked example), since the weights sum to one.
 """
 
 from __future__ import annotations
@@ -71,6 +78,30 @@ def aggregate(
     if method == "trimmed_mean":
         return trimmed_mean(params, trim_ratio)
     raise ValueError(f"unknown aggregator {method!r}; choose one of {AGGREGATORS}")
+
+
+def federated_step(
+    params: np.ndarray,
+    bases: np.ndarray,
+    current: np.ndarray,
+    samples: np.ndarray,
+    staleness: np.ndarray | None = None,
+    method: str = "fedavg",
+    staleness_exponent: float = 0.5,
+    trim_ratio: float = 0.1,
+) -> np.ndarray:
+    """The next global parameters: ``current`` + aggregate of (update - the global it started from).
+
+    ``params`` and ``bases`` have one row per update; a row of ``bases`` that is all NaN (its
+    version is no longer known) counts that update's change from ``current``, i.e. its absolute
+    parameters, as plain FedAvg would.
+    """
+    params = np.asarray(params, dtype=np.float64)
+    current = np.asarray(current, dtype=np.float64)
+    bases = np.array(bases, dtype=np.float64).reshape(params.shape)
+    unknown = np.isnan(bases).all(axis=1)
+    bases[unknown] = current
+    return current + aggregate(params - bases, samples, staleness, method, staleness_exponent, trim_ratio)
 
 
 def weighted_accuracy(accuracies: np.ndarray, samples: np.ndarray) -> float:

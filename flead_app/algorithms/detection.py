@@ -1,39 +1,88 @@
 """Z-score anomaly detection and the features the local models learn from.
 
-Raw means and standard deviations are in each device's own units (degrees, percent, ms), so
-weights averaged across devices would mean nothing on them. Every feature here is unitless:
-how many of the device's own standard deviations a reading sits from its history, how far it
-jumped from the previous reading, and a short-term average of |z| that rises during noise
-bursts and drifts. That makes a model trained on one device meaningful on another, which is
-what federated averaging needs.
+Alarms use the description's rule: z against the running mean and standard deviation of
+*every* reading so far, anomalous when |z| > 2.5.
+
+The model's features are built differently, for two reasons (docs/learning.md has the numbers):
+
+* Comparable across devices. Raw means and standard deviations are in each device's own units
+  (degrees, percent, ms), so weights averaged across devices would mean nothing on them. Every
+  feature here is a surprise score in units of the device's own standard deviations.
+* Not absorbed by the anomaly itself. Running statistics over every reading soak up a level
+  shift or a drift within a few readings (the anomaly becomes part of "normal"), and then |z|
+  falls back while the episode goes on. The features use a *robust baseline*: running mean and
+  standard deviation over the readings that were within ``ROBUST_GATE`` (the default alarm
+  threshold) of it, the std divided by ``ROBUST_STD_SHARE`` so that it is unbiased for normal
+  readings despite the gate (the same idea as MAD's 1.4826). A change that persists for more
+  than ``ROBUST_PATIENCE`` readings is let in, so a permanent new level becomes the new normal.
+
+The four features (``FEATURE_NAMES``), each minus its mean under normal operation (readings
+i.i.d. normal), so a normal reading sits near 0 and SGD from zeros is well conditioned:
+
+0. ``robust_abs_z``: |x - robust mean| / robust std, clipped at ``Z_CLIP``; centred by E|Z|.
+1. ``robust_ewm_abs_z``: exponentially weighted mean (alpha ``EWM_ALPHA``) of that |z|; it rises
+   during noise bursts and stays up during long episodes; centred by E|Z|.
+2. ``stillness_z``: how improbably *small* the step from the previous reading is, as the z
+   whose two-sided tail has that probability. Under normal noise the step in standard deviations
+   is N(0, 2), so P = erf(|step| / 2) is uniform and the score is distributed as |Z|, like the
+   other features; a stuck sensor (step 0) scores ``Z_CLIP``. Centred by E|Z|.
+3. ``robust_ewm_z``: |exponentially weighted mean of the signed robust z|: persistent offsets
+   (level shifts, drifts) add up, noise cancels; centred by its normal mean
+   E|Z| * sqrt(alpha / (2 - alpha)).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
-from scipy.signal import lfilter
 
-from flead_app.algorithms.running_stats import RunningStats, prefix_stats
+from flead_app.algorithms.running_stats import RunningStats
 
-FEATURE_NAMES = ("z", "abs_z", "jump_z", "ewm_abs_z")
+FEATURE_NAMES = ("robust_abs_z", "robust_ewm_abs_z", "stillness_z", "robust_ewm_z")
 NUM_FEATURES = len(FEATURE_NAMES)
 Z_CLIP = 10.0
 EWM_ALPHA = 0.2
+ROBUST_GATE = 2.5  # readings with |robust z| above this do not update the robust baseline...
+ROBUST_PATIENCE = 60  # ...unless this many in a row were outside it: then the change is the new normal
+ABS_Z_MEAN = math.sqrt(2.0 / math.pi)  # E|Z| for Z ~ N(0, 1)
+EWM_Z_ABS_MEAN = ABS_Z_MEAN * math.sqrt(EWM_ALPHA / (2.0 - EWM_ALPHA))  # E|EWM of i.i.d. N(0, 1)|
+FEATURE_CENTRES = (ABS_Z_MEAN, ABS_Z_MEAN, ABS_Z_MEAN, EWM_Z_ABS_MEAN)
 # std below this share of the level (or absolute floor) counts as "no spread yet"
 _STD_FLOOR_REL = 1e-6
 _STD_FLOOR_ABS = 1e-9
+_INV_CDF = NormalDist().inv_cdf
+
+
+def _gated_std_share(gate: float) -> float:
+    """Std of normal readings the gate lets in, as a share of the true std (self-consistently).
+
+    The baseline admits |x - mean| <= gate * its own std, so that std s solves
+    s^2 = Var(Z | |Z| <= gate * s); dividing by s makes the robust z unbiased under normality.
+    """
+    s = 1.0
+    for _ in range(200):
+        c = gate * s
+        s = math.sqrt(1.0 - 2.0 * c * math.exp(-c * c / 2.0) / math.sqrt(2.0 * math.pi) / math.erf(c / math.sqrt(2.0)))
+    return s
+
+
+ROBUST_STD_SHARE = _gated_std_share(ROBUST_GATE)  # 0.937 for the gate 2.5
+_STILL_P_MIN = math.erfc(Z_CLIP / math.sqrt(2.0))  # two-sided tail of Z_CLIP: below it the score is clipped
 
 
 @dataclass(frozen=True)
 class DetectorState:
     """What a device carries between batches for scoring and features."""
 
-    stats: RunningStats = RunningStats()
+    stats: RunningStats = RunningStats()  # every reading: the z the alarms use
     last_value: float | None = None
-    ewm_abs_z: float = 0.0
+    ewm_abs_z: float = ABS_Z_MEAN  # EWM of the robust |z| (starts at its normal mean)
+    robust: RunningStats = RunningStats()  # readings within the gate: the features' baseline
+    ewm_z: float = 0.0  # EWM of the signed robust z
+    outliers: int = 0  # consecutive scored readings outside the gate
 
 
 @dataclass(frozen=True)
@@ -46,76 +95,76 @@ class Scored:
     state: DetectorState
 
 
-SMALL_BATCH = 24  # below this, a plain Python loop beats numpy's per-call overhead
-
-
 def _std_floor(mean: float) -> float:
     return max(_STD_FLOOR_REL * abs(mean), _STD_FLOOR_ABS)
 
 
-def _score_small(state: DetectorState, values: np.ndarray, min_history: int) -> Scored:
-    """``score_batch`` for a few readings: Welford's update on Python floats, same results."""
+def stillness(step_z: float) -> float:
+    """The |z| whose two-sided normal tail equals P(|N(0, 2)| <= |step_z|); Z_CLIP for no step."""
+    p = math.erf(abs(step_z) / 2.0)
+    if p < _STILL_P_MIN:
+        return Z_CLIP
+    if p >= 1.0:
+        return 0.0
+    return min(-_INV_CDF(p / 2.0), Z_CLIP)
+
+
+def score_batch(state: DetectorState, values: np.ndarray, min_history: int = 10) -> Scored:
+    """Score a device's readings in order, each against everything before it.
+
+    One loop on Python floats: the robust baseline decides reading by reading what it lets in,
+    so it cannot be vectorised, and for the short batches the worker sees a loop is the fast path.
+    """
+    values = np.asarray(values, dtype=np.float64)
     n, mean, m2 = state.stats.count, state.stats.mean, state.stats.m2
-    last, ewm = state.last_value, state.ewm_abs_z
+    rn, rmean, rm2 = state.robust.count, state.robust.mean, state.robust.m2
+    last, ewm_abs, ewm_z, outliers = state.last_value, state.ewm_abs_z, state.ewm_z, state.outliers
     k = values.shape[0]
-    zs, rows, ok = [0.0] * k, [], [False] * k
+    zs, ok = [0.0] * k, [False] * k
+    rows = []
     need = max(min_history, 2)
-    decay = 1.0 - EWM_ALPHA
+    alpha, decay = EWM_ALPHA, 1.0 - EWM_ALPHA
+    c0, c1, c2, c3 = FEATURE_CENTRES
+    sqrt = math.sqrt
     for i, x in enumerate(values.tolist()):
-        z = jump = 0.0
         if n >= need:
-            std = math.sqrt(m2 / (n - 1))
-            std = max(std, _std_floor(mean))
+            std = max(sqrt(m2 / (n - 1)), _std_floor(mean))
             z = min(max((x - mean) / std, -Z_CLIP), Z_CLIP)
-            prev = x if last is None else last
-            jump = min(max((x - prev) / std, -Z_CLIP), Z_CLIP)
+            step = 0.0 if last is None else min(max((x - last) / std, -Z_CLIP), Z_CLIP)
+            rstd = max(sqrt(rm2 / (rn - 1)) / ROBUST_STD_SHARE, _std_floor(rmean)) if rn > 1 else std
+            rz = min(max((x - rmean) / rstd, -Z_CLIP), Z_CLIP)
+            still = stillness(step)
+            ewm_abs = decay * ewm_abs + alpha * abs(rz)
+            ewm_z = decay * ewm_z + alpha * rz
+            zs[i] = z
             ok[i] = True
-        abs_z = abs(z)
-        ewm = decay * ewm + EWM_ALPHA * abs_z
-        zs[i] = z
-        rows.append((z, abs_z, jump, ewm))
+            rows.append((abs(rz) - c0, ewm_abs - c1, still - c2, abs(ewm_z) - c3))
+            inside = abs(rz) <= ROBUST_GATE
+            outliers = 0 if inside else outliers + 1
+            admit = inside or outliers > ROBUST_PATIENCE
+        else:  # warming up: every reading is history for both baselines
+            rows.append((0.0, 0.0, 0.0, 0.0))
+            admit = True
         n += 1
         delta = x - mean
         mean += delta / n
         m2 += delta * (x - mean)
+        if admit:
+            rn += 1
+            delta = x - rmean
+            rmean += delta / rn
+            rm2 += delta * (x - rmean)
         last = x
     features = np.array(rows, dtype=np.float64) if k else np.empty((0, NUM_FEATURES))
-    new_state = DetectorState(RunningStats(n, mean if n else 0.0, max(m2, 0.0)), last, ewm)
-    return Scored(z=np.array(zs), features=features, scored=np.array(ok, dtype=bool), state=new_state)
-
-
-def score_batch(state: DetectorState, values: np.ndarray, min_history: int = 10) -> Scored:
-    """Score a device's readings in order, each against everything before it."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.shape[0] < SMALL_BATCH:
-        return _score_small(state, values, min_history)
-    return _score_vectorised(state, values, min_history)
-
-
-def _score_vectorised(state: DetectorState, values: np.ndarray, min_history: int) -> Scored:
-    count, mean, std, after = prefix_stats(state.stats, values)
-    floor = np.maximum(_STD_FLOOR_REL * np.abs(mean), _STD_FLOOR_ABS)
-    safe_std = np.maximum(std, floor)
-    scored = count >= max(min_history, 2)
-    z = np.where(scored, (values - mean) / safe_std, 0.0)
-    z = np.clip(z, -Z_CLIP, Z_CLIP)
-    previous = np.empty_like(values)
-    if values.shape[0]:
-        previous[0] = values[0] if state.last_value is None else state.last_value
-        previous[1:] = values[:-1]
-    jump = np.where(scored, np.clip((values - previous) / safe_std, -Z_CLIP, Z_CLIP), 0.0)
-    abs_z = np.abs(z)
-    if values.shape[0]:
-        ewm, _ = lfilter([EWM_ALPHA], [1.0, -(1.0 - EWM_ALPHA)], abs_z, zi=[(1.0 - EWM_ALPHA) * state.ewm_abs_z])
-    else:
-        ewm = abs_z
-    features = np.column_stack((z, abs_z, jump, ewm)) if values.shape[0] else np.empty((0, NUM_FEATURES))
     new_state = DetectorState(
-        stats=after,
-        last_value=float(values[-1]) if values.shape[0] else state.last_value,
-        ewm_abs_z=float(ewm[-1]) if values.shape[0] else state.ewm_abs_z,
+        stats=RunningStats(n, mean if n else 0.0, max(m2, 0.0)),
+        last_value=last,
+        ewm_abs_z=ewm_abs,
+        robust=RunningStats(rn, rmean if rn else 0.0, max(rm2, 0.0)),
+        ewm_z=ewm_z,
+        outliers=outliers,
     )
-    return Scored(z=z, features=features, scored=scored, state=new_state)
+    return Scored(z=np.array(zs), features=features, scored=np.array(ok, dtype=bool), state=new_state)
 
 
 def severity(z: float, threshold: float = 2.5, critical: float = 3.0) -> str | None:

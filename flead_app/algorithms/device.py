@@ -4,10 +4,16 @@ The detector agent is a thin shell around this module: it loads a ``DeviceState`
 device's table row, calls ``ingest`` with the readings of one message, publishes anomalies,
 and when ``training_due`` says so, runs ``train_round`` and publishes the local update.
 
-A local round starts from the newest global model the device has seen if that is newer than
-the one its last round started from; otherwise it continues from its own weights. Accuracy and
-loss of a round are measured on the round's readings *before* training on them (the model the
-round starts from, scored on data it has not seen), so they are honest, if noisy, estimates.
+A federated round (the worker's) starts from the newest global model the device knows: version
+0 is ``initial_global`` (zero weights, bias at the prior log-odds), the same for every device
+and for the FedAvg agent. The update reports the version it started from, and the FedAvg agent
+averages each update's change from that version (``aggregation.federated_step``), as in
+buffered asynchronous FL (FedBuff): a round never continues from the device's own previous
+weights, whose change is already in an earlier update. A local-only round (``global_params``
+None: the evaluation's baseline) continues from the device's own weights, starting from the
+same initial model. Accuracy and loss of a round are measured on the round's readings *before*
+training on them (the model the round starts from, scored on data it has not seen), so they are
+honest, if noisy, estimates.
 """
 
 from __future__ import annotations
@@ -19,7 +25,15 @@ import orjson
 
 from flead_app.algorithms.detection import NUM_FEATURES, DetectorState, Scored, score_batch
 from flead_app.algorithms.running_stats import RunningStats
-from flead_app.algorithms.sgd import LinearModel, accuracy, log_loss, predict_proba, sgd_train
+from flead_app.algorithms.sgd import (
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_PRIOR_RATE,
+    LinearModel,
+    accuracy,
+    log_loss,
+    predict_proba,
+    sgd_train,
+)
 
 
 @dataclass(frozen=True)
@@ -29,9 +43,10 @@ class DeviceConfig:
     min_history: int = 10
     train_every: int = 50
     train_interval_s: float = 60.0
-    learning_rate: float = 0.001
+    learning_rate: float = DEFAULT_LEARNING_RATE
     local_epochs: int = 1
     holdout_percent: float = 20.0
+    prior_anomaly_rate: float = DEFAULT_PRIOR_RATE  # the initial model predicts this for every reading
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,17 @@ class GlobalParams:
     version: int
     weights: np.ndarray
     bias: float
+
+
+def initial_model(cfg: DeviceConfig) -> LinearModel:
+    """Where every model starts: zero weights, bias at the prior log-odds of an anomaly."""
+    return LinearModel.initial(NUM_FEATURES, cfg.prior_anomaly_rate)
+
+
+def initial_global(cfg: DeviceConfig) -> GlobalParams:
+    """Global version 0: the initial model, known to every device and to the FedAvg agent."""
+    m = initial_model(cfg)
+    return GlobalParams(0, m.weights, m.bias)
 
 
 @dataclass(frozen=True)
@@ -68,6 +94,11 @@ class DeviceState:
                 "m2": s.m2,
                 "last": self.detector.last_value,
                 "ewm": self.detector.ewm_abs_z,
+                "rn": self.detector.robust.count,
+                "rmean": self.detector.robust.mean,
+                "rm2": self.detector.robust.m2,
+                "ez": self.detector.ewm_z,
+                "out": self.detector.outliers,
                 "w": self.weights.tolist(),
                 "b": self.bias,
                 "v": self.model_version,
@@ -88,8 +119,11 @@ class DeviceState:
     def from_bytes(cls, raw: bytes) -> DeviceState:
         d = orjson.loads(raw)
         feats = np.asarray(d["bf"], dtype=np.float64).reshape(-1, NUM_FEATURES)
+        stats = RunningStats(d["n"], d["mean"], d["m2"])
+        # rows written before the robust baseline existed start it from the plain one
+        robust = RunningStats(d["rn"], d["rmean"], d["rm2"]) if "rn" in d else stats
         return cls(
-            detector=DetectorState(RunningStats(d["n"], d["mean"], d["m2"]), d["last"], d["ewm"]),
+            detector=DetectorState(stats, d["last"], d["ewm"], robust, float(d.get("ez", 0.0)), int(d.get("out", 0))),
             weights=np.asarray(d["w"], dtype=np.float64),
             bias=float(d["b"]),
             model_version=int(d["v"]),
@@ -170,18 +204,30 @@ def training_due(state: DeviceState, now: float, cfg: DeviceConfig) -> bool:
     return state.pending >= cfg.train_every or now - state.last_round_at >= cfg.train_interval_s
 
 
+def current_model(state: DeviceState, cfg: DeviceConfig) -> LinearModel:
+    """The device's own model: its last round's weights, or the initial model before any round."""
+    if state.model_version == 0:
+        return initial_model(cfg)
+    return LinearModel(np.asarray(state.weights, dtype=np.float64), float(state.bias))
+
+
 def train_round(
     state: DeviceState, now: float, cfg: DeviceConfig, global_params: GlobalParams | None = None
 ) -> tuple[DeviceState, RoundResult | None]:
-    """Run one local round on the buffered readings; None when none of them carried a label."""
+    """Run one local round on the buffered readings; None when none of them carried a label.
+
+    With ``global_params`` (the worker passes the newest global it knows, ``initial_global``
+    before any) the round starts from that global model; without, it is a local-only round
+    that continues from ``current_model``.
+    """
     labels = state.buffer_labels
     if labels.shape[0] == 0:
         return replace(state, pending=0, last_round_at=now), None
-    if global_params is not None and global_params.version > state.base_global_version:
+    if global_params is not None:
         start = LinearModel(np.asarray(global_params.weights, dtype=np.float64), float(global_params.bias))
         base = global_params.version
     else:
-        start = LinearModel(state.weights, state.bias)
+        start = current_model(state, cfg)
         base = state.base_global_version
     proba = predict_proba(start, state.buffer_features)
     acc = accuracy(labels, proba)

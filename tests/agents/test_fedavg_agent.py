@@ -88,3 +88,49 @@ def test_flush_aggregates_a_partial_buffer_after_the_timeout(sent, monkeypatch):
 def test_bad_update_is_dead_lettered(sent):
     _run([b'{"device_id": "x"}', _update(1).to_json()])
     assert len(sent.of(SETTINGS.topic_dead_letter)) == 1
+
+
+def _initial():
+    return np.array(fedavg.initial_params())
+
+
+def _moved(device: int, params: np.ndarray, base: int) -> LocalModelUpdate:
+    """An update whose parameters (weights then bias) are ``params``, started from ``base``."""
+    return dataclasses.replace(_update(device, weights=params[:4].tolist(), base=base), bias=float(params[4]))
+
+
+def test_stale_updates_add_their_change_from_their_own_base_version(sent):
+    v0 = _initial()
+    v1 = v0 + [1.0, 0.0, 0.0, 0.0, 0.5]
+    first = [_moved(i, v1, 0) for i in range(20)]
+    # a second buffer: ten fresh updates from v1 and ten stale ones from v0, each moved by `step`
+    step = np.array([0.0, 0.2, 0.0, 0.0, -0.1])
+    fresh = [_moved(20 + i, v1 + step, 1) for i in range(10)]
+    stale = [_moved(30 + i, v0 + step, 0) for i in range(10)]
+    _run([u.to_json() for u in first + fresh + stale])
+    models = [GlobalModel.from_json(v) for v in sent.of(SETTINGS.topic_global_updates)]
+    assert [m.global_version for m in models] == [1, 2]
+    np.testing.assert_allclose([*models[0].weights, models[0].bias], v1)  # all from v0: the plain average
+    # v2 = v1 + the (staleness-weighted) average change: the stale half does not pull it back to v0
+    np.testing.assert_allclose([*models[1].weights, models[1].bias], v1 + step, atol=1e-12)
+    assert models[1].mean_staleness == pytest.approx(0.5)
+
+
+def test_state_keeps_the_parameters_of_recent_versions(sent, monkeypatch):
+    monkeypatch.setattr(fedavg, "settings", dataclasses.replace(fedavg.settings, fedavg_history=2))
+    _run([_update(i).to_json() for i in range(60)])
+    from flead_app.tables.fedavg_state import fedavg_state
+
+    state = orjson.loads(fedavg_state[FLEET_KEY])
+    assert state["version"] == 3 and sorted(state["history"], key=int) == ["2", "3"]
+    latest = GlobalModel.from_json(sent.of(SETTINGS.topic_global_updates)[-1])
+    assert state["history"]["3"] == [*latest.weights, latest.bias]
+
+
+def test_federate_without_history_averages_absolute_weights():
+    updates = [_update(i, weights=(float(i), 0.0, 0.0, 0.0), samples=10, base=0) for i in range(4)]
+    plain = fedavg.federate(updates, 3, 4, staleness_exponent=0.0)
+    assert plain.weights[0] == pytest.approx(1.5)
+    history = {0: [0.0, 0.0, 0.0, 0.0, -0.5], 3: [10.0, 0.0, 0.0, 0.0, -0.5]}
+    delta = fedavg.federate(updates, 3, 4, staleness_exponent=0.0, history=history)
+    assert delta.weights[0] == pytest.approx(11.5)  # v3 + the average change from v0

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from flead_app.algorithms.aggregation import (
     aggregate,
     coordinate_median,
+    federated_step,
     staleness_weights,
     trimmed_mean,
     weighted_accuracy,
@@ -76,3 +77,43 @@ def test_robust_aggregators_resist_a_faulty_device():
 def test_unknown_aggregator_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown aggregator"):
         aggregate(DESCRIPTION_UPDATES, DESCRIPTION_SAMPLES, method="mean")
+
+
+DESCRIPTION_V1 = np.array([0.5, 0.3, 0.2])
+
+
+def test_description_worked_example_as_changes_from_the_same_base():
+    """Three updates that all started from global v1: the change-based step is the same average."""
+    bases = np.tile(DESCRIPTION_V1, (3, 1))
+    result = federated_step(DESCRIPTION_UPDATES, bases, DESCRIPTION_V1, DESCRIPTION_SAMPLES, np.zeros(3))
+    np.testing.assert_allclose(result, [589 / 1200, 371 / 1200, 274 / 1200])
+    assert result.round(3).tolist() == [0.491, 0.309, 0.228]
+
+
+def test_a_stale_update_adds_its_change_instead_of_dragging_the_model_back():
+    current = np.array([1.0, -3.0])  # v5
+    v0 = np.array([0.0, -3.0])
+    fresh = current + [0.1, 0.0]  # started from v5, moved +0.1
+    stale = v0 + [0.1, 0.0]  # started from v0, made the same move
+    params, bases = np.array([fresh, stale]), np.array([current, v0])
+    step = federated_step(params, bases, current, np.array([10, 10]), np.array([0, 5]), staleness_exponent=0.0)
+    np.testing.assert_allclose(step, [1.1, -3.0])
+    plain = aggregate(params, np.array([10, 10]), np.array([0, 5]), staleness_exponent=0.0)
+    assert plain[0] == pytest.approx(0.6)  # averaging absolute weights undoes half of v1..v5
+
+
+def test_an_update_whose_base_is_unknown_counts_with_its_absolute_weights():
+    current = np.array([1.0, 1.0])
+    params = np.array([[2.0, 2.0], [0.0, 0.0]])
+    bases = np.array([[1.0, 1.0], [np.nan, np.nan]])
+    step = federated_step(params, bases, current, np.array([1, 1]))
+    np.testing.assert_allclose(step, [1.0, 1.0])  # +1 from the first, -1 (= 0 - current) from the second
+
+
+def test_robust_aggregators_work_on_changes_too():
+    current = np.array([0.5, -0.2, 0.1])
+    honest = current + np.tile([[0.01, 0.0, -0.01]], (19, 1))
+    params = np.vstack((honest, [[1e6, -1e6, 1e6]]))
+    bases = np.tile(current, (20, 1))
+    step = federated_step(params, bases, current, np.full(20, 50), method="median")
+    np.testing.assert_allclose(step, honest[0])

@@ -3,7 +3,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flead_app.algorithms.detection import NUM_FEATURES, DetectorState, score_batch, severity
+from flead_app.algorithms.detection import (
+    ABS_Z_MEAN,
+    FEATURE_NAMES,
+    NUM_FEATURES,
+    ROBUST_PATIENCE,
+    Z_CLIP,
+    DetectorState,
+    score_batch,
+    severity,
+    stillness,
+)
 
 
 def test_severity_bands():
@@ -44,24 +54,50 @@ def test_constant_signal_gives_finite_features():
     assert np.abs(result.z).max() == pytest.approx(0.0)
 
 
-@settings(max_examples=150, deadline=None)
-@given(
-    st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=0, max_size=60),
-    st.integers(0, 30),
-    st.floats(0, 5),
-)
-def test_small_batch_loop_matches_the_vectorised_path(values, warm, ewm):
-    from flead_app.algorithms.detection import _score_small, _score_vectorised
+def _features(values, min_history=10):
+    r = score_batch(DetectorState(), np.asarray(values, dtype=float), min_history)
+    return r, {name: r.features[:, j] for j, name in enumerate(FEATURE_NAMES)}
 
-    rng = np.random.default_rng(warm)
-    start = score_batch(DetectorState(ewm_abs_z=ewm), rng.normal(3, 2, warm)).state if warm else DetectorState()
-    values = np.array(values)
-    a = _score_small(start, values, 10)
-    b = _score_vectorised(start, values, 10)
-    np.testing.assert_array_equal(a.scored, b.scored)
-    np.testing.assert_allclose(a.z, b.z, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(a.features, b.features, rtol=1e-6, atol=1e-6)
-    assert a.state.stats.count == b.state.stats.count
-    np.testing.assert_allclose(a.state.stats.mean, b.state.stats.mean, rtol=1e-9, atol=1e-6)
-    np.testing.assert_allclose(a.state.stats.m2, b.state.stats.m2, rtol=1e-6, atol=1e-3)
-    np.testing.assert_allclose(a.state.ewm_abs_z, b.state.ewm_abs_z, rtol=1e-6, atol=1e-9)
+
+def test_features_are_centred_under_normal_operation():
+    """i.i.d. normal readings (any level and scale): every feature averages about 0."""
+    values = np.random.default_rng(11).normal(250.0, 7.0, 20_000)
+    r, f = _features(values)
+    for name, col in f.items():
+        assert abs(col[r.scored][100:].mean()) < 0.03, name
+    # the features are surprise scores in standard deviations: the same for any units
+    r2, _ = _features(values * 1000.0 - 3.0)
+    np.testing.assert_allclose(r2.features, r.features, atol=1e-6)
+
+
+def test_stillness_is_distributed_like_abs_z_and_maxes_out_on_a_stuck_value():
+    steps = np.random.default_rng(2).normal(0.0, np.sqrt(2.0), 50_000)  # steps of i.i.d. N(0, 1) readings
+    scores = np.array([stillness(s) for s in steps])
+    assert scores.mean() == pytest.approx(ABS_Z_MEAN, abs=0.01)
+    assert scores.std() == pytest.approx(np.sqrt(1 - 2 / np.pi), abs=0.01)
+    assert stillness(0.0) == Z_CLIP and stillness(5.0) < 1e-3
+    values = np.random.default_rng(4).normal(20.0, 1.0, 80)
+    values[60:70] = values[59]  # the sensor freezes
+    r, f = _features(values)
+    assert (f["stillness_z"][60:70] == Z_CLIP - ABS_Z_MEAN).all()
+    assert f["stillness_z"][20:60].max() < 6
+
+
+def test_a_level_shift_stays_visible_in_the_robust_features():
+    rng = np.random.default_rng(7)
+    values = rng.normal(100.0, 1.0, 60)
+    values[30:60] += 6.0  # a shift for the rest of a short history: plain stats absorb it
+    r, f = _features(values)
+    assert np.abs(r.z[50:60]).max() < 2.5  # the alarm's z has stopped seeing it...
+    assert f["robust_abs_z"][50:60].min() > 3.0  # ...the robust baseline has not
+    assert f["robust_ewm_z"][50:60].min() > 3.0
+    assert r.state.outliers == 30 and r.state.robust.count <= 30  # none of the shifted readings got in
+
+
+def test_a_permanent_change_becomes_the_new_normal_after_the_patience():
+    rng = np.random.default_rng(8)
+    values = np.concatenate((rng.normal(0.0, 1.0, 50), rng.normal(8.0, 1.0, ROBUST_PATIENCE + 400)))
+    r, f = _features(values)
+    assert f["robust_abs_z"][50 : 50 + ROBUST_PATIENCE].min() > 3.0
+    assert np.median(f["robust_abs_z"][-50:]) < 1.0  # absorbed
+    assert r.state.outliers == 0

@@ -1,7 +1,21 @@
 import numpy as np
+import orjson
+import pytest
 
-from flead_app.algorithms.device import DeviceConfig, DeviceState, GlobalParams, ingest, train_round, training_due
+from flead_app.algorithms.detection import DetectorState
+from flead_app.algorithms.device import (
+    DeviceConfig,
+    DeviceState,
+    GlobalParams,
+    current_model,
+    ingest,
+    initial_global,
+    initial_model,
+    train_round,
+    training_due,
+)
 from flead_app.algorithms.holdout import holdout_mask
+from flead_app.algorithms.sgd import LinearModel, sgd_train
 
 CFG = DeviceConfig()
 
@@ -11,6 +25,10 @@ def _feed(state, n, now=0.0, seed=0):
     values = rng.normal(20, 1, n)
     labels = (rng.random(n) < 0.1).astype(np.int8)
     return ingest(state, values, labels, now, CFG)[0]
+
+
+def _trained(start, state):
+    return sgd_train(start, state.buffer_features, state.buffer_labels, CFG.learning_rate, CFG.local_epochs)
 
 
 def test_trains_every_50_readings():
@@ -30,15 +48,41 @@ def test_trains_after_60_seconds_for_quiet_devices():
     assert training_due(state, 160.0, CFG)
 
 
-def test_round_starts_from_a_newer_global_model():
+def test_federated_round_starts_from_the_global_model_it_is_given():
     state = _feed(DeviceState(), 50)
     gp = GlobalParams(7, np.array([1.0, 2.0, 3.0, 4.0]), -1.0)
+    expected = _trained(LinearModel(gp.weights, gp.bias), state)
     state, result = train_round(state, 0.0, CFG, gp)
     assert result.base_global_version == 7
-    assert np.abs(result.weights - gp.weights).max() < 0.1  # small steps from the global model
+    np.testing.assert_allclose(result.weights, expected.weights)
+    # the next round starts from the global again, not from the device's own weights: its change
+    # since version 7 is already in the first update, and FedAvg averages changes from the base
     state = _feed(state, 50, seed=2)
-    state, again = train_round(state, 0.0, CFG, gp)  # same global: continue from own weights
+    expected = _trained(LinearModel(gp.weights, gp.bias), state)
+    state, again = train_round(state, 0.0, CFG, gp)
     assert again.base_global_version == 7 and again.model_version == 2
+    np.testing.assert_allclose(again.weights, expected.weights)
+
+
+def test_version_zero_is_the_initial_model_at_the_prior_log_odds():
+    cfg = DeviceConfig(prior_anomaly_rate=0.04)
+    v0 = initial_global(cfg)
+    assert v0.version == 0 and not v0.weights.any()
+    assert 1 / (1 + np.exp(-v0.bias)) == pytest.approx(0.04)
+    assert initial_model(cfg).bias == v0.bias
+
+
+def test_local_only_rounds_start_from_the_initial_model_and_continue_their_own():
+    state = _feed(DeviceState(), 50)
+    assert current_model(state, CFG).bias == initial_model(CFG).bias  # nothing trained yet
+    expected = _trained(initial_model(CFG), state)
+    state, first = train_round(state, 0.0, CFG)
+    np.testing.assert_allclose(first.weights, expected.weights)
+    assert first.bias == pytest.approx(expected.bias) and first.base_global_version == 0
+    state = _feed(state, 50, seed=2)
+    expected = _trained(LinearModel(first.weights, first.bias), state)
+    state, second = train_round(state, 0.0, CFG)
+    np.testing.assert_allclose(second.weights, expected.weights)
 
 
 def test_held_out_readings_are_never_buffered():
@@ -55,4 +99,26 @@ def test_state_round_trips_through_bytes():
     state = _feed(state, 7, seed=3)
     back = DeviceState.from_bytes(state.to_bytes())
     assert back.summary() == state.summary()
+    assert back.detector == state.detector  # plain and robust baselines, EWMs, outlier run
     np.testing.assert_allclose(back.buffer_features, state.buffer_features, rtol=1e-6)
+
+
+def test_rows_written_before_the_robust_baseline_existed_still_load():
+    state = _feed(DeviceState(), 30)
+    d = orjson.loads(state.to_bytes())
+    for key in ("rn", "rmean", "rm2", "ez", "out"):
+        del d[key]
+    back = DeviceState.from_bytes(orjson.dumps(d))
+    assert back.detector.robust == state.detector.stats and back.detector.outliers == 0
+    assert isinstance(back.detector, DetectorState)
+
+
+def test_worker_defaults_match_the_settings_defaults():
+    from flead_app.settings import Settings
+
+    s, cfg = Settings(), DeviceConfig()
+    assert (s.learning_rate, s.local_epochs, s.prior_anomaly_rate) == (
+        cfg.learning_rate,
+        cfg.local_epochs,
+        cfg.prior_anomaly_rate,
+    )
