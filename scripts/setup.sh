@@ -51,3 +51,4 @@ fi
 
 # --- Kafka jars (cached per machine; a no-op when already there) -----------------------------
 .venv/bin/flead stack fetch
+.venv/bin/flead spark fetch

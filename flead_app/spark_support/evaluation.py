@@ -42,7 +42,14 @@ from datetime import UTC, datetime
 import numpy as np
 
 from flead_app.algorithms.detection import NUM_FEATURES
-from flead_app.algorithms.device import DeviceConfig, DeviceState, ingest, train_round, training_due
+from flead_app.algorithms.device import (
+    DeviceConfig,
+    DeviceState,
+    current_model,
+    ingest,
+    train_round,
+    training_due,
+)
 from flead_app.algorithms.holdout import holdout_mask
 from flead_app.algorithms.metrics import Scores, classification_scores, label_windows
 from flead_app.algorithms.sgd import LinearModel, predict_proba
@@ -112,7 +119,7 @@ def replay_device(device_id: str, messages: Iterable[MessageTuple], cfg: DeviceC
         empty = np.empty(0)
         return DeviceHistory(
             device_id, empty, np.empty(0, np.int8), np.empty((0, NUM_FEATURES)), np.empty(0, bool),
-            np.empty(0, np.int64), LinearModel(state.weights, state.bias), 0, rounds,
+            np.empty(0, np.int64), current_model(state, cfg), 0, rounds,
         )  # fmt: skip
     all_ts = np.concatenate(stamps)
     all_labels = np.concatenate(labs)
@@ -128,7 +135,7 @@ def replay_device(device_id: str, messages: Iterable[MessageTuple], cfg: DeviceC
         features=all_feats[keep],
         heldout=all_held[keep],
         window_ids=windows[keep],
-        local_model=LinearModel(np.asarray(state.weights, dtype=np.float64), float(state.bias)),
+        local_model=current_model(state, cfg),
         readings=int(all_ts.shape[0]),
         local_rounds=rounds,
     )

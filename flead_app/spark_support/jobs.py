@@ -46,6 +46,7 @@ def device_config(settings: Settings) -> DeviceConfig:
         learning_rate=settings.learning_rate,
         local_epochs=settings.local_epochs,
         holdout_percent=settings.holdout_percent,
+        prior_anomaly_rate=settings.prior_anomaly_rate,
     )
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from flead_app.algorithms.detection import DetectorState, score_batch
-from flead_app.algorithms.device import DeviceConfig
+from flead_app.algorithms.device import DeviceConfig, initial_model
 from flead_app.algorithms.holdout import holdout_mask
 from flead_app.algorithms.metrics import classification_scores
 from flead_app.algorithms.sgd import LinearModel, predict_proba, sgd_train
@@ -86,7 +86,7 @@ def test_local_model_is_the_worker_sgd_on_training_readings_in_rounds():
     h = replay_device("d", as_messages(ts, values, labels, [1]), CFG)  # single readings: rounds of exactly 50
     whole = score_batch(DetectorState(), values, CFG.min_history)
     train = whole.scored & (labels >= 0) & ~holdout_mask("d", ts, CFG.holdout_percent)
-    model = LinearModel.zeros(4)
+    model = initial_model(CFG)  # local-only models start where global version 0 starts
     for start in range(0, len(values), CFG.train_every):
         sl = slice(start, start + CFG.train_every)
         m = train[sl]
