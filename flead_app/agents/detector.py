@@ -43,17 +43,7 @@ from flead_app.tables.fedavg_state import FLEET_KEY
 
 log = logging.getLogger(__name__)
 
-config = DeviceConfig(
-    z_threshold=settings.z_threshold,
-    z_critical=settings.z_critical,
-    min_history=settings.min_history,
-    train_every=settings.train_every,
-    train_interval_s=settings.train_interval_s,
-    learning_rate=settings.learning_rate,
-    local_epochs=settings.local_epochs,
-    holdout_percent=settings.holdout_percent,
-    prior_anomaly_rate=settings.prior_anomaly_rate,
-)
+config = DeviceConfig.from_settings(settings)
 #: global version 0, which rounds start from until the first FedAvg version arrives
 INITIAL_GLOBAL = initial_global(config)
 

@@ -48,6 +48,11 @@ class DeviceConfig:
     holdout_percent: float = 20.0
     prior_anomaly_rate: float = DEFAULT_PRIOR_RATE  # the initial model predicts this for every reading
 
+    @classmethod
+    def from_settings(cls, settings: object) -> DeviceConfig:
+        """The configuration from anything carrying the same-named settings (the worker and Spark share it)."""
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
+
 
 @dataclass(frozen=True)
 class GlobalParams:

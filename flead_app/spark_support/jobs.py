@@ -37,17 +37,7 @@ log = logging.getLogger(__name__)
 
 def device_config(settings: Settings) -> DeviceConfig:
     """The worker's configuration, built from the same settings the worker reads."""
-    return DeviceConfig(
-        z_threshold=settings.z_threshold,
-        z_critical=settings.z_critical,
-        min_history=settings.min_history,
-        train_every=settings.train_every,
-        train_interval_s=settings.train_interval_s,
-        learning_rate=settings.learning_rate,
-        local_epochs=settings.local_epochs,
-        holdout_percent=settings.holdout_percent,
-        prior_anomaly_rate=settings.prior_anomaly_rate,
-    )
+    return DeviceConfig.from_settings(settings)
 
 
 def _read_topic(
