@@ -63,4 +63,6 @@ def pipeline_env(stack):
         "FLEAD_TOPIC_DEAD_LETTER": f"{run}-dead",
     }
     create_topics(list(names.values()))
-    return {**names, "FLEAD_APP_ID": run, "FLEAD_WEB_PORT": str(free_port())}
+    # Tests count global versions exactly: a partial flush of a slow-filling buffer (the
+    # 120 s default timer, reachable on a loaded CI machine) would add one.
+    return {**names, "FLEAD_APP_ID": run, "FLEAD_WEB_PORT": str(free_port()), "FLEAD_FEDAVG_TIMEOUT_S": "3600"}

@@ -77,8 +77,12 @@ def test_simulator_to_dashboards(pipeline_env, fresh_schema_url, monkeypatch):
             with engine.connect() as conn:
                 return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
 
-        wait_for(lambda: rows("local_models") == rounds, 120, "every local model stored")
-        wait_for(lambda: rows("federated_models") == rounds // settings.fedavg_buffer, 60, "every global model")
+        wait_for(lambda: rows("local_models") == rounds, 120, f"{rounds} local models", lambda: rows("local_models"))
+        versions = rounds // settings.fedavg_buffer
+        wait_for(
+            lambda: rows("federated_models") == versions, 60, f"{versions} global models",
+            lambda: (rows("federated_models"), worker.stats().get("fedavg")),
+        )  # fmt: skip
 
         device = "device_3"
         shown = flead("device", device, "--json", env=env)

@@ -105,7 +105,8 @@ async def consume_all(bootstrap, topic: str, expect: int, timeout: float = 90.0)
         await consumer.stop()
 
 
-def wait_for(predicate, timeout: float, what: str):
+def wait_for(predicate, timeout: float, what: str, describe=None):
+    """Poll ``predicate`` until truthy; on timeout, say what ``describe()`` saw last."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -113,7 +114,8 @@ def wait_for(predicate, timeout: float, what: str):
         if last:
             return last
         time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; last value {last!r}")
+    seen = describe() if describe is not None else last
+    raise AssertionError(f"timed out waiting for {what}; last seen {seen!r}")
 
 
 def db_count(engine, table, run: str) -> int:
