@@ -31,12 +31,13 @@ def _broker_credentials(options: dict) -> object | None:
     return faust.SSLCredentials(options["ssl_context"])
 
 
+settings.worker_dir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
 app = faust.App(
     settings.app_id,
     broker=settings.broker_url,
     broker_credentials=_broker_credentials(kafka_client_options(settings)),
     store=settings.store,
-    datadir=str(settings.home_path / f"worker-{settings.web_port}"),
+    datadir=str(settings.worker_dir),
     topic_replication_factor=settings.replication_factor,
     topic_partitions=settings.partitions,
     topic_allow_declare=True,

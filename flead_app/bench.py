@@ -3,18 +3,19 @@
 For each fleet size (2,407, 24,070 and 240,700 devices by default) and message shape (single
 readings and batches of ``--batch``), in one run on one broker:
 
-1. the simulator fills a fresh readings topic for ``--duration`` seconds as fast as it can;
-2. the ceiling: a bare aiokafka consumer reads and decodes (``parse_readings``) all of it;
-3. the pipeline: a fresh Faust worker (own app id, own topics) processes the same messages
-   through detection, training, FedAvg and the sink; readings/s is counted from its first
-   processed reading to the moment every input topic's consumer lag is zero;
-4. latency: with the worker caught up, the simulator produces at a moderate rate for a few
-   seconds; anomaly latency = Kafka timestamp of the ``anomalies`` record - the reading's time;
-5. the worker's peak RSS (VmHWM) and FedAvg time per aggregation (from its /flead/stats/).
+1. the pipeline: a fresh Faust worker (own app id, own topics) runs while the simulator
+   produces as fast as the worker takes it (held at most ``BACKLOG_MESSAGES`` ahead) for
+   ``--duration`` seconds; every reading goes through detection, training, FedAvg and the sink.
+   Readings/s is the median over ~5 s windows of the worker's processed-readings counter;
+2. the worker drains what is left (and every downstream topic reaches zero lag);
+3. latency: the simulator produces at a quarter of the measured rate for ``--latency-seconds``;
+   anomaly latency = Kafka timestamp of the ``anomalies`` record - Kafka timestamp of the
+   message that carried the reading (production to anomaly record), p50 and p99;
+4. the worker's peak RSS (VmHWM), local models per minute, FedAvg time per aggregation;
+5. the ceiling: a bare aiokafka consumer reads and decodes (``parse_readings``) the same
+   topic, median of three passes, so the ratio compares like with like on the same broker.
 
-Throughput is reported as medians-free single measurements per size, always next to the ceiling
-measured moments before on the same broker: quote the ratio, not the raw number, when the
-machine is shared.
+On a shared machine quote the ratio to the ceiling, which is measured in the same run.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class BenchResult:
     local_models_per_minute: float
     global_models: int
     anomalies: int
+    latency_rate_per_s: float
     anomaly_latency_ms_p50: float | None
     anomaly_latency_ms_p99: float | None
     latency_samples: int
@@ -111,30 +113,52 @@ async def bare_consume(
         await consumer.stop()
 
 
-async def anomaly_latencies(settings: Settings, topic: str, since_ms: int) -> list[float]:
-    """Milliseconds from each reading's time to its anomaly record's Kafka timestamp."""
+async def _read_since(consumer, topic: str, since_ms: int, timeout: float = 60.0) -> list:  # noqa: ANN001
+    """Every record of ``topic`` with a Kafka timestamp from ``since_ms`` on, up to its end now."""
+    parts = await assign_all_partitions(consumer, topic)
+    starts = await consumer.offsets_for_times({tp: since_ms for tp in parts})
+    ends = await consumer.end_offsets(parts)
+    for tp in parts:
+        start = starts.get(tp)
+        consumer.seek(tp, start.offset if start is not None else ends[tp])
+    pending = {tp for tp in parts if starts.get(tp) is not None and starts[tp].offset < ends[tp]}
+    out = []
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        batches = await consumer.getmany(*pending, timeout_ms=500)
+        for tp, records in batches.items():
+            out.extend(r for r in records if r.offset < ends[tp])
+            if records and records[-1].offset + 1 >= ends[tp]:
+                pending.discard(tp)
+    return out
+
+
+async def anomaly_latencies(settings: Settings, since_ms: int) -> list[float]:
+    """Milliseconds from producing a reading (its message's Kafka timestamp) to its anomaly
+    record's Kafka timestamp, for the anomalies of readings produced from ``since_ms`` on.
+
+    The message's timestamp, not the reading's own: a batch's first reading is older than the
+    message that carries it, and that wait is the device's, not the pipeline's.
+    """
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     try:
-        parts = await assign_all_partitions(consumer, topic)
-        starts = await consumer.offsets_for_times({tp: since_ms for tp in parts})
-        ends = await consumer.end_offsets(parts)
-        for tp in parts:
-            start = starts.get(tp)
-            consumer.seek(tp, start.offset if start is not None else ends[tp])
+        produced: dict[tuple[str, int], int] = {}
+        for r in await _read_since(consumer, settings.topic_readings, since_ms):
+            try:
+                batch = parse_readings(r.value, r.key)
+            except InvalidRecord:
+                continue
+            for ts in batch.timestamps.tolist():
+                produced[(batch.device_id, round(ts * 1000.0))] = r.timestamp
         out: list[float] = []
-        pending = {tp for tp in parts if (starts.get(tp) is not None and starts[tp].offset < ends[tp])}
-        deadline = time.monotonic() + 60
-        while pending and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            for tp, records in batches.items():
-                for r in records:
-                    doc = json.loads(r.value)
-                    out.append(r.timestamp - parse_timestamp(doc["timestamp"]) * 1000.0)
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    pending.discard(tp)
+        for r in await _read_since(consumer, settings.topic_anomalies, since_ms):
+            doc = json.loads(r.value)
+            sent = produced.get((doc["device_id"], round(parse_timestamp(doc["timestamp"]) * 1000.0)))
+            if sent is not None:
+                out.append(float(r.timestamp - sent))
         return out
     finally:
         await consumer.stop()
@@ -177,6 +201,69 @@ def wait_caught_up(settings: Settings, topics: list[str], timeout: float) -> boo
     return False
 
 
+#: how far (in messages) the simulator may run ahead of the worker while throughput is measured
+BACKLOG_MESSAGES = 4_000
+#: the pipeline rate is the median of the rates over windows of about this many seconds
+WINDOW_S = 5.0
+#: the ceiling is the median of this many passes of the bare consumer
+CEILING_PASSES = 3
+#: latency is measured at this share of the measured throughput (paced production costs the
+#: worker more per reading than a backlog does: smaller fetches, produce requests and inserts)
+LATENCY_LOAD = 0.25
+#: pause between draining the backlog and the latency phase, for the sink and FedAvg to settle
+SETTLE_S = 5.0
+
+
+def processed(worker: WorkerProcess) -> int:
+    return int(worker.stats()["detector"].get("readings", 0))
+
+
+def wait_processed(worker: WorkerProcess, readings: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if processed(worker) >= readings:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def measure_pipeline(worker: WorkerProcess, settings: Settings, devices: int, batch: int, duration: float):  # noqa: ANN201
+    """Readings/s through the worker while the simulator keeps it supplied for ``duration`` s.
+
+    The simulator runs alongside the worker, held at most ``BACKLOG_MESSAGES`` ahead, so the
+    worker always has work and the topic never holds more than a few seconds of backlog. The
+    rate is counted from the worker's first processed reading to the end of production.
+    """
+    from flead_app.simulate import SimOptions, simulate
+
+    backlog = BACKLOG_MESSAGES * batch
+    first: list[tuple[float, int]] = []
+    samples: list[tuple[float, int]] = []
+
+    async def hold(sent: int) -> None:
+        while True:
+            done = await asyncio.to_thread(processed, worker)
+            now = time.perf_counter()
+            if done and not first:
+                first.append((now, done))
+            if first and (not samples or now - samples[-1][0] >= WINDOW_S):
+                samples.append((now, done))
+            if sent - done <= backlog:
+                return
+            await asyncio.sleep(0.05)
+
+    print(f"  {devices:,} devices, batch {batch}: simulator and worker together for {duration:.0f} s", flush=True)
+    opts = SimOptions(devices=devices, rate=0, batch=batch, seconds=duration, seed=1, hold=hold)
+    summary = asyncio.run(simulate(settings, opts, progress=None))
+    end, done = time.perf_counter(), processed(worker)
+    if not first:
+        return 0.0, 0.0, summary
+    samples.append((end, done))
+    windows = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(samples, samples[1:], strict=False) if b[0] > a[0]]
+    elapsed = end - first[0][0]
+    return (statistics.median(windows) if windows else 0.0), elapsed, summary
+
+
 def bench_one(base: Settings, devices: int, batch: int, duration: float, latency_s: float) -> BenchResult:
     """One fleet size and message shape, on fresh topics and a fresh worker."""
     from flead_app.simulate import SimOptions, simulate
@@ -196,52 +283,43 @@ def bench_one(base: Settings, devices: int, batch: int, duration: float, latency
     notes: list[str] = []
     try:
         asyncio.run(create_topics(settings, [v for k, v in env.items() if k.startswith("FLEAD_TOPIC_")]))
-        print(f"  filling {settings.topic_readings}: {devices:,} devices, batch {batch}, {duration:.0f} s", flush=True)
-        opts = SimOptions(devices=devices, rate=0, batch=batch, seconds=duration, seed=1)
-        summary = asyncio.run(simulate(settings, opts, progress=None))
-        print(f"  produced {summary.readings:,} readings in {summary.messages:,} messages", flush=True)
-
-        readings, seconds = asyncio.run(bare_consume(settings, settings.topic_readings, summary.messages))
-        ceiling = readings / seconds if seconds else 0.0
-        print(f"  ceiling (bare aiokafka consumer + decode): {ceiling:,.0f} readings/s", flush=True)
-
         worker = WorkerProcess(settings, env=env, name=f"bench-{devices}-{batch}")
         worker.start()
         try:
-            first = None
-            deadline = time.monotonic() + max(600.0, 20 * duration)
-            while time.monotonic() < deadline:
-                done = worker.stats()["detector"].get("readings", 0)
-                if first is None and done > 0:
-                    first = (time.perf_counter(), done)
-                if done >= summary.readings:
-                    break
-                time.sleep(0.2)
-            finished = time.perf_counter()
+            pipeline, elapsed, summary = measure_pipeline(worker, settings, devices, batch, duration)
+            produced = summary.readings
+            print(f"  pipeline: {pipeline:,.0f} readings/s over {elapsed:.0f} s ({produced:,} readings)", flush=True)
+            if not wait_processed(worker, produced, max(300.0, duration * 5)):
+                notes.append("the worker did not process every reading within the drain timeout")
             topics = [settings.topic_readings, settings.topic_local_updates, settings.topic_anomalies]
             if not wait_caught_up(settings, topics, 300):
                 notes.append("the worker did not reach zero lag on every topic within 300 s")
             stats = worker.stats()
-            processed = stats["detector"].get("readings", 0)
-            elapsed = finished - first[0] if first else float("nan")
-            pipeline = (processed - first[1]) / elapsed if first and elapsed > 0 else 0.0
-            if processed < summary.readings:
-                notes.append(f"processed {processed:,} of {summary.readings:,} readings before the deadline")
-            print(f"  pipeline: {pipeline:,.0f} readings/s ({pipeline / ceiling:.0%} of the ceiling)", flush=True)
+            local = stats["detector"].get("local_updates", 0)
+            # models per reading, at the measured reading rate
+            models_per_minute = local / produced * pipeline * 60.0 if produced else 0.0
 
-            # steady state: a moderate rate, then anomaly latency from Kafka timestamps
+            # steady state at a share of the measured rate, then production -> anomaly record latency
+            time.sleep(SETTLE_S)
             since_ms = int(time.time() * 1000)
-            rate = min(pipeline * 0.5, 30_000.0) * 60.0
-            steady = SimOptions(devices=devices, rate=rate, batch=batch, seconds=latency_s, seed=2)
-            asyncio.run(simulate(settings, steady, progress=None))
+            latency_rate = max(pipeline * LATENCY_LOAD, 100.0)
+            steady = SimOptions(devices=devices, rate=latency_rate * 60.0, batch=batch, seconds=latency_s, seed=2)
+            steady_summary = asyncio.run(simulate(settings, steady, progress=None))
+            wait_processed(worker, produced + steady_summary.readings, 120)
             wait_caught_up(settings, [settings.topic_readings, settings.topic_anomalies], 120)
-            lat = asyncio.run(anomaly_latencies(settings, settings.topic_anomalies, since_ms))
+            lat = asyncio.run(anomaly_latencies(settings, since_ms))
             stats = worker.stats()
             rss = peak_rss_mb(worker.proc.pid) if worker.proc else None
         finally:
             worker.stop()
+
+        messages = summary.messages + steady_summary.messages
+        passes = [asyncio.run(bare_consume(settings, settings.topic_readings, messages)) for _ in range(CEILING_PASSES)]
+        readings = passes[0][0]
+        ceiling = statistics.median(r / sec if sec else 0.0 for r, sec in passes)
+        print(f"  ceiling (bare aiokafka consumer + decode, {readings:,} readings): {ceiling:,.0f} readings/s")
+        print(f"  ratio: {pipeline / ceiling if ceiling else 0:.1%} of the ceiling", flush=True)
         det, fed = stats.get("detector", {}), stats.get("fedavg", {})
-        local = det.get("local_updates", 0)
         aggregations = fed.get("global_models", 0)
         fed_ms = fed.get("aggregate_seconds_total")
         return BenchResult(
@@ -254,9 +332,10 @@ def bench_one(base: Settings, devices: int, batch: int, duration: float, latency
             pipeline_readings_per_s=round(pipeline, 1),
             ratio_to_ceiling=round(pipeline / ceiling, 3) if ceiling else 0.0,
             local_models=local,
-            local_models_per_minute=round(local / elapsed * 60.0, 1) if first and elapsed > 0 else 0.0,
+            local_models_per_minute=round(models_per_minute, 1),
             global_models=aggregations,
             anomalies=det.get("anomalies", 0),
+            latency_rate_per_s=round(latency_rate, 1),
             anomaly_latency_ms_p50=percentile(lat, 50),
             anomaly_latency_ms_p99=percentile(lat, 99),
             latency_samples=len(lat),
@@ -289,7 +368,7 @@ def machine() -> dict:
 def format_table(results: list[BenchResult]) -> str:
     head = (
         f"{'devices':>8} {'batch':>5} {'readings':>10} {'ceiling/s':>10} {'pipeline/s':>10} {'ratio':>6} "
-        f"{'models/min':>10} {'lat p50 ms':>10} {'lat p99 ms':>10} {'fedavg ms':>9} {'peak MB':>8}"
+        f"{'models/min':>10} {'lat at /s':>9} {'lat p50 ms':>10} {'lat p99 ms':>10} {'fedavg ms':>9} {'peak MB':>8}"
     )
     lines = [head, "-" * len(head)]
 
@@ -300,6 +379,7 @@ def format_table(results: list[BenchResult]) -> str:
         lines.append(
             f"{r.devices:>8,} {r.batch:>5} {r.readings:>10,} {r.ceiling_readings_per_s:>10,.0f} "
             f"{r.pipeline_readings_per_s:>10,.0f} {r.ratio_to_ceiling:>6.2f} {r.local_models_per_minute:>10,.0f} "
+            f"{r.latency_rate_per_s:>9,.0f} "
             f"{f(r.anomaly_latency_ms_p50, '>10.0f')} {f(r.anomaly_latency_ms_p99, '>10.0f')} "
             f"{f(r.fedavg_ms_per_aggregation, '>9.2f')} {f(r.worker_peak_rss_mb, '>8.0f')}"
         )
@@ -336,4 +416,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _failed(devices: int, batch: int) -> BenchResult:
-    return BenchResult(devices, batch, 0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0, 0, None, None, 0, None, None)
+    return BenchResult(devices, batch, 0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0, 0, 0.0, None, None, 0, None, None)

@@ -20,6 +20,9 @@ from typing import Any
 ENV_PREFIX = "FLEAD_"
 
 
+WORKERS_DIR = "workers"
+
+
 def _home() -> Path:
     return Path(os.environ.get("FLEAD_HOME", Path.cwd() / ".flead")).resolve()
 
@@ -155,6 +158,16 @@ class Settings:
     @property
     def home_path(self) -> Path:
         return Path(self.home).resolve() if self.home else _home()
+
+    @property
+    def worker_dir(self) -> Path:
+        """This worker's local table files (RocksDB), one folder per app id and web port.
+
+        Per app id, because the files cache changelog topics of that app: a worker of another
+        app (a benchmark, a test) must not find them. ``flead stack up --replace`` and
+        ``flead stack down --wipe`` delete all of them with the Kafka data they cache.
+        """
+        return self.home_path / WORKERS_DIR / f"{self.app_id}-{self.web_port}"
 
     @property
     def bootstrap_servers(self) -> list[str]:

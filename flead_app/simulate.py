@@ -29,6 +29,7 @@ import signal
 import sys
 import textwrap
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -225,6 +226,9 @@ class SimOptions:
     bootstrap: list[str] | None = None
     progress_every_s: float = PROGRESS_EVERY_S
     metadata_timeout_s: float = METADATA_TIMEOUT_S
+    #: backpressure: awaited before each chunk with the readings sent so far (``flead bench``
+    #: holds the simulator while the worker's backlog is large); None sends without pause
+    hold: Callable[[int], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -449,6 +453,10 @@ async def simulate(
                 summary.stopped_by = "--count"
                 break
             budget = min(MAX_CHUNK_READINGS, remaining)
+            if opts.hold is not None:
+                await opts.hold(tally.readings)
+                if time.monotonic() >= deadline or stop.is_set():
+                    continue  # the checks above end the loop
             if bucket is not None:
                 need = min(opts.batch, remaining)
                 avail = bucket.available(now_m)

@@ -132,6 +132,7 @@ async def handle(event) -> None:  # noqa: ANN001
     stale = flush and buffer and now - state["first_at"] >= settings.fedavg_timeout_s
     if full or stale:
         history: dict[str, list[float]] = state.setdefault("history", {})
+        started = time.perf_counter()
         model = federate(
             [LocalModelUpdate(**b) for b in buffer],
             state["version"],
@@ -142,6 +143,7 @@ async def handle(event) -> None:  # noqa: ANN001
             format_timestamp(now),
             history={int(v): p for v, p in history.items()},
         )
+        counters["aggregate_seconds_total"] += time.perf_counter() - started
         state["version"], state["round"], state["buffer"] = model.global_version, model.aggregation_round, []
         history[str(model.global_version)] = [*model.weights, model.bias]
         for old in sorted(history, key=int)[: -max(1, settings.fedavg_history)]:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..settings import WORKERS_DIR
 from . import procs
 from .config import (
     ClusterPlan,
@@ -169,6 +170,15 @@ class ClusterStatus:
         }
 
 
+def remove_worker_tables(home: Path) -> None:
+    """Delete the workers' local table files, which cache changelogs of a cluster now gone
+    (a worker would otherwise refuse to start: persisted offsets beyond the new topics' end)."""
+    workers = home / WORKERS_DIR
+    if workers.exists():
+        shutil.rmtree(workers)
+        log.info("removed the workers' table files in %s (they cached the old cluster's changelogs)", workers)
+
+
 class KafkaCluster:
     """A local KRaft cluster of ``brokers`` nodes whose first client port is ``port_base``."""
 
@@ -290,6 +300,7 @@ class KafkaCluster:
                 layout.get("brokers"), self.dir, self.brokers,
             )  # fmt: skip
             shutil.rmtree(self.dir)
+            remove_worker_tables(self.home)
         self.dir.mkdir(parents=True, exist_ok=True)
         write_layout(
             self.dir,

@@ -14,7 +14,7 @@ from ..settings import Settings, load_settings, redact_url
 from . import postgres
 from .config import ClusterPlan, port_base_from_env, topic_plans
 from .errors import StackError
-from .kafka import KafkaCluster
+from .kafka import KafkaCluster, remove_worker_tables
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ def down(wipe: bool = False) -> dict[str, Any]:
             import shutil
 
             shutil.rmtree(cluster.dir, ignore_errors=True)
+            remove_worker_tables(home)
             out["wiped"] = str(cluster.dir)
     out["postgres"] = postgres.stop(home)
     return out
