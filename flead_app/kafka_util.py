@@ -24,6 +24,21 @@ async def assign_all_partitions(consumer: AIOKafkaConsumer, topic: str, timeout:
         await asyncio.sleep(0.3)
 
 
+async def create_topics(
+    bootstrap: list[str], names: list[str], partitions: int, replication: int, **client_options
+) -> None:
+    """Create topics as ``flead stack up`` does: ``min.insync.replicas=2`` where replication is 3+."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
+    await admin.start()
+    try:
+        configs = {"min.insync.replicas": "2"} if replication >= 3 else {}
+        await admin.create_topics([NewTopic(n, partitions, replication, topic_configs=configs) for n in names])
+    finally:
+        await admin.close()
+
+
 def event_time(msg) -> float:  # noqa: ANN001 - a faust Message
     """The record's Kafka timestamp in epoch seconds (wall clock if the record has none)."""
     ts = msg.timestamp

@@ -7,8 +7,8 @@ import socket
 import uuid
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from flead_app.kafka_util import create_topics as kafka_create_topics
 from flead_app.settings import load_settings
 
 
@@ -22,19 +22,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-async def _create_topics(bootstrap: list[str], names: list[str], partitions: int, replication: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        configs = {"min.insync.replicas": "2"} if replication >= 3 else {}
-        await admin.create_topics([NewTopic(n, partitions, replication, topic_configs=configs) for n in names])
-    finally:
-        await admin.close()
-
-
 def create_topics(names: list[str], partitions: int | None = None) -> None:
     s = load_settings()
-    asyncio.run(_create_topics(s.bootstrap_servers, names, partitions or s.partitions, s.replication_factor))
+    asyncio.run(kafka_create_topics(s.bootstrap_servers, names, partitions or s.partitions, s.replication_factor))
 
 
 @pytest.fixture(scope="session")

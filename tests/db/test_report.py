@@ -177,16 +177,10 @@ async def _fresh_topics_with_traffic(settings, produce: dict[str, tuple[int, int
     import asyncio
 
     from aiokafka import AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
-    try:
-        rf = settings.replication_factor
-        configs = {"min.insync.replicas": "2"} if rf >= 3 else {}
-        await admin.create_topics([NewTopic(t, 2, rf, topic_configs=configs) for t in produce])
-    finally:
-        await admin.close()
+    from flead_app.kafka_util import create_topics
+
+    await create_topics(settings.bootstrap_servers, list(produce), 2, settings.replication_factor)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
     await producer.start()
     try:

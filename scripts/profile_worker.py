@@ -1,0 +1,116 @@
+"""Profile a worker while it works through a backlog: where does its CPU time go?
+
+Fills fresh topics with the simulator, starts a worker on them, samples it with py-spy
+(``pip install -e .[dev]`` installs it) for ``--seconds`` and prints the share of samples per
+part of the pipeline. The raw py-spy samples (collapsed stacks) are kept for flame graphs.
+
+    .venv/bin/python scripts/profile_worker.py --devices 2407 --batch 50 --fill-seconds 2
+    .venv/bin/python scripts/profile_worker.py --devices 2407 --batch 1 --fill-seconds 2
+
+The numbers in docs/benchmarks.md come from these two commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+#: (part of the pipeline, substring of a stack), first match wins
+PARTS = [
+    ("detector: scoring (ingest)", "ingest (flead_app"),
+    ("detector: training round", "train_round"),
+    ("detector: parse + validate", "parse_readings"),
+    ("detector: device state (de)serialisation", "DeviceState."),
+    ("detector: holdout split", "holdout_mask"),
+    ("detector: table write + changelog", "ManagedUserDict.__setitem__"),
+    ("detector: table read", "__getitem__"),
+    ("detector: anomaly records", "anomaly_records"),
+    ("detector: other (sends, bookkeeping)", "handle (flead_app/agents/detector.py"),
+    ("FedAvg agent", "federated_averaging"),
+    ("sink agents (event loop)", "sink_"),
+    ("sink: database inserts (thread)", "_WorkItem.run"),
+    ("Kafka producing (aiokafka sender, Faust buffer)", "sender.py"),
+    ("Kafka producing (aiokafka sender, Faust buffer)", "faust/transport/producer.py"),
+    ("Kafka fetching", "Fetcher"),
+    ("Kafka fetching", "aiokafka/consumer"),
+    ("Faust streams, agents, acks", "faust/"),
+    ("asyncio event loop, select", ""),
+]
+
+
+def shares(raw: Path) -> list[tuple[str, float]]:
+    """Share of py-spy samples per part of the pipeline, largest first."""
+    total, parts = 0, collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        parts[next(name for name, pattern in PARTS if pattern in stack)] += n
+    return [(name, n / total) for name, n in parts.most_common()] if total else []
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=2407)
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--fill-seconds", type=float, default=2.0, help="seconds of simulator output to process")
+    parser.add_argument("--seconds", type=float, default=40.0, help="how long to sample the worker")
+    parser.add_argument("--out", default="artifacts/profile", help="folder for the raw samples")
+    args = parser.parse_args()
+    beside = Path(sys.executable).parent / "py-spy"  # the venv's, when the venv is not activated
+    py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    if not py_spy:
+        sys.exit("py-spy is not installed: pip install -e '.[dev]'")
+
+    run = f"prof-{uuid.uuid4().hex[:6]}"
+    env = {
+        "FLEAD_APP_ID": run,
+        "FLEAD_TOPIC_READINGS": f"{run}-readings",
+        "FLEAD_TOPIC_ANOMALIES": f"{run}-anomalies",
+        "FLEAD_TOPIC_LOCAL_UPDATES": f"{run}-local",
+        "FLEAD_TOPIC_GLOBAL_UPDATES": f"{run}-global",
+        "FLEAD_TOPIC_DEAD_LETTER": f"{run}-dead",
+    }
+    os.environ.update(env)
+    from flead_app.bench import create_topics, processed
+    from flead_app.settings import load_settings
+    from flead_app.simulate import SimOptions, simulate
+    from flead_app.worker import WorkerProcess
+
+    settings = load_settings()
+    env["FLEAD_WEB_PORT"] = str(settings.web_port + 9)
+    os.environ.update(env)
+    settings = load_settings()
+    asyncio.run(create_topics(settings, [v for k, v in env.items() if k.startswith("FLEAD_TOPIC_")]))
+    opts = SimOptions(devices=args.devices, rate=0, batch=args.batch, seconds=args.fill_seconds, seed=1)
+    summary = asyncio.run(simulate(settings, opts, progress=None))
+    print(f"backlog: {summary.readings:,} readings in {summary.messages:,} messages", flush=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / f"worker-{args.devices}-{args.batch}.txt"
+    worker = WorkerProcess(settings, env=env, name="profile").start()
+    try:
+        t0, r0 = time.perf_counter(), processed(worker)
+        cmd = [py_spy, "record", "-p", str(worker.proc.pid), "-d", str(int(args.seconds)), "-r", "50",
+               "-f", "raw", "-o", str(raw), "--nonblocking"]  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True)
+        rate = (processed(worker) - r0) / (time.perf_counter() - t0)
+    finally:
+        worker.stop()
+    print(f"worker: {rate:,.0f} readings/s while sampled (py-spy running); samples in {raw}\n")
+    for name, share in shares(raw):
+        print(f"{share:6.1%}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""`flead bench` end to end on the running stack, short: every figure of the table is measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_measures_every_figure(stack, tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "flead_app.cli", "bench", "--devices", "300", "--duration", "8",
+           "--no-single", "--batch", "20", "--latency-seconds", "4", "--json", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "pipeline/s" in done.stdout  # the table is printed
+
+    doc = json.loads(out.read_text())
+    assert doc["machine"]["cpus"] >= 1 and doc["duration_s"] == 8
+    (result,) = doc["results"]
+    assert result["devices"] == 300 and result["batch"] == 20 and not result["notes"]
+    assert result["readings"] > 0 and result["messages"] * 20 == result["readings"]
+    # the full pipeline cannot outrun a bare consumer that only decodes the same messages
+    assert 0 < result["pipeline_readings_per_s"] < result["ceiling_readings_per_s"]
+    assert result["ratio_to_ceiling"] == pytest.approx(
+        result["pipeline_readings_per_s"] / result["ceiling_readings_per_s"], abs=1e-3
+    )
+    # 20 readings per message and a round every 50 readings: local models, then global ones
+    assert result["local_models"] >= result["readings"] // 50 - 300
+    assert result["global_models"] >= 1 and result["fedavg_ms_per_aggregation"] > 0
+    assert result["anomalies"] > 0 and result["latency_samples"] > 0
+    assert 0 < result["anomaly_latency_ms_p50"] <= result["anomaly_latency_ms_p99"]
+    assert result["worker_peak_rss_mb"] > 50
