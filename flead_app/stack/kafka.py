@@ -40,6 +40,8 @@ from .errors import StackError
 from .fetch import fetch, require_java
 
 log = logging.getLogger(__name__)
+#: how long a port held by some client's connection (not a listener) may take to come free
+PORT_GRACE_S = 15.0
 
 T = TypeVar("T")
 
@@ -354,7 +356,7 @@ class KafkaCluster:
             for node in self.plan.nodes
             if node.node_id in wanted
             for port, what in node.ports()
-            if procs.port_in_use(port)
+            if procs.port_in_use(port, grace_s=PORT_GRACE_S)
         ]
         if taken:
             raise StackError(

@@ -112,19 +112,28 @@ def kill_pid(pid: int, marker: str) -> bool:
     return True
 
 
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """True when something listens on ``host:port`` or the port cannot be bound."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.3)
-        if s.connect_ex((host, port)) == 0:
-            return True
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
+def port_in_use(port: int, host: str = "127.0.0.1", grace_s: float = 0.0) -> bool:
+    """True when something listens on ``host:port`` or the port cannot be bound.
+
+    A port that nothing listens on but that cannot be bound is usually the local end of some
+    client's short-lived connection (ports above 32767 are also the kernel's ephemeral range):
+    it can be retried for ``grace_s`` seconds before being called taken.
+    """
+    deadline = time.monotonic() + grace_s
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.3)
+            if s.connect_ex((host, port)) == 0:
+                return True
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+                return False
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return True
+        time.sleep(0.5)
 
 
 def tail(path: Path, lines: int = 25) -> str:
