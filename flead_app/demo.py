@@ -3,14 +3,16 @@
 Starts the stack (1 broker by default, ``--brokers 4`` for the description's topology), one
 Faust worker and the simulator; every few seconds prints what the pipeline has done (readings,
 anomalies, local models, latest global version and accuracy, models per minute); stops after
-``--minutes`` or Ctrl-C, waits for the worker to finish what was produced, and ends with
-``flead report``.
+``--minutes`` or Ctrl-C, waits for the worker to finish what was produced, scores about a dozen
+global versions (the first, the last, evenly between) on the held-out readings with Spark, and
+ends with ``flead report``: the held-out F1 by version shows whether the fleet learned.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import signal
 import subprocess
@@ -21,6 +23,7 @@ from flead_app.kafka_util import consumer_lag
 from flead_app.settings import load_settings
 from flead_app.worker import WorkerProcess
 
+TREND_POINTS = 12  # global versions the demo evaluates on held-out data
 SUMMARY_EVERY_S = 5.0
 
 
@@ -33,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=None, help="readings per message (default FLEAD_BATCH_SIZE)")
     p.add_argument("--csv", default=None, help="replay this CSV (long format) instead of simulating")
     p.add_argument("--keep-running", action="store_true", help="leave the stack up afterwards")
+    p.add_argument(
+        "--no-evaluate", action="store_true",
+        help="skip the held-out evaluation of the global versions (Spark, about a minute)",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -70,6 +77,31 @@ def summary_line(stats: dict, started: float, first_models: int) -> str:
         f"global v{stats.get('global_version', 0)} accuracy {'-' if acc is None else f'{acc:.3f}'}  "
         f"models/min {(models - first_models) / minutes:7.1f}  dead letters {det.get('dead_letters', 0)}"
     )
+
+
+def evaluate_trend(settings) -> None:  # noqa: ANN001
+    """Score about ``TREND_POINTS`` global versions (first, last, evenly between) on the held-out
+    readings with Spark, so the report can compare versions on the same data."""
+    from sqlalchemy import func, select
+
+    from flead_app.db.schema import federated_models
+    from flead_app.db.store import Database
+
+    db = Database(settings.db_url)
+    try:
+        with db.engine.connect() as conn:
+            versions = conn.execute(select(func.count(func.distinct(federated_models.c.global_version)))).scalar_one()
+    finally:
+        db.close()
+    if not versions:
+        print("flead demo: no global version to evaluate", flush=True)
+        return
+    every = max(1, math.ceil(versions / TREND_POINTS))
+    print(f"\nflead demo: held-out evaluation of {versions} global versions (every {every}th, with Spark) ...",
+          flush=True)  # fmt: skip
+    done = _flead("spark", "evaluate", "--every", str(every), check=False)
+    if done.returncode != 0:
+        print("flead demo: the evaluation failed (see above); the report shows the rest", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
     drain(settings, timeout=30 if interrupted else 180)
     print(summary_line(worker.stats(), started, 0), flush=True)
     worker.stop()
+    if not args.no_evaluate and not interrupted:
+        evaluate_trend(settings)
     print("\nflead demo: report\n", flush=True)
     _flead("report", check=False)
     if not args.keep_running and os.environ.get("FLEAD_DEMO_KEEP_STACK") != "1":

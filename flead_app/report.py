@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from sqlalchemy import desc, func, select, text
 log = logging.getLogger(__name__)
 
 RECENT_MINUTES = 5
+HELDOUT_POINTS = 8  # versions shown in the held-out trend line
 LATEST_GLOBALS = 5
 
 
@@ -151,8 +153,20 @@ def render_text(report: dict[str, Any]) -> str:
     lines.append("Held-out evaluation")
     ev = report["evaluation"]
     if ev is None:
-        lines.append("  not evaluated yet")
+        lines.append("  not evaluated yet (flead spark evaluate)")
     else:
+        ht = report.get("heldout_trend")
+        if ht:
+            lines.append(
+                "  held-out F1 by global version: "
+                + ", ".join(f"v{p['global_version']} {_fmt_num(p['f1'])}" for p in ht["series"])
+            )
+            lines.append(
+                f"  first v{ht['first']['global_version']} F1 {_fmt_num(ht['first']['f1'])} (accuracy "
+                f"{_fmt_num(ht['first']['accuracy'], 4)}), latest v{ht['latest']['global_version']} F1 "
+                f"{_fmt_num(ht['latest']['f1'])} (accuracy {_fmt_num(ht['latest']['accuracy'], 4)}); "
+                f"{ht['versions_beating_first']} of {ht['versions']} evaluated versions beat the first"
+            )
         lines.append(f"  latest evaluated global version: v{ev['global_version']}")
         lines += _table(
             ["model", "split", "samples", "accuracy", "precision", "recall", "f1", "roc_auc", "event_recall",
@@ -242,6 +256,7 @@ def collect_database(db: Any, now: datetime | None = None) -> dict[str, Any]:
         out["global_trend"] = _global_trend(conn, federated_models)
 
         out["evaluation"] = _evaluation(conn, evaluation_summaries)
+        out["heldout_trend"] = _heldout_trend(conn, evaluation_summaries)
 
         count, first, last = conn.execute(
             select(func.count(), func.min(local_models.c.created_at), func.max(local_models.c.created_at))
@@ -289,6 +304,41 @@ def _global_trend(conn: Any, t: Any) -> dict[str, Any] | None:
         "versions_beating_first": sum(1 for v in versions if v.accuracy > first.accuracy),
         "mean_accuracy_last_10": sum(v.accuracy for v in versions[-10:]) / len(versions[-10:]),
     }
+
+
+def heldout_trend(points: list[tuple[int, float, float]], shown: int = HELDOUT_POINTS) -> dict[str, Any] | None:
+    """Held-out F1 and accuracy of the evaluated global versions, ``(version, f1, accuracy)``
+    in version order: first, latest, best, how many beat the first, and up to ``shown`` points.
+
+    Every version is scored on the same held-out readings, so unlike the rounds' accuracy
+    (each measured on that round's own readings) the numbers compare across versions."""
+    if not points:
+        return None
+    first, latest = points[0], points[-1]
+    best = max(points, key=lambda p: p[1])
+    step = max(1, math.ceil((len(points) - 1) / max(1, shown - 1)))
+    series = points[::step] if points[::step][-1] == latest else [*points[::step], latest]
+
+    def point(p: tuple[int, float, float]) -> dict[str, Any]:
+        return {"global_version": p[0], "f1": p[1], "accuracy": p[2]}
+
+    return {
+        "versions": len(points),
+        "first": point(first),
+        "latest": point(latest),
+        "best": point(best),
+        "versions_beating_first": sum(1 for p in points if p[1] > first[1]),
+        "series": [point(p) for p in series],
+    }
+
+
+def _heldout_trend(conn: Any, t: Any) -> dict[str, Any] | None:
+    rows = conn.execute(
+        select(t.c.model_version, t.c.f1, t.c.accuracy)
+        .where(t.c.model_kind == "global", t.c.split == "holdout", t.c.f1.is_not(None))
+        .order_by(t.c.model_version)
+    ).all()
+    return heldout_trend([(int(v), float(f1), float(acc)) for v, f1, acc in rows])
 
 
 def _evaluation(conn: Any, t: Any) -> dict[str, Any] | None:

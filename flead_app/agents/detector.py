@@ -149,11 +149,19 @@ async def detect(stream) -> None:  # noqa: ANN001
             await send_dead_letter(event, f"processing error: {type(err).__name__}: {err}")
 
 
+#: a device still sending gets its time-based round in-band, with its next message; the timer
+#: steps in only for devices silent this long past the interval. Without the grace the timer would
+#: fire for a whole fleet that started together in one burst, every round starting from the same
+#: stale global version (measured: held-out F1 0.67 instead of 0.80 after a 3-minute demo)
+QUIET_GRACE_S = 15.0
+
+
 @app.timer(interval=5.0)
 async def train_quiet_devices() -> None:
-    """Ask for a round on devices that have waited ``FLEAD_TRAIN_INTERVAL_S`` since their last one."""
+    """Ask for a round on devices that went quiet with readings waiting since their last round."""
     now = time.time()
-    due = [k for k, t in waiting.items() if now - t >= config.train_interval_s and k not in requested]
+    limit = config.train_interval_s + QUIET_GRACE_S
+    due = [k for k, t in waiting.items() if now - t >= limit and k not in requested]
     for key in due:
         requested.add(key)  # one request in flight per device, even while the agent lags behind
         control = orjson.dumps({"device_id": key.decode("utf-8", "replace"), "control": CONTROL_TRAIN})

@@ -80,6 +80,10 @@ def add_analytics_args(p: argparse.ArgumentParser) -> None:
 
 def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="re-evaluate every global version, not only new ones")
+    p.add_argument(
+        "--every", type=int, default=1, metavar="N",
+        help="evaluate only the first, the last and every N-th of the waiting versions (a trend, faster)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="machine-readable result")
 
 
@@ -186,7 +190,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"flead spark evaluate: {err}", file=sys.stderr)
             return 1
         try:
-            res = evaluate_job(spark, settings, db, all_versions=args.all)
+            res = evaluate_job(spark, settings, db, all_versions=args.all, every=args.every)
         finally:
             spark.stop()
     finally:

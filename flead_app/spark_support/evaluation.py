@@ -359,6 +359,16 @@ def sample_rows(evalset: EvalSet, ev: ModelEvaluation, idx: np.ndarray, created_
     return rows
 
 
+def thin_versions(versions: Sequence[int], every: int) -> list[int]:
+    """The first and the last of ``versions`` and every ``every``-th version number between them:
+    a trend over many versions at the cost of a few evaluations."""
+    if every <= 1 or not versions:
+        return sorted(versions)
+    ordered = sorted(versions)
+    keep = {ordered[0], ordered[-1]} | {v for v in ordered if v % every == 0}
+    return sorted(keep)
+
+
 def valid_weights(weights: Sequence[float]) -> bool:
     return len(weights) == NUM_FEATURES and all(math.isfinite(float(w)) for w in weights)
 

@@ -24,7 +24,14 @@ from flead_app.db.store import Database
 from flead_app.settings import Settings
 from flead_app.spark_support import analytics as an
 from flead_app.spark_support import dbio
-from flead_app.spark_support.evaluation import ROW_FIELDS, EvalSet, history_rows, replay_device, run_evaluation
+from flead_app.spark_support.evaluation import (
+    ROW_FIELDS,
+    EvalSet,
+    history_rows,
+    replay_device,
+    run_evaluation,
+    thin_versions,
+)
 from flead_app.spark_support.kafka_meta import partition_leaders
 from flead_app.spark_support.records import CONTROL, OK, parse_message, reading_tuples
 from flead_app.spark_support.session import kafka_options
@@ -200,12 +207,17 @@ def evaluate_job(
     db: Database,
     all_versions: bool = False,
     only: Collection[int] | None = None,
+    every: int = 1,
 ) -> EvaluateResult:
-    """Evaluate the pending global versions (``all_versions``: every one; ``only``: just these)."""
+    """Evaluate the pending global versions (``all_versions``: every one; ``only``: just these;
+    ``every``: only the first, the last and every ``every``-th of them)."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     versions = dbio.pending_versions(db, all_versions, only)
+    if every > 1:
+        keep = set(thin_versions([v.version for v in versions], every))
+        versions = [v for v in versions if v.version in keep]
     if not versions:
         return EvaluateResult([], [], None, 0, 0, 0, 0, reason="no global version waits for evaluation")
     cfg = device_config(settings)

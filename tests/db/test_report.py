@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from flead_app.report import jsonable, render_text, training_rate
+from flead_app.report import heldout_trend, jsonable, render_text, training_rate
 
 
 def closed_port() -> int:
@@ -28,6 +28,18 @@ def test_training_rate_over_the_span_and_the_recent_window():
     assert r["final_per_minute"] == pytest.approx(5.0)
     assert training_rate(1, t0, t0, recent=1)["per_minute"] is None  # one instant: no rate
     assert training_rate(0, None, None, recent=0)["per_minute"] is None
+
+
+def test_heldout_trend_first_latest_best_and_a_short_series():
+    points = [(v, 0.2 + v / 400, 0.95) for v in [1, *range(20, 241, 20)]]
+    points[3] = (60, 0.1, 0.9)  # one version worse than the first
+    trend = heldout_trend(points, shown=5)
+    assert trend["versions"] == 13 and trend["versions_beating_first"] == 11
+    assert trend["first"]["global_version"] == 1 and trend["latest"]["global_version"] == 240
+    assert trend["best"] == {"global_version": 240, "f1": 0.8, "accuracy": 0.95}
+    shown = [p["global_version"] for p in trend["series"]]
+    assert shown[0] == 1 and shown[-1] == 240 and len(shown) <= 6
+    assert heldout_trend([]) is None
 
 
 def test_jsonable_times_and_keys():
@@ -147,6 +159,10 @@ def test_report_shows_the_latest_evaluation_and_baselines(db, db_url):
     assert ev["global_version"] == 4
     assert [(r["model_kind"], r["model_version"], r["f1"]) for r in ev["rows"]] == [
         ("global", 4, 0.70), ("central", 0, 0.80), ("local", 1, 0.55)]
+    trend = report["heldout_trend"]  # global versions only, on the pooled held-out split
+    assert (trend["versions"], trend["versions_beating_first"]) == (2, 1)
+    assert trend["first"]["global_version"] == 3 and trend["latest"]["f1"] == 0.70
+    assert "1 of 2 evaluated versions beat the first" in run_report(db_url, "--no-kafka").stdout
 
 
 @pytest.mark.integration

@@ -206,3 +206,13 @@ def test_run_evaluation_scores_versions_and_baselines_at_the_newest():
 def test_nothing_to_score_writes_nothing():
     res = run_evaluation(EvalSet.from_rows([]), [GlobalVersion(1, np.zeros(4), 0.0)], None, 10, datetime.now(UTC))
     assert res.evaluations == [] and res.summaries == []
+
+
+def test_thin_versions_keeps_the_ends_and_every_nth():
+    from flead_app.spark_support.evaluation import thin_versions
+
+    assert thin_versions(list(range(1, 241)), 20) == [1, *range(20, 241, 20)]
+    assert thin_versions([7, 3, 45, 41], 20) == [3, 45]
+    assert thin_versions([5], 20) == [5]
+    assert thin_versions([3, 1, 2], 1) == [1, 2, 3]
+    assert thin_versions([], 10) == []
