@@ -3,7 +3,8 @@
 Starts the stack (1 broker by default, ``--brokers 4`` for the description's topology), one
 Faust worker and the simulator; every few seconds prints what the pipeline has done (readings,
 anomalies, local models, latest global version and accuracy, models per minute); stops after
-``--minutes`` or Ctrl-C, waits for the worker to finish what was produced, scores about a dozen
+``--minutes`` or Ctrl-C, has every device train on the readings it still holds, waits for the
+worker to finish what was produced, scores about a dozen
 global versions (the first, the last, evenly between) on the held-out readings with Spark, and
 ends with ``flead report``: the held-out F1 by version shows whether the fleet learned.
 """
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 from flead_app.kafka_util import consumer_lag
 from flead_app.settings import load_settings
@@ -64,6 +67,19 @@ def drain(settings, timeout: float) -> bool:  # noqa: ANN001
         time.sleep(3)
     print("flead demo: the worker did not catch up in time; the report shows what was processed", flush=True)
     return False
+
+
+def train_pending(worker: WorkerProcess) -> None:
+    """Have every device train on the readings it holds since its last round, as it would at
+    its next reading or once quiet for FLEAD_TRAIN_INTERVAL_S: the last minute reaches a model."""
+    request = urllib.request.Request(f"{worker.url}/flead/train-pending/", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+            requested = json.loads(response.read())["requested"]
+    except OSError as err:
+        print(f"flead demo: could not ask for the last rounds: {err}", flush=True)
+        return
+    print(f"flead demo: last rounds requested for {requested:,} devices with readings waiting", flush=True)
 
 
 def summary_line(stats: dict, started: float, first_models: int) -> str:
@@ -141,6 +157,9 @@ def run(args: argparse.Namespace) -> int:
     simulator.wait()
     sim_log.close()
     print("".join(line for line in sim_log_path.open() if not line.startswith("[")), flush=True)
+    if not interrupted:
+        train_pending(worker)
+        time.sleep(2)  # the requests reach the readings topic before its lag is read
     # let the worker finish what was produced: every topic's lag back to zero
     drain(settings, timeout=30 if interrupted else 180)
     print(summary_line(worker.stats(), started, 0), flush=True)

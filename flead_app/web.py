@@ -1,10 +1,13 @@
-"""Worker web views: ``/flead/stats`` (counters) and ``/flead/device/{device_id}/`` (table row).
+"""Worker web views: ``/flead/stats`` (counters), ``/flead/device/{device_id}/`` (table row) and
+``/flead/train-pending/`` (POST: a round now for every device with readings waiting).
 
 The device view is a Faust table route: asked on any worker, it is forwarded to the worker
 that owns the device's partition, so ``flead device`` reads the live table wherever it lives.
 """
 
 from __future__ import annotations
+
+from faust.web import View
 
 from flead_app.agents import dead_letter, detector, fedavg, global_model, sink
 from flead_app.algorithms.device import DeviceState
@@ -28,6 +31,16 @@ def worker_stats() -> dict:
 @app.page("/flead/stats/")
 async def stats_view(web, request):  # noqa: ANN001, ANN201
     return web.json(worker_stats())
+
+
+@app.page("/flead/train-pending/")
+class TrainPendingView(View):
+    """POST: a round now for every device of this worker with readings waiting (``flead demo``
+    asks for it when its simulator stops, so that the last readings reach a global model)."""
+
+    async def post(self, request):  # noqa: ANN001, ANN201
+        requested = await detector.request_rounds(0.0, reason="flush")
+        return self.json({"requested": requested})
 
 
 @app.page("/flead/device/{device_id}/")

@@ -209,6 +209,13 @@ def training_due(state: DeviceState, now: float, cfg: DeviceConfig) -> bool:
     return state.pending >= cfg.train_every or now - state.last_round_at >= cfg.train_interval_s
 
 
+def round_due(state: DeviceState, now: float, cfg: DeviceConfig, requested: bool = False) -> bool:
+    """Whether a message ends in a round: ``training_due``, or any readings waiting when the
+    message is a request for a round (a ``control: train`` record: a quiet device, or the demo
+    asking every device to train on what it holds)."""
+    return state.pending > 0 if requested else training_due(state, now, cfg)
+
+
 def current_model(state: DeviceState, cfg: DeviceConfig) -> LinearModel:
     """The device's own model: its last round's weights, or the initial model before any round."""
     if state.model_version == 0:

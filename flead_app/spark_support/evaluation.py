@@ -47,8 +47,8 @@ from flead_app.algorithms.device import (
     DeviceState,
     current_model,
     ingest,
+    round_due,
     train_round,
-    training_due,
 )
 from flead_app.algorithms.holdout import holdout_mask
 from flead_app.algorithms.metrics import Scores, classification_scores, label_windows
@@ -91,7 +91,7 @@ def replay_device(device_id: str, messages: Iterable[MessageTuple], cfg: DeviceC
     """Replay one device's messages in (partition, offset) order, as the worker processed them.
 
     The worker decides on event time (the record's Kafka timestamp) and trains when
-    ``training_due`` says so, including on the control records its quiet-device timer sends,
+    ``round_due`` says so, on readings and on the control records that request a round,
     so replaying the same records with the same clock gives the same local rounds.
     """
     ordered = sorted(messages, key=lambda m: (m[0], m[1]))
@@ -109,7 +109,7 @@ def replay_device(device_id: str, messages: Iterable[MessageTuple], cfg: DeviceC
             feats.append(scored.features)
             scored_parts.append(scored.scored)
             held.append(hold)
-        if training_due(state, now, cfg):
+        if round_due(state, now, cfg, requested=control):
             state, result = train_round(state, now, cfg, None)
             rounds += result is not None
     if state.buffer_labels.shape[0]:  # what the worker has not trained yet still counts
