@@ -10,13 +10,10 @@ samples / (1 + s) ** exponent, so stale work still counts but less; exponent 0 i
 
 Deltas (``federated_step``): devices train asynchronously, so the updates in one buffer started
 from different global versions. Averaging their *absolute* parameters would pull the model back
-towards the older versions stale updates started from; FedBuff instead adds each update's
-*change* from its own base version to the current model, weighted by its share of the buffer's
-samples times its staleness discount 1 / (1 + s) ** exponent. The discount is not renormalised
-(as in FedBuff, Nguyen et al. 2022): a buffer whose updates all started from an old version
-moves the model less, which keeps a burst of rounds from one stale version from overshooting.
-When every update started from the current version this is exactly the sample-weighted
-average of the parameters (the description's worked example).
+towards the older versions stale updates started from; FedBuff instead averages each update's
+*change* from its own base version and adds it to the current model. When every update started
+from the current version this is exactly the sample-weighted average of the parameters (the
+description's worked example), since the weights sum to one.
 """
 
 from __future__ import annotations
@@ -104,18 +101,7 @@ def federated_step(
     bases = np.array(bases, dtype=np.float64).reshape(params.shape)
     unknown = np.isnan(bases).all(axis=1)
     bases[unknown] = current
-    deltas = params - bases
-    if method != "fedavg":
-        return current + aggregate(deltas, samples, staleness, method, staleness_exponent, trim_ratio)
-    samples = np.asarray(samples, dtype=np.float64)
-    if deltas.shape[0] == 0 or samples.sum() <= 0:
-        raise ValueError("federated_step needs at least one update with samples")
-    if staleness is None:
-        staleness = np.zeros(len(samples))
-    # FedBuff: shares of the buffer's samples, each scaled (not renormalised) by its staleness
-    # discount, so a buffer of updates that all started from an old version moves the model less
-    shares = staleness_weights(samples, staleness, staleness_exponent) / samples.sum()
-    return current + (shares[:, None] * deltas).sum(axis=0)
+    return current + aggregate(params - bases, samples, staleness, method, staleness_exponent, trim_ratio)
 
 
 def weighted_accuracy(accuracies: np.ndarray, samples: np.ndarray) -> float:

@@ -117,15 +117,3 @@ def test_robust_aggregators_work_on_changes_too():
     bases = np.tile(current, (20, 1))
     step = federated_step(params, bases, current, np.full(20, 50), method="median")
     np.testing.assert_allclose(step, honest[0])
-
-
-def test_a_buffer_of_equally_stale_updates_moves_the_model_less():
-    """FedBuff: the staleness discount scales the step, it is not renormalised away."""
-    current = np.zeros(3)
-    bases = np.zeros((4, 3))
-    params = np.tile([1.0, -2.0, 0.5], (4, 1))
-    samples = np.array([10.0, 20.0, 30.0, 40.0])
-    fresh = federated_step(params, bases, current, samples, np.zeros(4))
-    stale = federated_step(params, bases, current, samples, np.full(4, 8.0))
-    np.testing.assert_allclose(fresh, [1.0, -2.0, 0.5])
-    np.testing.assert_allclose(stale, np.array([1.0, -2.0, 0.5]) / 3.0)  # 1 / sqrt(1 + 8)
