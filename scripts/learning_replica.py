@@ -41,6 +41,7 @@ from flead_app.algorithms.device import (
     current_model,
     ingest,
     initial_global,
+    round_phase,
     train_round,
     training_due,
 )
@@ -223,7 +224,8 @@ def run(args: argparse.Namespace) -> dict:
                 ts = readings.timestamp[i : i + 1]
                 labels = readings.label[i : i + 1]
                 held = holdout_mask(fleet.device_id(d), ts, cfg.holdout_percent)
-                dev.state, scored = ingest(dev.state, readings.value[i : i + 1], labels, now, cfg, held)
+                phase = round_phase(fleet.device_id(d), cfg)
+                dev.state, scored = ingest(dev.state, readings.value[i : i + 1], labels, now, cfg, held, phase)
                 if scored.scored[0] and labels[0] >= 0:
                     (dev.test_x if held[0] else dev.train_x).append(scored.features[0])
                     (dev.test_y if held[0] else dev.train_y).append(int(labels[0]))

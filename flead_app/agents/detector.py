@@ -25,7 +25,15 @@ import orjson
 from flead_app.agents import global_model
 from flead_app.agents.dead_letter import send_dead_letter
 from flead_app.algorithms.detection import severity
-from flead_app.algorithms.device import DeviceConfig, DeviceState, ingest, initial_global, round_due, train_round
+from flead_app.algorithms.device import (
+    DeviceConfig,
+    DeviceState,
+    ingest,
+    initial_global,
+    round_due,
+    round_phase,
+    train_round,
+)
 from flead_app.algorithms.holdout import holdout_mask
 from flead_app.app import anomalies_topic, app, local_updates_topic, readings_topic, settings
 from flead_app.kafka_util import event_time
@@ -101,7 +109,8 @@ async def handle(event) -> None:  # noqa: ANN001 - a faust Event
     now = event_time(msg)
     if batch.control != CONTROL_TRAIN:
         holdout = holdout_mask(batch.device_id, batch.timestamps, config.holdout_percent)
-        state, scored = ingest(state, batch.values, batch.labels, now, config, holdout)
+        phase = round_phase(batch.device_id, config)
+        state, scored = ingest(state, batch.values, batch.labels, now, config, holdout, phase)
         counters["readings"] += len(batch)
         counters["messages"] += 1
         for anomaly in anomaly_records(batch, scored, msg.partition, config.z_threshold, config.z_critical):

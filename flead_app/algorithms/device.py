@@ -18,6 +18,7 @@ honest, if noisy, estimates.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -171,6 +172,16 @@ class RoundResult:
     samples: int
 
 
+def round_phase(device_id: str, cfg: DeviceConfig) -> float:
+    """Seconds (in [0, half the interval)) by which a device's first time-based round comes early.
+
+    A fleet that starts together would otherwise reach its first interval together and send
+    thousands of rounds in a few seconds, all starting from the same global version while the
+    FedAvg agent falls behind (stale updates). A stable hash spreads them over half an interval.
+    """
+    return (zlib.crc32(device_id.encode()) % 1000) / 1000.0 * 0.5 * cfg.train_interval_s
+
+
 def ingest(
     state: DeviceState,
     values: np.ndarray,
@@ -178,8 +189,12 @@ def ingest(
     now: float,
     cfg: DeviceConfig,
     holdout: np.ndarray | None = None,
+    phase_s: float = 0.0,
 ) -> tuple[DeviceState, Scored]:
-    """Score readings in order; buffer the labelled, scored, not held-out ones for training."""
+    """Score readings in order; buffer the labelled, scored, not held-out ones for training.
+
+    ``phase_s`` (``round_phase``) moves a new device's round clock back, so that its first
+    time-based round comes that much earlier."""
     scored = score_batch(state.detector, values, cfg.min_history)
     anomalous = scored.scored & (np.abs(scored.z) > cfg.z_threshold)
     keep = scored.scored & (labels >= 0)
@@ -195,7 +210,7 @@ def ingest(
         buffer_features=feats,
         buffer_labels=labs,
         pending=state.pending + int(values.shape[0]),
-        last_round_at=state.last_round_at or now,
+        last_round_at=state.last_round_at or now - phase_s,
         readings=state.readings + int(values.shape[0]),
         anomalies=state.anomalies + int(anomalous.sum()),
     )

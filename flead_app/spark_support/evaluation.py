@@ -48,6 +48,7 @@ from flead_app.algorithms.device import (
     current_model,
     ingest,
     round_due,
+    round_phase,
     train_round,
 )
 from flead_app.algorithms.holdout import holdout_mask
@@ -103,7 +104,8 @@ def replay_device(device_id: str, messages: Iterable[MessageTuple], cfg: DeviceC
             ts_a = np.asarray(ts, dtype=np.float64)
             lab_a = np.asarray(labels, dtype=np.int8)
             hold = holdout_mask(device_id, ts_a, cfg.holdout_percent)
-            state, scored = ingest(state, np.asarray(values, dtype=np.float64), lab_a, now, cfg, hold)
+            phase = round_phase(device_id, cfg)
+            state, scored = ingest(state, np.asarray(values, dtype=np.float64), lab_a, now, cfg, hold, phase)
             stamps.append(ts_a)
             labs.append(lab_a)
             feats.append(scored.features)

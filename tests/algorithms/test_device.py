@@ -122,3 +122,19 @@ def test_worker_defaults_match_the_settings_defaults():
         cfg.local_epochs,
         cfg.prior_anomaly_rate,
     )
+
+
+def test_round_phase_spreads_a_fleet_over_half_an_interval():
+    from flead_app.algorithms.device import round_phase
+
+    cfg = DeviceConfig(train_interval_s=60.0)
+    phases = np.array([round_phase(f"device_{i}", cfg) for i in range(2407)])
+    assert ((phases >= 0) & (phases < 30.0)).all()
+    assert round_phase("device_7", cfg) == round_phase("device_7", cfg)  # the worker and Spark agree
+    assert np.histogram(phases, bins=10, range=(0, 30))[0].min() > 150  # spread, not bunched
+
+
+def test_a_new_device_reaches_its_first_timed_round_early_by_its_phase():
+    cfg = DeviceConfig(train_interval_s=60.0, train_every=10_000)
+    state, _ = ingest(DeviceState(), np.ones(5), np.zeros(5, np.int8), 1000.0, cfg, phase_s=20.0)
+    assert not training_due(state, 1039.0, cfg) and training_due(state, 1040.0, cfg)

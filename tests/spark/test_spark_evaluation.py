@@ -1,3 +1,4 @@
+import dataclasses
 from datetime import UTC, datetime
 
 import numpy as np
@@ -83,7 +84,8 @@ def test_replay_orders_messages_by_partition_and_offset():
 
 def test_local_model_is_the_worker_sgd_on_training_readings_in_rounds():
     ts, values, labels = device_stream(3)
-    h = replay_device("d", as_messages(ts, values, labels, [1]), CFG)  # single readings: rounds of exactly 50
+    cfg = dataclasses.replace(CFG, train_interval_s=3600.0)  # rounds by count only, however spaced
+    h = replay_device("d", as_messages(ts, values, labels, [1]), cfg)  # single readings: rounds of exactly 50
     whole = score_batch(DetectorState(), values, CFG.min_history)
     train = whole.scored & (labels >= 0) & ~holdout_mask("d", ts, CFG.holdout_percent)
     model = initial_model(CFG)  # local-only models start where global version 0 starts
