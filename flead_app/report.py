@@ -135,7 +135,9 @@ def render_text(report: dict[str, Any]) -> str:
             [[str(g["global_version"]), str(g["aggregation_round"]), str(g["num_devices"]), str(g["num_updates"]),
               _fmt_num(g["accuracy"], 4), g["aggregator"], _fmt_time(g["created_at"])] for g in globals_],
         )
-        lines.append("  (accuracy: sample-weighted accuracy of the contributing rounds, measured before training)")
+        lines.append("  (accuracy: sample-weighted accuracy of the contributing rounds, measured before training on")
+        lines.append("  each round's own readings, so versions are scored on different data; the held-out")
+        lines.append("  evaluation below scores every version on the same readings)")
         trend = report.get("global_trend")
         if trend:
             lines.append(
