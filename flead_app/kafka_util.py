@@ -7,6 +7,8 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+TOPIC_ALREADY_EXISTS = 36  # Kafka error code
+
 
 async def assign_all_partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float = 30.0) -> list[TopicPartition]:
     """Assign every partition of ``topic`` to a group-less consumer, waiting for its metadata."""
@@ -25,18 +27,61 @@ async def assign_all_partitions(consumer: AIOKafkaConsumer, topic: str, timeout:
 
 
 async def create_topics(
-    bootstrap: list[str], names: list[str], partitions: int, replication: int, **client_options
-) -> None:
-    """Create topics as ``flead stack up`` does: ``min.insync.replicas=2`` where replication is 3+."""
+    bootstrap: list[str],
+    names: list[str],
+    partitions: int,
+    replication: int,
+    configs: dict[str, str] | None = None,
+    **client_options,
+) -> list[str]:
+    """Create topics as ``flead stack up`` does (``min.insync.replicas=2`` where replication is
+    3+); topics that exist already are left alone. Returns the names created now."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+    topic_configs = {**({"min.insync.replicas": "2"} if replication >= 3 else {}), **(configs or {})}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
     await admin.start()
     try:
-        configs = {"min.insync.replicas": "2"} if replication >= 3 else {}
-        await admin.create_topics([NewTopic(n, partitions, replication, topic_configs=configs) for n in names])
+        new = [NewTopic(n, partitions, replication, topic_configs=topic_configs) for n in names]
+        resp = await admin.create_topics(new)
     finally:
         await admin.close()
+    created = []
+    for item in resp.to_object()["topic_errors"]:
+        if item["error_code"] == 0:
+            created.append(item["topic"])
+        elif item["error_code"] != TOPIC_ALREADY_EXISTS:
+            raise RuntimeError(f"creating topic {item['topic']} failed: error {item['error_code']} "
+                               f"{item.get('error_message') or ''}")  # fmt: skip
+    return created
+
+
+async def wait_topics_known(bootstrap: list[str], names: list[str], partitions: int, timeout: float = 60.0) -> None:
+    """Wait until every bootstrap broker's metadata has ``names``, each with ``partitions``
+    partitions that have a leader (a new topic reaches each broker's cache at its own pace)."""
+    from flead_app.stack.kafka import broker_metadata
+
+    deadline = time.monotonic() + timeout
+    missing: list[str] = []
+    while True:
+        missing = []
+        for server in bootstrap:
+            host, port = server.rsplit(":", 1)
+            try:
+                md = await broker_metadata(host, int(port), names)
+            except Exception as exc:  # noqa: BLE001 - a broker that is down does not block the start
+                missing.append(f"{server}: {type(exc).__name__}")
+                continue
+            for t in md["topics"]:
+                leaders = [p for p in t["partitions"] if p["leader"] >= 0]
+                if t["error_code"] != 0 or len(leaders) != partitions:
+                    missing.append(f"{t['topic']} at {server}")
+        down = [m for m in missing if " at " not in m]
+        if len(missing) == len(down) and len(down) < len(bootstrap):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics not in every broker's metadata after {timeout:.0f} s: {', '.join(missing[:6])}")
+        await asyncio.sleep(0.3)
 
 
 def event_time(msg) -> float:  # noqa: ANN001 - a faust Message

@@ -20,6 +20,37 @@ from pathlib import Path
 
 from flead_app.settings import Settings, load_settings
 
+#: the worker's tables (flead_app/tables): Faust names their changelog topics <app id>-<table>-changelog
+TABLES = ("device_state", "fedavg_state")
+
+
+def prepare_changelog_topics(settings: Settings, timeout: float = 60.0) -> list[str]:
+    """Create the tables' changelog topics before the worker starts, and wait until every broker
+    knows them; returns their names.
+
+    Faust creates them itself, then reads their partition count from its client's metadata a
+    moment later; on a loaded multi-broker cluster that metadata can still miss a new topic,
+    Faust takes it for 0 partitions and every write to the table fails (PartitionsMismatch: seen
+    in CI, where no global model was ever made). Existing topics are left as they are.
+    """
+    import asyncio
+
+    from flead_app.kafka_util import create_topics, wait_topics_known
+    from flead_app.settings import kafka_client_options
+
+    names = [f"{settings.app_id}-{table}-changelog" for table in TABLES]
+
+    async def go() -> None:
+        await create_topics(
+            settings.bootstrap_servers, names, settings.partitions, settings.replication_factor,
+            configs={"cleanup.policy": "compact"}, **kafka_client_options(settings),
+        )  # fmt: skip
+        if settings.kafka_security_protocol.upper() == "PLAINTEXT":
+            await wait_topics_known(settings.bootstrap_servers, names, settings.partitions, timeout)
+
+    asyncio.run(go())
+    return names
+
 
 def worker_command(settings: Settings, loglevel: str = "info") -> list[str]:
     return [
@@ -59,6 +90,7 @@ class WorkerProcess:
         return f"http://127.0.0.1:{self.settings.web_port}"
 
     def start(self, timeout: float = 120.0) -> WorkerProcess:
+        prepare_changelog_topics(self.settings)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -114,6 +146,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cmd = worker_command(load_settings(), args.loglevel)
+    settings = load_settings()
+    prepare_changelog_topics(settings)
+    cmd = worker_command(settings, args.loglevel)
     os.execv(cmd[0], cmd)
     return 0
