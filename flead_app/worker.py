@@ -142,12 +142,20 @@ class WorkerProcess:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run a Faust worker (faust -A flead_app.app worker)")
     p.add_argument("--loglevel", default="info")
+    p.add_argument(
+        "--prepare-only", action="store_true",
+        help="create the tables' changelog topics, wait until every broker knows them, and exit "
+        "(for starting `faust -A flead_app.app worker` yourself)",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
-    prepare_changelog_topics(settings)
+    names = prepare_changelog_topics(settings)
+    if args.prepare_only:
+        print(f"changelog topics ready: {', '.join(names)}")
+        return 0
     cmd = worker_command(settings, args.loglevel)
     os.execv(cmd[0], cmd)
     return 0
