@@ -196,6 +196,20 @@ def wait_caught_up(settings: Settings, topics: list[str], timeout: float) -> boo
     return False
 
 
+def isolated_env(prefix: str, web_port: int) -> dict[str, str]:
+    """Settings for a worker of its own: a fresh app id (consumer group, tables) and topics."""
+    run = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    return {
+        "FLEAD_APP_ID": run,
+        "FLEAD_TOPIC_READINGS": f"{run}-readings",
+        "FLEAD_TOPIC_ANOMALIES": f"{run}-anomalies",
+        "FLEAD_TOPIC_LOCAL_UPDATES": f"{run}-local",
+        "FLEAD_TOPIC_GLOBAL_UPDATES": f"{run}-global",
+        "FLEAD_TOPIC_DEAD_LETTER": f"{run}-dead",
+        "FLEAD_WEB_PORT": str(web_port),
+    }
+
+
 #: how far (in messages) the simulator may run ahead of the worker while throughput is measured
 BACKLOG_MESSAGES = 4_000
 #: the pipeline rate is the median of the rates over windows of about this many seconds
@@ -263,16 +277,7 @@ def bench_one(base: Settings, devices: int, batch: int, duration: float, latency
     """One fleet size and message shape, on fresh topics and a fresh worker."""
     from flead_app.simulate import SimOptions, simulate
 
-    run = f"bench-{uuid.uuid4().hex[:6]}"
-    env = {
-        "FLEAD_APP_ID": run,
-        "FLEAD_TOPIC_READINGS": f"{run}-readings",
-        "FLEAD_TOPIC_ANOMALIES": f"{run}-anomalies",
-        "FLEAD_TOPIC_LOCAL_UPDATES": f"{run}-local",
-        "FLEAD_TOPIC_GLOBAL_UPDATES": f"{run}-global",
-        "FLEAD_TOPIC_DEAD_LETTER": f"{run}-dead",
-        "FLEAD_WEB_PORT": str(base.web_port + 7),
-    }
+    env = isolated_env("bench", base.web_port + 7)
     os.environ.update(env)
     settings = load_settings()
     notes: list[str] = []

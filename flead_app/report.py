@@ -319,7 +319,9 @@ def heldout_trend(points: list[tuple[int, float, float]], shown: int = HELDOUT_P
     first, latest = points[0], points[-1]
     best = max(points, key=lambda p: p[1])
     step = max(1, math.ceil((len(points) - 1) / max(1, shown - 1)))
-    series = points[::step] if points[::step][-1] == latest else [*points[::step], latest]
+    series = points[::step]
+    if series[-1] != latest:
+        series.append(latest)
 
     def point(p: tuple[int, float, float]) -> dict[str, Any]:
         return {"global_version": p[0], "f1": p[1], "accuracy": p[2]}

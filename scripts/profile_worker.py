@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 #: (part of the pipeline, substring of a stack), first match wins
@@ -70,23 +69,12 @@ def main() -> int:
     if not py_spy:
         sys.exit("py-spy is not installed: pip install -e '.[dev]'")
 
-    run = f"prof-{uuid.uuid4().hex[:6]}"
-    env = {
-        "FLEAD_APP_ID": run,
-        "FLEAD_TOPIC_READINGS": f"{run}-readings",
-        "FLEAD_TOPIC_ANOMALIES": f"{run}-anomalies",
-        "FLEAD_TOPIC_LOCAL_UPDATES": f"{run}-local",
-        "FLEAD_TOPIC_GLOBAL_UPDATES": f"{run}-global",
-        "FLEAD_TOPIC_DEAD_LETTER": f"{run}-dead",
-    }
-    os.environ.update(env)
-    from flead_app.bench import create_topics, processed
+    from flead_app.bench import create_topics, isolated_env, processed
     from flead_app.settings import load_settings
     from flead_app.simulate import SimOptions, simulate
     from flead_app.worker import WorkerProcess
 
-    settings = load_settings()
-    env["FLEAD_WEB_PORT"] = str(settings.web_port + 9)
+    env = isolated_env("prof", load_settings().web_port + 9)
     os.environ.update(env)
     settings = load_settings()
     asyncio.run(create_topics(settings, [v for k, v in env.items() if k.startswith("FLEAD_TOPIC_")]))
