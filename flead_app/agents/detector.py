@@ -24,6 +24,7 @@ import orjson
 
 from flead_app.agents import global_model
 from flead_app.agents.dead_letter import send_dead_letter
+from flead_app.agents.outbox import Outbox
 from flead_app.algorithms.detection import severity
 from flead_app.algorithms.device import (
     DeviceConfig,
@@ -61,6 +62,9 @@ counters: Counter[str] = Counter()
 waiting: dict[bytes, float] = {}
 #: devices the timer asked to train whose request the agent has not handled yet
 requested: set[bytes] = set()
+#: anomalies and local updates, remembered in the device's row until Kafka acknowledges them
+outbox = Outbox([anomalies_topic, local_updates_topic])
+ANOMALIES, LOCAL_UPDATES = anomalies_topic.get_topic_name(), local_updates_topic.get_topic_name()
 
 
 def anomaly_records(batch, scored, partition: int, z_threshold: float, z_critical: float) -> list[Anomaly]:  # noqa: ANN001
@@ -103,10 +107,12 @@ async def handle(event) -> None:  # noqa: ANN001 - a faust Event
     state = DeviceState.from_bytes(raw_state) if raw_state else DeviceState()
     if state.partition == msg.partition and msg.offset <= state.offset:
         counters["replays_skipped"] += 1
+        counters["outputs_resent"] += await outbox.resend(state.outbox, msg.partition, msg.offset)
         return
     # Event time (the record's Kafka timestamp), not the wall clock: a replay after a crash then
     # makes the same decisions and the same records, which the database deduplicates.
     now = event_time(msg)
+    outputs: list[tuple[str, bytes, bytes]] = []
     if batch.control != CONTROL_TRAIN:
         holdout = holdout_mask(batch.device_id, batch.timestamps, config.holdout_percent)
         phase = round_phase(batch.device_id, config)
@@ -115,7 +121,7 @@ async def handle(event) -> None:  # noqa: ANN001 - a faust Event
         counters["messages"] += 1
         for anomaly in anomaly_records(batch, scored, msg.partition, config.z_threshold, config.z_critical):
             counters["anomalies"] += 1
-            await anomalies_topic.send(key=key, value=anomaly.to_json())
+            outputs.append((ANOMALIES, key, anomaly.to_json()))
     if round_due(state, now, config, requested=batch.control == CONTROL_TRAIN):
         state, result = train_round(state, now, config, global_model.latest.params or INITIAL_GLOBAL)
         if result is not None:
@@ -132,8 +138,10 @@ async def handle(event) -> None:  # noqa: ANN001 - a faust Event
                 partition=msg.partition,
             )
             counters["local_updates"] += 1
-            await local_updates_topic.send(key=FLEET_KEY, value=update.to_json())
-    state = _with_position(state, msg.partition, msg.offset)
+            outputs.append((LOCAL_UPDATES, FLEET_KEY, update.to_json()))
+    sent = await outbox.send(msg.partition, msg.offset, outputs) if outputs else []
+    unacknowledged = outbox.keep(state.outbox, msg.partition) + tuple(sent) if (sent or state.outbox) else ()
+    state = replace(state, partition=msg.partition, offset=msg.offset, outbox=unacknowledged)
     device_state[key] = state.to_bytes()
     if batch.control == CONTROL_TRAIN:
         requested.discard(key)
@@ -141,10 +149,6 @@ async def handle(event) -> None:  # noqa: ANN001 - a faust Event
         waiting[key] = state.last_round_at
     else:
         waiting.pop(key, None)
-
-
-def _with_position(state: DeviceState, partition: int, offset: int) -> DeviceState:
-    return replace(state, partition=partition, offset=offset)
 
 
 @app.agent(readings_topic)

@@ -24,6 +24,7 @@ import orjson
 
 from flead_app.agents import global_model
 from flead_app.agents.dead_letter import send_dead_letter
+from flead_app.agents.outbox import Outbox
 from flead_app.algorithms.aggregation import aggregate, federated_step, weighted_accuracy
 from flead_app.algorithms.detection import NUM_FEATURES
 from flead_app.algorithms.sgd import LinearModel
@@ -39,6 +40,8 @@ RECENT_UPDATES = 1000  # (device, version) pairs remembered to drop redelivered 
 counters: Counter[str] = Counter()
 #: when the oldest buffered update arrived (None: buffer empty), for the flush timer
 oldest_buffered_at: float | None = None
+#: global models, remembered in the fleet row until Kafka acknowledges them
+outbox = Outbox([global_updates_topic])
 
 
 def federate(
@@ -114,7 +117,9 @@ async def handle(event) -> None:  # noqa: ANN001
     state = _load()
     if state["p"] == msg.partition and msg.offset <= state["o"]:
         counters["replays_skipped"] += 1
+        counters["outputs_resent"] += await outbox.resend(state.get("outbox", ()), msg.partition, msg.offset)
         return
+    unacknowledged = outbox.keep(state.get("outbox", ()), msg.partition)
     now = event_time(msg)
     buffer: list[dict] = state["buffer"]
     recent: list[str] = state.setdefault("recent", [])
@@ -151,13 +156,14 @@ async def handle(event) -> None:  # noqa: ANN001
         counters["global_models"] += 1
         if not full:
             counters["partial_flushes"] += 1
-        await global_updates_topic.send(key=FLEET_KEY, value=model.to_json())
+        records = [(global_updates_topic.get_topic_name(), FLEET_KEY, model.to_json())]
+        unacknowledged += tuple(await outbox.send(msg.partition, msg.offset, records))
         global_model.latest.offer(model)
         log.info(
             "global model v%d from %d updates of %d devices: accuracy %.3f",
             model.global_version, model.num_updates, model.num_devices, model.accuracy,
         )
-    state["p"], state["o"] = msg.partition, msg.offset
+    state["p"], state["o"], state["outbox"] = msg.partition, msg.offset, unacknowledged
     fedavg_state[FLEET_KEY] = orjson.dumps(state)
     oldest_buffered_at = state["first_at"] if state["buffer"] else None
 

@@ -90,6 +90,9 @@ class DeviceState:
     anomalies: int = 0
     partition: int = -1  # Kafka position of the last message applied, to skip replays
     offset: int = -1
+    #: outputs of recent messages whose sends are not acknowledged yet (flead_app.agents.outbox),
+    #: so a replay that skips their message can send them again
+    outbox: tuple = ()
 
     def to_bytes(self) -> bytes:
         s = self.detector.stats
@@ -117,6 +120,7 @@ class DeviceState:
                 "anomalies": self.anomalies,
                 "p": self.partition,
                 "o": self.offset,
+                "ob": self.outbox,
             },
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
@@ -142,6 +146,7 @@ class DeviceState:
             anomalies=int(d["anomalies"]),
             partition=int(d["p"]),
             offset=int(d["o"]),
+            outbox=tuple(tuple(e) for e in d.get("ob", ())),
         )
 
     def summary(self) -> dict:

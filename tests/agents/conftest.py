@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 
@@ -22,7 +24,7 @@ def faust_app():
 
 @pytest.fixture
 def sent(faust_app, monkeypatch):
-    """Every ``topic.send`` an agent makes, as (topic, key, value)."""
+    """Every ``topic.send`` an agent makes, as (topic, key, value); each send is acknowledged at once."""
     import flead_app.app as flead
 
     captured = Sent()
@@ -38,6 +40,9 @@ def sent(faust_app, monkeypatch):
 
         async def send(*, key=None, value=None, _name=name, **_):
             captured.append((_name, key, value))
+            ack = asyncio.get_running_loop().create_future()
+            ack.set_result(None)
+            return ack
 
         monkeypatch.setattr(topic, "send", send)
     return captured

@@ -123,3 +123,32 @@ def test_control_record_trains_a_quiet_device(faust_app, sent, monkeypatch):
 
     run(go())
     assert sent.of(SETTINGS.topic_local_updates), "the control record should trigger a round"
+
+
+def test_a_skipped_replay_sends_its_unacknowledged_outputs_again(faust_app, sent):
+    """After a crash the device's row can be ahead of the committed offset while an output of the
+    message it last applied never reached Kafka: the replay is skipped, and the row's outbox sends
+    that output again (consumers deduplicate it if it had arrived after all)."""
+    from flead_app.tables.device_state import device_state
+
+    readings = _readings("dev_r", 51, seed=9)
+
+    async def go():
+        async with detector.detect.test_context() as agent:
+            for r in readings[:50]:  # the 50th reading completes a round
+                await agent.put(r.to_json(), key=b"dev_r")
+            after_round = DeviceState.from_bytes(device_state[b"dev_r"])
+            updates_before = len(sent.of(SETTINGS.topic_local_updates))
+            agent.sent_offset = after_round.offset  # redeliver the round's message, as after a crash
+            await agent.put(readings[49].to_json(), key=b"dev_r")
+            replayed = sent.of(SETTINGS.topic_local_updates)[updates_before:]
+            await agent.put(readings[50].to_json(), key=b"dev_r")
+            return after_round, replayed, DeviceState.from_bytes(device_state[b"dev_r"])
+
+    after_round, replayed, later = run(go())
+    assert after_round.outbox and {o for o, *_ in after_round.outbox} == {after_round.offset}
+    updates = [LocalModelUpdate.from_json(v) for v in sent.of(SETTINGS.topic_local_updates)]
+    assert updates[0].model_version == 1
+    assert replayed == [sent.of(SETTINGS.topic_local_updates)[0]], "the same update, byte for byte"
+    assert later.readings == 51, "the replayed reading was not applied twice"
+    assert later.outbox == (), "acknowledged outputs leave the row"

@@ -54,7 +54,10 @@ def test_sigkill_and_restart_loses_nothing_and_duplicates_nothing(pipeline_env, 
                 q = select(func.count()).select_from(table).where(table.c.device_id.like(f"{run}-%"))
                 return conn.execute(q).scalar()
 
-        wait_for(lambda: count(local_models) >= rounds, 180, "every local round in the database")
+        def seen() -> str:
+            return f"{count(local_models)} of {rounds} local rounds stored; worker counters {restarted.stats()}"
+
+        wait_for(lambda: count(local_models) >= rounds, 180, "every local round in the database", seen)
         want = expected_anomalies(fleet)
         wait_for(lambda: count(anomalies) >= len(want), 60, "every anomaly in the database")
         time.sleep(3)  # anything duplicated would arrive now
