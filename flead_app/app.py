@@ -10,8 +10,8 @@ registers all of them.
 from __future__ import annotations
 
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from flead_app import faust_patches
 from flead_app.settings import kafka_client_options, load_settings
 
 settings = load_settings()
@@ -32,14 +32,7 @@ def _broker_credentials(options: dict) -> object | None:
     return faust.SSLCredentials(options["ssl_context"])
 
 
-def _idempotent_producer_settings(self) -> dict:  # noqa: ANN001 - a faust aiokafka Producer
-    """Faust's producer with idempotence on: a retried send (a lost acknowledgement under load)
-    must not write a record twice. Faust enables it only inside transactions (exactly-once)."""
-    return {**_faust_producer_extra(self), "acks": "all", "enable_idempotence": True}
-
-
-_faust_producer_extra = faust_aiokafka.Producer._settings_extra
-faust_aiokafka.Producer._settings_extra = _idempotent_producer_settings
+faust_patches.apply()  # idempotent producing; commits that never pass an offset in flight
 
 settings.worker_dir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
 app = faust.App(

@@ -16,10 +16,15 @@ counts: Counter[str] = Counter()
 
 async def send_dead_letter(event, reason: str) -> None:  # noqa: ANN001 - a faust Event
     msg = event.message
-    record = DeadLetter.build(msg.topic, msg.partition, msg.offset, reason, msg.key, event.value)
-    counts[msg.topic] += 1
-    if counts[msg.topic] <= 10 or counts[msg.topic] % 1000 == 0:
-        log.warning(
-            "dead letter #%d from %s[%d]@%d: %s", counts[msg.topic], msg.topic, msg.partition, msg.offset, reason
-        )
-    await dead_letter_topic.send(key=msg.key, value=record.to_json())
+    await send_dead_record(msg.topic, msg.partition, msg.offset, msg.key, event.value, reason)
+
+
+async def send_dead_record(
+    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, reason: str
+):  # noqa: ANN201 - returns the send's acknowledgement future
+    """Publish one bad record of ``topic`` with its reason; await the result to wait for Kafka's ack."""
+    record = DeadLetter.build(topic, partition, offset, reason, key, value)
+    counts[topic] += 1
+    if counts[topic] <= 10 or counts[topic] % 1000 == 0:
+        log.warning("dead letter #%d from %s[%d]@%d: %s", counts[topic], topic, partition, offset, reason)
+    return await dead_letter_topic.send(key=key, value=record.to_json())
