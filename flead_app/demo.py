@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.request
 
-from flead_app.kafka_util import consumer_lag
+from flead_app.kafka_util import consumer_lag, consuming_groups
 from flead_app.settings import load_settings
 from flead_app.worker import WorkerProcess
 
@@ -51,7 +51,8 @@ def _flead(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def drain(settings, timeout: float) -> bool:  # noqa: ANN001
-    """Wait until the worker has committed everything on its input topics; False on timeout."""
+    """Wait until the worker (its Faust agents and its sink) has committed everything on its input
+    topics; False on timeout."""
     topics = [
         settings.topic_readings,
         settings.topic_local_updates,
@@ -60,7 +61,11 @@ def drain(settings, timeout: float) -> bool:  # noqa: ANN001
     ]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lags = {t: asyncio.run(consumer_lag(settings.bootstrap_servers, settings.app_id, t)) for t in topics}
+        lags = {
+            f"{t} ({group})": asyncio.run(consumer_lag(settings.bootstrap_servers, group, t))
+            for t in topics
+            for group in consuming_groups(settings, t)
+        }
         if not any(lags.values()):
             return True
         print(f"flead demo: waiting for the worker to catch up: {lags}", flush=True)

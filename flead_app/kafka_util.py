@@ -111,3 +111,10 @@ async def consumer_lag(bootstrap: list[str], group: str, topic: str, **client_op
     finally:
         await consumer.stop()
         await admin.close()
+
+
+def consuming_groups(settings, topic: str) -> list[str]:  # noqa: ANN001 - flead_app.settings.Settings
+    """The consumer groups that read ``topic``: the Faust agents' and the database sink's."""
+    faust_topics = {settings.topic_readings, settings.topic_local_updates, settings.topic_global_updates}
+    sink_topics = {settings.topic_anomalies, settings.topic_local_updates, settings.topic_global_updates}
+    return [g for g, ts in ((settings.app_id, faust_topics), (settings.sink_group, sink_topics)) if topic in ts]

@@ -160,6 +160,11 @@ class Settings:
         return Path(self.home).resolve() if self.home else _home()
 
     @property
+    def sink_group(self) -> str:
+        """The database sink's consumer group (the Faust agents use ``app_id``)."""
+        return f"{self.app_id}-sink"
+
+    @property
     def worker_dir(self) -> Path:
         """This worker's local table files (RocksDB), one folder per app id and web port.
 

@@ -41,10 +41,6 @@ ROUTES: dict[str, tuple[Callable, str, str]] = {
 }
 
 
-def sink_group(app_id: str) -> str:
-    return f"{app_id}-sink"
-
-
 def database():  # noqa: ANN201 - returns flead_app.db.store.Database
     """The database, with its schema created on first use."""
     global _database
@@ -108,14 +104,14 @@ async def run_sink() -> None:
     consumer = AIOKafkaConsumer(
         *ROUTES,
         bootstrap_servers=settings.bootstrap_servers,
-        group_id=sink_group(settings.app_id),
+        group_id=settings.sink_group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
         **kafka_client_options(settings),
     )
     await consumer.start()
-    log.info("sink consuming %s as group %s", ", ".join(ROUTES), sink_group(settings.app_id))
+    log.info("sink consuming %s as group %s", ", ".join(ROUTES), settings.sink_group)
     try:
         while True:
             try:
