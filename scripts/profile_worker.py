@@ -2,7 +2,8 @@
 
 Fills fresh topics with the simulator, starts a worker on them, samples it with py-spy
 (``pip install -e .[dev]`` installs it) for ``--seconds`` and prints the share of samples per
-part of the pipeline. The raw py-spy samples (collapsed stacks) are kept for flame graphs.
+part of the pipeline. Only samples holding the GIL count (``--gil``): a worker is one core of
+Python, and a thread waiting on PostgreSQL or a socket costs it nothing. The raw py-spy samples (collapsed stacks) are kept for flame graphs.
 
     .venv/bin/python scripts/profile_worker.py --devices 2407 --batch 50 --fill-seconds 2
     .venv/bin/python scripts/profile_worker.py --devices 2407 --batch 1 --fill-seconds 2
@@ -34,7 +35,7 @@ PARTS = [
     ("detector: anomaly records", "anomaly_records"),
     ("detector: other (sends, bookkeeping)", "handle (flead_app/agents/detector.py"),
     ("FedAvg agent", "federated_averaging"),
-    ("sink agents (event loop)", "sink_"),
+    ("sink: consumer task (event loop)", "flead_app/agents/sink.py"),
     ("sink: database inserts (thread)", "_WorkItem.run"),
     ("Kafka producing (aiokafka sender, Faust buffer)", "sender.py"),
     ("Kafka producing (aiokafka sender, Faust buffer)", "faust/transport/producer.py"),
@@ -89,7 +90,7 @@ def main() -> int:
     try:
         t0, r0 = time.perf_counter(), processed(worker)
         cmd = [py_spy, "record", "-p", str(worker.proc.pid), "-d", str(int(args.seconds)), "-r", "50",
-               "-f", "raw", "-o", str(raw), "--nonblocking"]  # fmt: skip
+               "-f", "raw", "-o", str(raw), "--nonblocking", "--gil"]  # fmt: skip
         subprocess.run(cmd, check=True, capture_output=True)
         rate = (processed(worker) - r0) / (time.perf_counter() - t0)
     finally:
