@@ -132,6 +132,9 @@ class Settings:
     # --- worker ------------------------------------------------------------------------
     store: str = field(default="rocksdb://", metadata={"help": "Faust table store (rocksdb:// or memory://)"})
     web_port: int = field(default=6066, metadata={"help": "Faust worker web port (live page /dashboard)"})
+    event_loop: str = field(
+        default="uvloop", metadata={"help": "Worker event loop: uvloop (~20% more single-reading messages/s) or aio"}
+    )
     sink_batch: int = field(default=500, metadata={"help": "Rows per database insert"})
     # --- database (TimescaleDB policies; plain PostgreSQL keeps everything) ---------------
     retention_days: int = field(default=30, metadata={"help": "TimescaleDB drops chunks older than this"})
@@ -228,6 +231,8 @@ def load_settings() -> Settings:
         raise ValueError(f"FLEAD_PARTITIONS must be a multiple of 4, got {values['partitions']}")
     if values["aggregator"] not in {"fedavg", "median", "trimmed_mean"}:
         raise ValueError(f"FLEAD_AGGREGATOR must be fedavg, median or trimmed_mean, got {values['aggregator']!r}")
+    if values["event_loop"] not in {"uvloop", "aio"}:
+        raise ValueError(f"FLEAD_EVENT_LOOP must be uvloop or aio, got {values['event_loop']!r}")
     if not 0.0 < values["prior_anomaly_rate"] < 1.0:
         raise ValueError(f"FLEAD_PRIOR_ANOMALY_RATE must lie in (0, 1), got {values['prior_anomaly_rate']}")
     return Settings(**values)

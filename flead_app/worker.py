@@ -59,6 +59,8 @@ def worker_command(settings: Settings, loglevel: str = "info") -> list[str]:
         "faust",
         "-A",
         "flead_app.app",
+        "--loop",
+        settings.event_loop,
         "worker",
         "--loglevel",
         loglevel,

@@ -3,7 +3,8 @@
 Fills fresh topics with the simulator, starts a worker on them, samples it with py-spy
 (``pip install -e .[dev]`` installs it) for ``--seconds`` and prints the share of samples per
 part of the pipeline. Only samples holding the GIL count (``--gil``): a worker is one core of
-Python, and a thread waiting on PostgreSQL or a socket costs it nothing. The raw py-spy samples (collapsed stacks) are kept for flame graphs.
+Python, and a thread waiting on PostgreSQL or a socket costs it nothing. The raw py-spy
+samples (collapsed stacks) are kept for flame graphs.
 
     .venv/bin/python scripts/profile_worker.py --devices 2407 --batch 50 --fill-seconds 2
     .venv/bin/python scripts/profile_worker.py --devices 2407 --batch 1 --fill-seconds 2

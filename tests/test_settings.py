@@ -29,6 +29,19 @@ def test_environment_overrides_and_validation(monkeypatch, tmp_path):
         load_settings()
 
 
+def test_the_worker_runs_on_the_chosen_event_loop(monkeypatch, tmp_path):
+    from flead_app.worker import worker_command
+
+    monkeypatch.setenv("FLEAD_HOME", str(tmp_path))
+    cmd = worker_command(load_settings())
+    assert cmd[cmd.index("--loop") + 1] == "uvloop" and cmd.index("--loop") < cmd.index("worker")
+    monkeypatch.setenv("FLEAD_EVENT_LOOP", "aio")
+    assert "aio" in worker_command(load_settings())
+    monkeypatch.setenv("FLEAD_EVENT_LOOP", "trio")
+    with pytest.raises(ValueError, match="FLEAD_EVENT_LOOP"):
+        load_settings()
+
+
 def test_secrets_are_masked(monkeypatch, tmp_path):
     monkeypatch.setenv("FLEAD_HOME", str(tmp_path))
     monkeypatch.setenv("FLEAD_DB_URL", "postgresql://flead:s3cret@db:5432/flead")
