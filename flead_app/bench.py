@@ -74,6 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=50, help="readings per message for the batched runs (default 50)")
     p.add_argument("--no-single", action="store_true", help="skip the single-reading run (2,407 devices)")
     p.add_argument("--latency-seconds", type=float, default=10.0, help="steady-state phase for latency")
+    p.add_argument(
+        "--latency-load", type=float, default=LATENCY_LOAD, help="latency phase rate, as a share of the measured rate"
+    )
     p.add_argument("--json", dest="json_path", default=None, help="write the results here")
     p.set_defaults(func=run)
 
@@ -274,7 +277,9 @@ def measure_pipeline(worker: WorkerProcess, settings: Settings, devices: int, ba
     return (statistics.median(windows) if windows else 0.0), elapsed, summary
 
 
-def bench_one(base: Settings, devices: int, batch: int, duration: float, latency_s: float) -> BenchResult:
+def bench_one(
+    base: Settings, devices: int, batch: int, duration: float, latency_s: float, latency_load: float = LATENCY_LOAD
+) -> BenchResult:
     """One fleet size and message shape, on fresh topics and a fresh worker."""
     from flead_app.simulate import SimOptions, simulate
 
@@ -303,7 +308,7 @@ def bench_one(base: Settings, devices: int, batch: int, duration: float, latency
             # steady state at a share of the measured rate, then production -> anomaly record latency
             time.sleep(SETTLE_S)
             since_ms = int(time.time() * 1000)
-            latency_rate = max(pipeline * LATENCY_LOAD, 100.0)
+            latency_rate = max(pipeline * latency_load, 100.0)
             # the same seed: the same devices with the same behaviour (another seed gives every device
             # new levels, and a detector that knows the old ones flags most readings as anomalies)
             steady = SimOptions(devices=devices, rate=latency_rate * 60.0, batch=batch, seconds=latency_s, seed=1)
@@ -398,7 +403,7 @@ def run(args: argparse.Namespace) -> int:
     for devices, batch in plan:
         print(f"- {devices:,} devices, {batch} reading(s) per message", flush=True)
         try:
-            results.append(bench_one(base, devices, batch, args.duration, args.latency_seconds))
+            results.append(bench_one(base, devices, batch, args.duration, args.latency_seconds, args.latency_load))
         except Exception as err:  # keep the other sizes
             print(f"  failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
             results.append(replace(_failed(devices, batch), notes=[f"{type(err).__name__}: {err}"]))

@@ -21,6 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 import orjson
+from faust.exceptions import NotReady
 
 from flead_app.agents import global_model
 from flead_app.agents.dead_letter import send_dead_letter
@@ -181,7 +182,11 @@ async def request_rounds(waited_s: float, reason: str = "quiet") -> int:
     for key in due:
         requested.add(key)  # one request in flight per device, even while the agent lags behind
         control = orjson.dumps({"device_id": key.decode("utf-8", "replace"), "control": CONTROL_TRAIN})
-        await readings_topic.send(key=key, value=control)
+        try:
+            await readings_topic.send(key=key, value=control)
+        except NotReady:  # the worker is stopping (a timer tick can land after the producer stopped)
+            requested.discard(key)
+            return 0
     if due:
         counters[f"{reason}_rounds_requested"] += len(due)
     return len(due)
