@@ -43,7 +43,7 @@ PARTS = [
     ("Kafka fetching", "Fetcher"),
     ("Kafka fetching", "aiokafka/consumer"),
     ("Faust streams, agents, acks", "faust/"),
-    ("asyncio event loop, select", ""),
+    ("event loop, callbacks (uvloop)", ""),
 ]
 
 
