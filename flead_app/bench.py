@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flead_app.kafka_util import assign_all_partitions, consumer_lag, consuming_groups
+from flead_app.kafka_util import assign_all_partitions, pipeline_lags
 from flead_app.kafka_util import create_topics as kafka_create_topics
 from flead_app.models import InvalidRecord, parse_readings, parse_timestamp
 from flead_app.settings import Settings, kafka_client_options, load_settings
@@ -191,10 +191,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def wait_caught_up(settings: Settings, topics: list[str], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    pairs = [(group, t) for t in topics for group in consuming_groups(settings, t)]
     while time.monotonic() < deadline:
-        lags = [asyncio.run(consumer_lag(settings.bootstrap_servers, group, t)) for group, t in pairs]
-        if not any(lags):
+        if not any(pipeline_lags(settings, topics).values()):
             return True
         time.sleep(0.5)
     return False

@@ -12,7 +12,6 @@ ends with ``flead report``: the held-out F1 by version shows whether the fleet l
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
@@ -22,7 +21,7 @@ import sys
 import time
 import urllib.request
 
-from flead_app.kafka_util import consumer_lag, consuming_groups
+from flead_app.kafka_util import pipeline_lags
 from flead_app.settings import load_settings
 from flead_app.worker import WorkerProcess
 
@@ -61,11 +60,7 @@ def drain(settings, timeout: float) -> bool:  # noqa: ANN001
     ]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lags = {
-            f"{t} ({group})": asyncio.run(consumer_lag(settings.bootstrap_servers, group, t))
-            for t in topics
-            for group in consuming_groups(settings, t)
-        }
+        lags = pipeline_lags(settings, topics)
         if not any(lags.values()):
             return True
         print(f"flead demo: waiting for the worker to catch up: {lags}", flush=True)

@@ -118,3 +118,12 @@ def consuming_groups(settings, topic: str) -> list[str]:  # noqa: ANN001 - flead
     faust_topics = {settings.topic_readings, settings.topic_local_updates, settings.topic_global_updates}
     sink_topics = {settings.topic_anomalies, settings.topic_local_updates, settings.topic_global_updates}
     return [g for g, ts in ((settings.app_id, faust_topics), (settings.sink_group, sink_topics)) if topic in ts]
+
+
+def pipeline_lags(settings, topics: list[str]) -> dict[str, int]:  # noqa: ANN001 - Settings
+    """Uncommitted records per ``"topic (group)"``, for every group that reads each topic."""
+    return {
+        f"{t} ({group})": asyncio.run(consumer_lag(settings.bootstrap_servers, group, t))
+        for t in topics
+        for group in consuming_groups(settings, t)
+    }

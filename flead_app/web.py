@@ -22,6 +22,8 @@ def worker_stats() -> dict:
         "fedavg": dict(fedavg.counters),
         "sink": dict(sink.counters),
         "dead_letters": dict(dead_letter.counts),
+        # outputs Kafka refused for good; their rows keep them, so a replay would send them again
+        "outputs_never_acknowledged": detector.outbox.failed + fedavg.outbox.failed,
         "global_version": global_model.latest.version,
         "global_accuracy": global_model.latest.accuracy,
         "partition_leaders": {str(k): v for k, v in sorted(global_model.partition_leaders.items())},

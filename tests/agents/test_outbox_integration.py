@@ -58,8 +58,10 @@ def test_restarted_worker_sends_an_unacknowledged_output_again(pipeline_env, mon
     worker = WorkerProcess(settings, env=pipeline_env, name="outbox").start()
     try:
         wait_for(lambda: worker.stats()["detector"].get("outputs_resent", 0) >= 1, 60, "the outbox to be sent")
-        counters = worker.stats()["detector"]
+        stats = worker.stats()
+        counters = stats["detector"]
         assert counters.get("replays_skipped") == 1 and counters.get("readings", 0) == 0
+        assert stats["outputs_never_acknowledged"] == 0
         raw = asyncio.run(consume_all(settings.bootstrap_servers, settings.topic_local_updates, 1))
         assert raw == [update], "the remembered update, byte for byte, exactly once"
         engine = create_engine(settings.db_url)
