@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flead_app.kafka_util import assign_all_partitions, pipeline_lags
-from flead_app.kafka_util import create_topics as kafka_create_topics
+from flead_app.io.kafka import assign_all_partitions, pipeline_lags
+from flead_app.io.kafka import create_topics as kafka_create_topics
 from flead_app.models import InvalidRecord, parse_readings, parse_timestamp
 from flead_app.settings import Settings, kafka_client_options, load_settings
 from flead_app.worker import WorkerProcess

@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.request
 
-from flead_app.kafka_util import pipeline_lags
+from flead_app.io.kafka import pipeline_lags
 from flead_app.settings import load_settings
 from flead_app.worker import WorkerProcess
 
@@ -100,8 +100,8 @@ def evaluate_trend(settings) -> None:  # noqa: ANN001
     readings with Spark, so the report can compare versions on the same data."""
     from sqlalchemy import func, select
 
-    from flead_app.db.schema import federated_models
-    from flead_app.db.store import Database
+    from flead_app.io.db.schema import federated_models
+    from flead_app.io.db.store import Database
 
     db = Database(settings.db_url)
     try:

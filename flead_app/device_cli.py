@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def latest_anomalies(db_url: str, device_id: str, limit: int) -> list[dict]:
     from sqlalchemy import create_engine, select
 
-    from flead_app.db.schema import anomalies
+    from flead_app.io.db.schema import anomalies
 
     engine = create_engine(db_url)
     try:

@@ -239,7 +239,7 @@ def _backend(conn: Any) -> str:
 
 def collect_database(db: Any, now: datetime | None = None) -> dict[str, Any]:
     """Every database section of the report (no Kafka)."""
-    from flead_app.db.schema import anomalies, evaluation_summaries, federated_models, local_models
+    from flead_app.io.db.schema import anomalies, evaluation_summaries, federated_models, local_models
 
     out: dict[str, Any] = {"counts": db.count_rows()}
     with db.engine.connect() as conn:
@@ -371,7 +371,7 @@ def _evaluation(conn: Any, t: Any) -> dict[str, Any] | None:
 
 
 def latest_snapshot(db: Any) -> tuple[datetime | None, list[dict[str, Any]]]:
-    from flead_app.db.schema import kafka_traffic as kt
+    from flead_app.io.db.schema import kafka_traffic as kt
 
     with db.engine.connect() as conn:
         at = conn.execute(select(func.max(kt.c.measured_at))).scalar()
@@ -386,7 +386,7 @@ def latest_snapshot(db: Any) -> tuple[datetime | None, list[dict[str, Any]]]:
 
 def collect_kafka(db: Any, settings: Any, measure: bool = True, timeout_s: float = 15.0) -> dict[str, Any]:
     """Measure now and store the snapshot; else (or on failure) the newest stored snapshot."""
-    from flead_app.db.traffic import KafkaUnreachable, measure_now, summarize
+    from flead_app.io.traffic import KafkaUnreachable, measure_now, summarize
 
     note = None
     if measure:
@@ -438,8 +438,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from sqlalchemy import exc as sa_exc
 
-    from flead_app.db.retry import describe_error
-    from flead_app.db.store import Database, DatabaseUnreachable
+    from flead_app.io.db.retry import describe_error
+    from flead_app.io.db.store import Database, DatabaseUnreachable
     from flead_app.settings import load_settings
 
     settings = load_settings()
@@ -468,7 +468,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _tables_present(db: Any) -> dict[str, bool]:
-    from flead_app.db.schema import metadata
+    from flead_app.io.db.schema import metadata
 
     with db.engine.connect() as conn:
         present = set(conn.execute(

@@ -35,7 +35,7 @@ def prepare_changelog_topics(settings: Settings, timeout: float = 60.0) -> list[
     """
     import asyncio
 
-    from flead_app.kafka_util import create_topics, wait_topics_known
+    from flead_app.io.kafka import create_topics, wait_topics_known
     from flead_app.settings import kafka_client_options
 
     names = [f"{settings.app_id}-{table}-changelog" for table in TABLES]

@@ -20,7 +20,7 @@ flead simulate --csv "$csv" --rate 0 --batch 10
 "$(dirname "$(command -v flead)")/python" - <<PY
 import time
 from sqlalchemy import text
-from flead_app.db.store import Database
+from flead_app.io.db.store import Database
 from flead_app.settings import load_settings
 
 quiet, deadline = float("${QUIET_S:-30}"), time.monotonic() + float("${MAX_WAIT_S:-900}")

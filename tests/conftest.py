@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from flead_app.kafka_util import create_topics as kafka_create_topics
+from flead_app.io.kafka import create_topics as kafka_create_topics
 from flead_app.settings import load_settings
 
 

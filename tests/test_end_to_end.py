@@ -16,12 +16,12 @@ import pytest
 from sqlalchemy import create_engine
 
 from flead_app.dashboard.queries import PANELS, run_all_queries
-from flead_app.db.store import sqlalchemy_url
+from flead_app.io.db.store import sqlalchemy_url
 from flead_app.settings import load_settings
 from flead_app.simulate import SimOptions, simulate
 from flead_app.worker import WorkerProcess
 from tests.agents.test_pipeline_integration import wait_for
-from tests.db.conftest import url_with_schema
+from tests.io.conftest import url_with_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 

@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from flead_app.kafka_util import assign_all_partitions
+from flead_app.io.kafka import assign_all_partitions
 from flead_app.models import parse_readings
 from flead_app.settings import kafka_client_options, load_settings
 from flead_app.simulate import SimOptions, partition_of, simulate

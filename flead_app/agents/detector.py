@@ -38,7 +38,7 @@ from flead_app.algorithms.device import (
 )
 from flead_app.algorithms.holdout import holdout_mask
 from flead_app.app import anomalies_topic, app, local_updates_topic, readings_topic, settings
-from flead_app.kafka_util import event_time
+from flead_app.io.kafka import event_time
 from flead_app.models import (
     CONTROL_TRAIN,
     Anomaly,

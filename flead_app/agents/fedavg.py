@@ -29,7 +29,7 @@ from flead_app.algorithms.aggregation import aggregate, federated_step, weighted
 from flead_app.algorithms.detection import NUM_FEATURES
 from flead_app.algorithms.sgd import LinearModel
 from flead_app.app import app, global_updates_topic, local_updates_topic, settings
-from flead_app.kafka_util import event_time
+from flead_app.io.kafka import event_time
 from flead_app.models import GlobalModel, InvalidRecord, LocalModelUpdate, format_timestamp, utc_now_iso
 from flead_app.tables.fedavg_state import FLEET_KEY, fedavg_state
 

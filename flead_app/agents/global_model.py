@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from flead_app.algorithms.device import GlobalParams
 from flead_app.app import app, settings
-from flead_app.kafka_util import assign_all_partitions
+from flead_app.io.kafka import assign_all_partitions
 from flead_app.models import GlobalModel, InvalidRecord
 from flead_app.settings import kafka_client_options
 

@@ -28,7 +28,7 @@ from flead_app.settings import kafka_client_options
 
 log = logging.getLogger(__name__)
 counters: Counter[str] = Counter()
-_database = None  # flead_app.db.store.Database, opened on first use
+_database = None  # flead_app.io.db.store.Database, opened on first use
 BATCH_WAIT_MS = 1000
 #: the database may be down for a long time; the sink must not be thrown out of its group meanwhile
 MAX_POLL_INTERVAL_MS = 60 * 60 * 1000
@@ -41,10 +41,10 @@ ROUTES: dict[str, tuple[Callable, str, str]] = {
 }
 
 
-def database():  # noqa: ANN201 - returns flead_app.db.store.Database
+def database():  # noqa: ANN201 - returns flead_app.io.db.store.Database
     """The database, with its schema created on first use."""
     global _database
-    from flead_app.db.store import Database, write_with_retry
+    from flead_app.io.db.store import Database, write_with_retry
 
     if _database is None:
         if not settings.db_url:
@@ -71,7 +71,7 @@ async def persist(topic: str, records: list) -> None:  # aiokafka ConsumerRecord
         await asyncio.gather(*dead)  # acknowledged before the offset moves past them
     if not rows:
         return
-    from flead_app.db.retry import write_with_retry_async
+    from flead_app.io.db.retry import write_with_retry_async
 
     db = await asyncio.get_running_loop().run_in_executor(None, database)
     inserted = await write_with_retry_async(getattr(db, insert_name), rows, what=insert_name)

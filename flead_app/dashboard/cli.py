@@ -52,7 +52,7 @@ def run_query(args: argparse.Namespace) -> int:
 
     from flead_app.dashboard.page import jsonable, parse_range
     from flead_app.dashboard.queries import PANELS, run_all_queries
-    from flead_app.db.store import sqlalchemy_url
+    from flead_app.io.db.store import sqlalchemy_url
     from flead_app.settings import load_settings
 
     url = load_settings().db_url

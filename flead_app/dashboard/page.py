@@ -28,7 +28,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
 from flead_app.dashboard.queries import DEFAULT_RANGE_S, PANELS, collect
-from flead_app.db.store import sqlalchemy_url
+from flead_app.io.db.store import sqlalchemy_url
 from flead_app.settings import load_settings, redact_url
 
 log = logging.getLogger(__name__)

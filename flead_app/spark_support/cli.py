@@ -130,7 +130,7 @@ def cmd_jars(args: argparse.Namespace) -> int:
 
 
 def cmd_analytics(args: argparse.Namespace) -> int:
-    from flead_app.db.store import Database
+    from flead_app.io.db.store import Database
     from flead_app.settings import load_settings
     from flead_app.spark_support.analytics import resolve_window
     from flead_app.spark_support.jars import SparkSetupError
@@ -169,7 +169,7 @@ def cmd_analytics(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from flead_app.db.store import Database
+    from flead_app.io.db.store import Database
     from flead_app.settings import load_settings
     from flead_app.spark_support.dbio import count_pending
     from flead_app.spark_support.jars import SparkSetupError
@@ -210,7 +210,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from flead_app.db.store import Database
+    from flead_app.io.db.store import Database
     from flead_app.settings import load_settings
     from flead_app.spark_support.dbio import count_pending
     from flead_app.spark_support.schedule import ScheduleConfig, Scheduler
@@ -244,7 +244,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from flead_app.db.store import Database
+    from flead_app.io.db.store import Database
     from flead_app.settings import load_settings
     from flead_app.spark_support.summary import evaluation_summary
 

@@ -1,4 +1,4 @@
-"""What the Spark jobs read from and write to PostgreSQL, through ``flead_app.db.store.Database``.
+"""What the Spark jobs read from and write to PostgreSQL, through ``flead_app.io.db.store.Database``.
 
 Results are recomputed as a whole, so every write is ``replace_rows``: one analytics window, or
 one (model_kind, model_version) evaluation, is deleted and inserted in one transaction. For an
@@ -14,8 +14,8 @@ import numpy as np
 from sqlalchemy import and_, func, select
 
 from flead_app.algorithms.detection import NUM_FEATURES
-from flead_app.db.schema import evaluation_summaries, federated_models
-from flead_app.db.store import Database
+from flead_app.io.db.schema import evaluation_summaries, federated_models
+from flead_app.io.db.store import Database
 from flead_app.spark_support.analytics import Window
 from flead_app.spark_support.evaluation import KIND_GLOBAL, SPLIT_POOLED, GlobalVersion, RunResult
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from flead_app.algorithms.device import DeviceConfig
 from flead_app.algorithms.sgd import LinearModel
-from flead_app.db.store import Database
+from flead_app.io.db.store import Database
 from flead_app.settings import Settings
 from flead_app.spark_support import analytics as an
 from flead_app.spark_support import dbio

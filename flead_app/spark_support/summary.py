@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import inspect, select
 from sqlalchemy.engine import Engine
 
-from flead_app.db.schema import evaluation_summaries
+from flead_app.io.db.schema import evaluation_summaries
 from flead_app.spark_support.evaluation import (
     KIND_CENTRAL,
     KIND_GLOBAL,

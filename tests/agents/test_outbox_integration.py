@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, select
 
 from flead_app.algorithms.detection import NUM_FEATURES
 from flead_app.algorithms.device import DeviceState
-from flead_app.db.schema import local_models
+from flead_app.io.db.schema import local_models
 from flead_app.models import LocalModelUpdate, Reading
 from flead_app.settings import load_settings
 from flead_app.worker import WorkerProcess, prepare_changelog_topics

@@ -14,8 +14,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import create_engine, func, select
 
 from flead_app.algorithms.detection import DetectorState, score_batch
-from flead_app.db.schema import anomalies, federated_models, local_models
-from flead_app.kafka_util import assign_all_partitions
+from flead_app.io.db.schema import anomalies, federated_models, local_models
+from flead_app.io.kafka import assign_all_partitions
 from flead_app.models import Reading, encode_batch, format_timestamp
 from flead_app.settings import load_settings
 from flead_app.worker import WorkerProcess

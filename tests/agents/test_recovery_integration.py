@@ -10,7 +10,7 @@ import orjson
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from flead_app.db.schema import anomalies, federated_models, local_models
+from flead_app.io.db.schema import anomalies, federated_models, local_models
 from flead_app.settings import load_settings
 from flead_app.worker import WorkerProcess
 from tests.agents.test_pipeline_integration import (

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from flead_app.db.store import Database, sqlalchemy_url
+from flead_app.io.db.store import Database, sqlalchemy_url
 from flead_app.models import Anomaly, GlobalModel, LocalModelUpdate
 from flead_app.settings import load_settings
 

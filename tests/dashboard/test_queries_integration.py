@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 def results(sample_db, make_schema):
     from sqlalchemy import create_engine
 
-    from flead_app.db.store import sqlalchemy_url
+    from flead_app.io.db.store import sqlalchemy_url
 
     url, expected = sample_db
     engine = create_engine(sqlalchemy_url(url))

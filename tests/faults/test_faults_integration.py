@@ -13,7 +13,7 @@ import orjson
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from flead_app.db.schema import anomalies, local_models
+from flead_app.io.db.schema import anomalies, local_models
 from flead_app.settings import load_settings
 from flead_app.stack.postgres import installed_versions
 from flead_app.worker import WorkerProcess, fetch_json

@@ -20,7 +20,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 
-from flead_app.db.store import Database
+from flead_app.io.db.store import Database
 from flead_app.settings import load_settings
 from flead_app.spark_support import dbio
 from flead_app.spark_support.analytics import Window

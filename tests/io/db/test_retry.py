@@ -10,7 +10,7 @@ import threading
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from flead_app.db.retry import (
+from flead_app.io.db.retry import (
     WriteAborted,
     backoff_delays,
     describe_error,
@@ -56,7 +56,7 @@ def test_retries_until_written_and_returns_the_result(caplog):
             raise operational()
         return len(rows)
 
-    with caplog.at_level(logging.WARNING, logger="flead_app.db.retry"):
+    with caplog.at_level(logging.WARNING, logger="flead_app.io.db.retry"):
         assert write_with_retry(flaky, [1, 2, 3], base_delay=0.01, max_delay=0.02) == 3
     assert len(calls) == 3
     assert sum("retrying in" in r.getMessage() for r in caplog.records) == 2  # once per failed attempt

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from flead_app.db.rows import anomaly_row, global_model_row, local_model_row, parse_time
-from flead_app.db.schema import anomalies, federated_models, local_models
+from flead_app.io.db.rows import anomaly_row, global_model_row, local_model_row, parse_time
+from flead_app.io.db.schema import anomalies, federated_models, local_models
 
 
 def test_parse_time_spellings_of_utc_are_equal():

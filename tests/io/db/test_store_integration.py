@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from flead_app.db.store import Database, DatabaseUnreachable, write_with_retry
+from flead_app.io.db.store import Database, DatabaseUnreachable, write_with_retry
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ def closed_port_url(url: str) -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    from flead_app.db.store import sqlalchemy_url
+    from flead_app.io.db.store import sqlalchemy_url
 
     return sqlalchemy_url(url).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
 

@@ -194,7 +194,7 @@ async def _fresh_topics_with_traffic(settings, produce: dict[str, tuple[int, int
 
     from aiokafka import AIOKafkaProducer
 
-    from flead_app.kafka_util import create_topics
+    from flead_app.io.kafka import create_topics
 
     await create_topics(settings.bootstrap_servers, list(produce), 2, settings.replication_factor)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
@@ -256,7 +256,7 @@ def test_report_measures_kafka_and_stores_a_snapshot(stack, db, db_url, monkeypa
 
 @pytest.mark.integration
 def test_report_fails_clearly_without_a_database(base_db_url):
-    from flead_app.db.store import sqlalchemy_url
+    from flead_app.io.db.store import sqlalchemy_url
 
     url = sqlalchemy_url(base_db_url).set(host="127.0.0.1", port=closed_port()).render_as_string(hide_password=False)
     done = run_report(url, "--json", "--no-kafka")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import UniqueConstraint
 
-from flead_app.db import timescale
-from flead_app.db.schema import TIME_COLUMNS, metadata
+from flead_app.io.db import timescale
+from flead_app.io.db.schema import TIME_COLUMNS, metadata
 
 
 def test_every_time_series_table_has_compression_settings():

@@ -22,10 +22,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from flead_app.db import timescale
-from flead_app.db.retry import WriteAborted, describe_error, write_with_retry, write_with_retry_async
-from flead_app.db.rows import anomaly_row, global_model_row, local_model_row
-from flead_app.db.schema import metadata
+from flead_app.io.db import timescale
+from flead_app.io.db.retry import WriteAborted, describe_error, write_with_retry, write_with_retry_async
+from flead_app.io.db.rows import anomaly_row, global_model_row, local_model_row
+from flead_app.io.db.schema import metadata
 from flead_app.models import Anomaly, GlobalModel, LocalModelUpdate
 from flead_app.settings import redact_url
 

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from flead_app.db.traffic import (
+from flead_app.io.traffic import (
     DescribeLogDirsRequest,
     DescribeLogDirsRequest_v1,
     DescribeLogDirsResponse_v1,
@@ -143,7 +143,7 @@ def test_an_unreachable_cluster_is_reported_not_hung():
     import socket
     import time
 
-    from flead_app.db.traffic import KafkaUnreachable
+    from flead_app.io.traffic import KafkaUnreachable
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

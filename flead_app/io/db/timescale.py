@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flead_app.db.schema import TIME_COLUMNS
+from flead_app.io.db.schema import TIME_COLUMNS
 
 
 @dataclass(frozen=True)

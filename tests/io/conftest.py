@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import create_engine, text
 
-from flead_app.db.store import Database, sqlalchemy_url
+from flead_app.io.db.store import Database, sqlalchemy_url
 from flead_app.models import Anomaly, GlobalModel, LocalModelUpdate
 from flead_app.settings import load_settings
 
