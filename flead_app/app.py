@@ -1,10 +1,13 @@
 """The Faust application: ``faust -A flead_app.app worker`` runs every FLEAD agent.
 
+This module is a leaf of the worker: it makes the app, its topics and the worker's runtime
+(``flead_app.runtime``), and imports no agent. Faust finds the agents, tables and web views by
+scanning the modules named in ``autodiscover`` when a worker (or ``faust ... tables``) starts,
+as its guide to project layout recommends; tests import the agent modules they exercise.
+
 Topics carry raw bytes (``value_serializer="raw"``): readings are validated by
 ``flead_app.models.parse_readings`` on the hot path, which is several times cheaper than
 Faust's Record codec, and bad bytes become dead-letter records instead of codec crashes.
-Tables live in ``flead_app.tables`` and agents in ``flead_app.agents``; importing this module
-registers all of them.
 """
 
 from __future__ import annotations
@@ -12,17 +15,20 @@ from __future__ import annotations
 import faust
 
 from flead_app import faust_patches
-from flead_app.settings import kafka_client_options, load_settings
+from flead_app.io.kafka import kafka_client_options
+from flead_app.runtime import WorkerRuntime
+from flead_app.settings import Settings, load_settings
 
-settings = load_settings()
+#: the modules Faust scans for agents, tables, timers and web views
+DISCOVER = ["flead_app.tables", "flead_app.agents", "flead_app.web"]
 
 
-def _broker_credentials(options: dict) -> object | None:
+def broker_credentials(settings: Settings) -> object | None:
     """Faust takes security settings as a credentials object; None for PLAINTEXT."""
+    options = kafka_client_options(settings)
     if not options:
         return None
-    proto = settings.kafka_security_protocol.upper()
-    if proto.startswith("SASL"):
+    if settings.kafka_security_protocol.upper().startswith("SASL"):
         return faust.SASLCredentials(
             username=settings.kafka_sasl_username,
             password=settings.kafka_sasl_password,
@@ -32,31 +38,38 @@ def _broker_credentials(options: dict) -> object | None:
     return faust.SSLCredentials(options["ssl_context"])
 
 
-faust_patches.apply()  # idempotent producing; commits that never pass an offset in flight
+def create_app(settings: Settings) -> faust.App:
+    """The Faust app for ``settings``, with FLEAD's corrections to Faust installed."""
+    faust_patches.apply()  # idempotent producing; commits that never pass an offset in flight
+    settings.worker_dir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    return faust.App(
+        settings.app_id,
+        origin="flead_app",
+        autodiscover=DISCOVER,
+        broker=settings.broker_url,
+        broker_credentials=broker_credentials(settings),
+        store=settings.store,
+        datadir=str(settings.worker_dir),
+        topic_replication_factor=settings.replication_factor,
+        topic_partitions=settings.partitions,
+        topic_allow_declare=True,
+        key_serializer="raw",
+        value_serializer="raw",
+        producer_acks=-1,
+        producer_linger_ms=5,
+        consumer_auto_offset_reset="earliest",
+        web_port=settings.web_port,
+        web_host="127.0.0.1",
+        table_cleanup_interval=30.0,
+        broker_commit_every=5000,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=16384,
+    )
 
-settings.worker_dir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
-app = faust.App(
-    settings.app_id,
-    broker=settings.broker_url,
-    broker_credentials=_broker_credentials(kafka_client_options(settings)),
-    store=settings.store,
-    datadir=str(settings.worker_dir),
-    topic_replication_factor=settings.replication_factor,
-    topic_partitions=settings.partitions,
-    topic_allow_declare=True,
-    key_serializer="raw",
-    value_serializer="raw",
-    producer_acks=-1,
-    producer_linger_ms=5,
-    consumer_auto_offset_reset="earliest",
-    web_port=settings.web_port,
-    web_host="127.0.0.1",
-    autodiscover=False,
-    table_cleanup_interval=30.0,
-    broker_commit_every=5000,
-    broker_commit_interval=1.0,
-    stream_buffer_maxsize=16384,
-)
+
+settings = load_settings()
+app = create_app(settings)
+runtime = WorkerRuntime()
 
 readings_topic = app.topic(settings.topic_readings, partitions=settings.partitions)
 anomalies_topic = app.topic(settings.topic_anomalies, partitions=settings.partitions)
@@ -64,11 +77,3 @@ local_updates_topic = app.topic(settings.topic_local_updates, partitions=setting
 global_updates_topic = app.topic(settings.topic_global_updates, partitions=settings.partitions)
 dead_letter_topic = app.topic(settings.topic_dead_letter, partitions=settings.partitions)
 
-# Registering tables, agents and web views needs ``app``; imported last on purpose.
-import flead_app.tables  # noqa: E402,F401,I001
-import flead_app.agents.dead_letter  # noqa: E402,F401
-import flead_app.agents.global_model  # noqa: E402,F401
-import flead_app.agents.detector  # noqa: E402,F401
-import flead_app.agents.fedavg  # noqa: E402,F401
-import flead_app.agents.sink  # noqa: E402,F401
-import flead_app.web  # noqa: E402,F401

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
+from flead_app.io import kafka
 from flead_app.io.kafka import assign_all_partitions, pipeline_lags
-from flead_app.io.kafka import create_topics as kafka_create_topics
 from flead_app.models import InvalidRecord, parse_readings, parse_timestamp
-from flead_app.settings import Settings, kafka_client_options, load_settings
+from flead_app.settings import Settings, load_settings, setting_env
 from flead_app.worker import WorkerProcess
 
 DEFAULT_SIZES = (2407, 24070, 240700)
@@ -88,14 +88,7 @@ async def bare_consume(
     settings: Settings, topic: str, expect_messages: int, timeout: float = 600.0
 ) -> tuple[int, float]:
     """The ceiling: read ``topic`` from the start with aiokafka and decode every message."""
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-    )
+    consumer = kafka.consumer(settings, auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024)
     await consumer.start()
     try:
         await assign_all_partitions(consumer, topic)
@@ -144,9 +137,8 @@ async def anomaly_latencies(settings: Settings, since_ms: int) -> list[float]:
     The message's timestamp, not the reading's own: a batch's first reading is older than the
     message that carries it, and that wait is the device's, not the pipeline's.
     """
-    from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+    consumer = kafka.consumer(settings)
     await consumer.start()
     try:
         produced: dict[tuple[str, int], int] = {}
@@ -166,13 +158,6 @@ async def anomaly_latencies(settings: Settings, since_ms: int) -> list[float]:
         return out
     finally:
         await consumer.stop()
-
-
-async def create_topics(settings: Settings, names: list[str]) -> None:
-    await kafka_create_topics(
-        settings.bootstrap_servers, names, settings.partitions, settings.replication_factor,
-        **kafka_client_options(settings),
-    )  # fmt: skip
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -198,18 +183,30 @@ def wait_caught_up(settings: Settings, topics: list[str], timeout: float) -> boo
     return False
 
 
-def isolated_env(prefix: str, web_port: int) -> dict[str, str]:
-    """Settings for a worker of its own: a fresh app id (consumer group, tables) and topics."""
+def isolated(base: Settings, prefix: str, web_port: int) -> tuple[Settings, dict[str, str]]:
+    """Settings for a worker of its own (a fresh app id: consumer groups and tables; fresh topics),
+    and the environment that hands them to the worker process."""
     run = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    return {
-        "FLEAD_APP_ID": run,
-        "FLEAD_TOPIC_READINGS": f"{run}-readings",
-        "FLEAD_TOPIC_ANOMALIES": f"{run}-anomalies",
-        "FLEAD_TOPIC_LOCAL_UPDATES": f"{run}-local",
-        "FLEAD_TOPIC_GLOBAL_UPDATES": f"{run}-global",
-        "FLEAD_TOPIC_DEAD_LETTER": f"{run}-dead",
-        "FLEAD_WEB_PORT": str(web_port),
+    overrides = {
+        "app_id": run,
+        "topic_readings": f"{run}-readings",
+        "topic_anomalies": f"{run}-anomalies",
+        "topic_local_updates": f"{run}-local",
+        "topic_global_updates": f"{run}-global",
+        "topic_dead_letter": f"{run}-dead",
+        "web_port": web_port,
     }
+    return replace(base, **overrides), setting_env(**overrides)
+
+
+def topics_of(settings: Settings) -> list[str]:
+    return [
+        settings.topic_readings,
+        settings.topic_anomalies,
+        settings.topic_local_updates,
+        settings.topic_global_updates,
+        settings.topic_dead_letter,
+    ]
 
 
 #: how far (in messages) the simulator may run ahead of the worker while throughput is measured
@@ -281,77 +278,71 @@ def bench_one(
     """One fleet size and message shape, on fresh topics and a fresh worker."""
     from flead_app.simulate import SimOptions, simulate
 
-    env = isolated_env("bench", base.web_port + 7)
-    os.environ.update(env)
-    settings = load_settings()
+    settings, env = isolated(base, "bench", base.web_port + 7)
     notes: list[str] = []
+    asyncio.run(kafka.create_topics(settings, topics_of(settings)))
+    worker = WorkerProcess(settings, env=env, name=f"bench-{devices}-{batch}")
+    worker.start()
     try:
-        asyncio.run(create_topics(settings, [v for k, v in env.items() if k.startswith("FLEAD_TOPIC_")]))
-        worker = WorkerProcess(settings, env=env, name=f"bench-{devices}-{batch}")
-        worker.start()
-        try:
-            pipeline, elapsed, summary = measure_pipeline(worker, settings, devices, batch, duration)
-            produced = summary.readings
-            print(f"  pipeline: {pipeline:,.0f} readings/s over {elapsed:.0f} s ({produced:,} readings)", flush=True)
-            if not wait_processed(worker, produced, max(300.0, duration * 5)):
-                notes.append("the worker did not process every reading within the drain timeout")
-            topics = [settings.topic_readings, settings.topic_local_updates, settings.topic_anomalies]
-            if not wait_caught_up(settings, topics, 300):
-                notes.append("the worker did not reach zero lag on every topic within 300 s")
-            stats = worker.stats()
-            local = stats["detector"].get("local_updates", 0)
-            # models per reading, at the measured reading rate
-            models_per_minute = local / produced * pipeline * 60.0 if produced else 0.0
+        pipeline, elapsed, summary = measure_pipeline(worker, settings, devices, batch, duration)
+        produced = summary.readings
+        print(f"  pipeline: {pipeline:,.0f} readings/s over {elapsed:.0f} s ({produced:,} readings)", flush=True)
+        if not wait_processed(worker, produced, max(300.0, duration * 5)):
+            notes.append("the worker did not process every reading within the drain timeout")
+        topics = [settings.topic_readings, settings.topic_local_updates, settings.topic_anomalies]
+        if not wait_caught_up(settings, topics, 300):
+            notes.append("the worker did not reach zero lag on every topic within 300 s")
+        stats = worker.stats()
+        local = stats["detector"].get("local_updates", 0)
+        # models per reading, at the measured reading rate
+        models_per_minute = local / produced * pipeline * 60.0 if produced else 0.0
 
-            # steady state at a share of the measured rate, then production -> anomaly record latency
-            time.sleep(SETTLE_S)
-            since_ms = int(time.time() * 1000)
-            latency_rate = max(pipeline * latency_load, 100.0)
-            # the same seed: the same devices with the same behaviour (another seed gives every device
-            # new levels, and a detector that knows the old ones flags most readings as anomalies)
-            steady = SimOptions(devices=devices, rate=latency_rate * 60.0, batch=batch, seconds=latency_s, seed=1)
-            steady_summary = asyncio.run(simulate(settings, steady, progress=None))
-            wait_processed(worker, produced + steady_summary.readings, 120)
-            wait_caught_up(settings, [settings.topic_readings, settings.topic_anomalies], 120)
-            lat = asyncio.run(anomaly_latencies(settings, since_ms))
-            stats = worker.stats()
-            rss = peak_rss_mb(worker.proc.pid) if worker.proc else None
-        finally:
-            worker.stop()
-
-        messages = summary.messages + steady_summary.messages
-        passes = [asyncio.run(bare_consume(settings, settings.topic_readings, messages)) for _ in range(CEILING_PASSES)]
-        readings = passes[0][0]
-        ceiling = statistics.median(r / sec if sec else 0.0 for r, sec in passes)
-        print(f"  ceiling (bare aiokafka consumer + decode, {readings:,} readings): {ceiling:,.0f} readings/s")
-        print(f"  ratio: {pipeline / ceiling if ceiling else 0:.1%} of the ceiling", flush=True)
-        det, fed = stats.get("detector", {}), stats.get("fedavg", {})
-        aggregations = fed.get("global_models", 0)
-        fed_ms = fed.get("aggregate_seconds_total")
-        return BenchResult(
-            devices=devices,
-            batch=batch,
-            readings=summary.readings,
-            messages=summary.messages,
-            produce_seconds=round(summary.seconds, 2),
-            ceiling_readings_per_s=round(ceiling, 1),
-            pipeline_readings_per_s=round(pipeline, 1),
-            ratio_to_ceiling=round(pipeline / ceiling, 3) if ceiling else 0.0,
-            local_models=local,
-            local_models_per_minute=round(models_per_minute, 1),
-            global_models=aggregations,
-            anomalies=det.get("anomalies", 0),
-            latency_rate_per_s=round(latency_rate, 1),
-            anomaly_latency_ms_p50=percentile(lat, 50),
-            anomaly_latency_ms_p99=percentile(lat, 99),
-            latency_samples=len(lat),
-            fedavg_ms_per_aggregation=(1000.0 * fed_ms / aggregations) if fed_ms and aggregations else None,
-            worker_peak_rss_mb=round(rss, 1) if rss else None,
-            notes=notes,
-        )
+        # steady state at a share of the measured rate, then production -> anomaly record latency
+        time.sleep(SETTLE_S)
+        since_ms = int(time.time() * 1000)
+        latency_rate = max(pipeline * latency_load, 100.0)
+        # the same seed: the same devices with the same behaviour (another seed gives every device
+        # new levels, and a detector that knows the old ones flags most readings as anomalies)
+        steady = SimOptions(devices=devices, rate=latency_rate * 60.0, batch=batch, seconds=latency_s, seed=1)
+        steady_summary = asyncio.run(simulate(settings, steady, progress=None))
+        wait_processed(worker, produced + steady_summary.readings, 120)
+        wait_caught_up(settings, [settings.topic_readings, settings.topic_anomalies], 120)
+        lat = asyncio.run(anomaly_latencies(settings, since_ms))
+        stats = worker.stats()
+        rss = peak_rss_mb(worker.proc.pid) if worker.proc else None
     finally:
-        for key in env:
-            os.environ.pop(key, None)
+        worker.stop()
+
+    messages = summary.messages + steady_summary.messages
+    passes = [asyncio.run(bare_consume(settings, settings.topic_readings, messages)) for _ in range(CEILING_PASSES)]
+    readings = passes[0][0]
+    ceiling = statistics.median(r / sec if sec else 0.0 for r, sec in passes)
+    print(f"  ceiling (bare aiokafka consumer + decode, {readings:,} readings): {ceiling:,.0f} readings/s")
+    print(f"  ratio: {pipeline / ceiling if ceiling else 0:.1%} of the ceiling", flush=True)
+    det, fed = stats.get("detector", {}), stats.get("fedavg", {})
+    aggregations = fed.get("global_models", 0)
+    fed_ms = fed.get("aggregate_seconds_total")
+    return BenchResult(
+        devices=devices,
+        batch=batch,
+        readings=summary.readings,
+        messages=summary.messages,
+        produce_seconds=round(summary.seconds, 2),
+        ceiling_readings_per_s=round(ceiling, 1),
+        pipeline_readings_per_s=round(pipeline, 1),
+        ratio_to_ceiling=round(pipeline / ceiling, 3) if ceiling else 0.0,
+        local_models=local,
+        local_models_per_minute=round(models_per_minute, 1),
+        global_models=aggregations,
+        anomalies=det.get("anomalies", 0),
+        latency_rate_per_s=round(latency_rate, 1),
+        anomaly_latency_ms_p50=percentile(lat, 50),
+        anomaly_latency_ms_p99=percentile(lat, 99),
+        latency_samples=len(lat),
+        fedavg_ms_per_aggregation=(1000.0 * fed_ms / aggregations) if fed_ms and aggregations else None,
+        worker_peak_rss_mb=round(rss, 1) if rss else None,
+        notes=notes,
+    )
 
 
 def machine() -> dict:

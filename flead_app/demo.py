@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -103,7 +102,7 @@ def evaluate_trend(settings) -> None:  # noqa: ANN001
     from flead_app.io.db.schema import federated_models
     from flead_app.io.db.store import Database
 
-    db = Database(settings.db_url)
+    db = Database.from_settings(settings)
     try:
         with db.engine.connect() as conn:
             versions = conn.execute(select(func.count(func.distinct(federated_models.c.global_version)))).scalar_one()
@@ -168,6 +167,6 @@ def run(args: argparse.Namespace) -> int:
         evaluate_trend(settings)
     print("\nflead demo: report\n", flush=True)
     _flead("report", check=False)
-    if not args.keep_running and os.environ.get("FLEAD_DEMO_KEEP_STACK") != "1":
+    if not args.keep_running and not settings.demo_keep_stack:
         _flead("stack", "down", check=False)
     return 0

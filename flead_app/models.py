@@ -34,6 +34,8 @@ _READING_KEYS = frozenset({"device_id", "timestamp", "value", "label"})
 _BATCH_KEYS = frozenset({"device_id", "timestamps", "values", "labels"})
 _CONTROL_KEYS = frozenset({"device_id", "control"})
 CONTROL_TRAIN = "train"
+#: the key of every record on local-model-updates: they reach one partition, in order, and the FedAvg agent there
+FLEET_KEY = b"fleet"
 
 
 class InvalidRecord(ValueError):
@@ -229,6 +231,8 @@ class Anomaly(_JsonRecord):
     timestamp: str
     detected_at: str = ""
     label: int | None = None
+    probability: float | None = None  # the model's probability of an anomaly for this reading
+    rule: str = "zrule"  # the rule that raised the alarm: "zrule" or "model"
 
     def validate(self) -> None:
         _check_device_id(self.device_id)
@@ -236,6 +240,10 @@ class Anomaly(_JsonRecord):
         _check_value(self.z_score)
         if self.severity not in ("warning", "critical"):
             raise InvalidRecord(f"severity must be warning or critical, got {self.severity!r}")
+        if self.rule not in ("zrule", "model"):
+            raise InvalidRecord(f"rule must be zrule or model, got {self.rule!r}")
+        if self.probability is not None and not 0.0 <= _check_value(self.probability) <= 1.0:
+            raise InvalidRecord("probability must lie in [0, 1]")
         parse_timestamp(self.timestamp)
 
 

@@ -446,7 +446,7 @@ def run(args: argparse.Namespace) -> int:
     if not settings.db_url:
         print("flead report: no database configured: run `flead stack up` or set FLEAD_DB_URL", file=sys.stderr)
         return 2
-    db = Database(settings.db_url, connect_timeout_s=5)
+    db = Database.from_settings(settings, connect_timeout_s=5)
     try:
         db.ping()
         if not all(_tables_present(db).values()):

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "FLEAD_"
+DB_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+PG_CLUSTER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
+MAX_KAFKA_PORT = 65535 - 10000 - 9  # controllers listen 10000 above the brokers, up to 9 nodes
 
 
 WORKERS_DIR = "workers"
@@ -57,11 +61,34 @@ def _env(name: str, default: Any) -> Any:
         return default
     if isinstance(default, bool):
         return raw.strip().lower() in {"1", "true", "yes", "on"}
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
+    try:
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        kind = "a whole number" if isinstance(default, int) else "a number"
+        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be {kind}, got {raw!r}") from None
     return raw
+
+
+def setting_env(**values: Any) -> dict[str, str]:
+    """The ``FLEAD_`` variables that give a child process these settings.
+
+    Commands that start workers or simulators hand their settings over this way (the child reads
+    them with ``load_settings``); nothing here changes this process's own environment.
+
+    >>> setting_env(app_id="bench-1", fedavg_timeout_s=3600.0, demo_keep_stack=True)
+    {'FLEAD_APP_ID': 'bench-1', 'FLEAD_FEDAVG_TIMEOUT_S': '3600.0', 'FLEAD_DEMO_KEEP_STACK': '1'}
+    """
+    known = {f.name for f in _settable()}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown settings: {sorted(unknown)}")
+    out = {}
+    for name, value in values.items():
+        out[ENV_PREFIX + name.upper()] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    return out
 
 
 @dataclass(frozen=True)
@@ -78,6 +105,22 @@ class Settings:
     partitions: int = field(default=8, metadata={"help": "Partitions per topic (a multiple of 4)"})
     db_url: str = field(
         default="", metadata={"help": "SQLAlchemy URL of PostgreSQL; default: the database `flead stack up` made"}
+    )
+    db_name: str = field(
+        default="flead", metadata={"help": "Database the local stack creates on its PostgreSQL server"}
+    )
+    pg_cluster: str = field(
+        default="main", metadata={"help": "Debian PostgreSQL cluster the local stack uses (created if missing)"}
+    )
+    kafka_port: int = field(
+        default=29092,
+        metadata={"help": "First client port of the local Kafka cluster (brokers PORT.., controllers PORT+10000..)"},
+    )
+    kafka_cache: str = field(
+        default="", metadata={"help": "Folder of the Kafka jars; default ~/.cache/flead/kafka-<version>"}
+    )
+    spark_jars: str = field(
+        default="", metadata={"help": "Folder of Spark's extra jars; default ~/.cache/flead/spark-jars-<version>"}
     )
     # --- topics -----------------------------------------------------------------------
     topic_readings: str = field(default="edge-iiot-stream", metadata={"help": "Raw readings, key = device_id"})
@@ -110,6 +153,13 @@ class Settings:
             "help": "Anomaly base rate the initial model (global version 0) predicts: its bias is the "
             "log-odds of this; the local-only baseline starts there too"
         },
+    )
+    alarm_rule: str = field(
+        default="zrule",
+        metadata={"help": "Which rule raises alarms: zrule (|z| above the threshold) or model (its probability)"},
+    )
+    alarm_probability: float = field(
+        default=0.5, metadata={"help": "The model rule alarms at or above this probability"}
     )
     holdout_percent: float = field(
         default=20.0, metadata={"help": "Share of readings (stable hash) no model trains on: the evaluation set"}
@@ -155,6 +205,11 @@ class Settings:
     spark_master: str = field(default="local[*]", metadata={"help": "Spark master URL"})
     eval_sample_rows: int = field(
         default=2000, metadata={"help": "Per-sample model_evaluations rows kept per evaluated model version"}
+    )
+    demo_keep_stack: bool = field(default=False, metadata={"help": "`flead demo` leaves the stack running"})
+    # --- derived (not read from the environment) -------------------------------------------
+    db_url_given: bool = field(
+        default=False, metadata={"derived": True, "help": "FLEAD_DB_URL was set: a database the stack does not run"}
     )
 
     # ---------------------------------------------------------------------------------
@@ -209,16 +264,19 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
+def _settable() -> list:
+    """The fields read from ``FLEAD_`` variables (derived ones are computed by ``load_settings``)."""
+    return [f for f in fields(Settings) if not f.metadata.get("derived")]
+
+
 def documented_settings() -> list[Setting]:
-    return [
-        Setting(ENV_PREFIX + f.name.upper(), str(f.default), f.metadata.get("help", ""))
-        for f in fields(Settings)
-    ]
+    return [Setting(ENV_PREFIX + f.name.upper(), str(f.default), f.metadata.get("help", "")) for f in _settable()]
 
 
 def load_settings() -> Settings:
     """Read the environment (and the running stack's state file) into a ``Settings``."""
-    values = {f.name: _env(f.name, f.default) for f in fields(Settings)}
+    values = {f.name: _env(f.name, f.default) for f in _settable()}
+    values["db_url_given"] = bool(values["db_url"])
     state = read_stack_state()
     if not values["kafka_bootstrap"]:
         values["kafka_bootstrap"] = state.get("bootstrap", "localhost:29092")
@@ -231,30 +289,21 @@ def load_settings() -> Settings:
         raise ValueError(f"FLEAD_PARTITIONS must be a multiple of 4, got {values['partitions']}")
     if values["aggregator"] not in {"fedavg", "median", "trimmed_mean"}:
         raise ValueError(f"FLEAD_AGGREGATOR must be fedavg, median or trimmed_mean, got {values['aggregator']!r}")
+    if values["alarm_rule"] not in {"zrule", "model"}:
+        raise ValueError(f"FLEAD_ALARM_RULE must be zrule or model, got {values['alarm_rule']!r}")
     if values["event_loop"] not in {"uvloop", "aio"}:
         raise ValueError(f"FLEAD_EVENT_LOOP must be uvloop or aio, got {values['event_loop']!r}")
+    if not DB_NAME_RE.match(values["db_name"]):
+        raise ValueError(
+            f"FLEAD_DB_NAME={values['db_name']!r} is not a plain database name (lower-case letters, digits, _)"
+        )
+    if not PG_CLUSTER_RE.match(values["pg_cluster"]):
+        raise ValueError(f"FLEAD_PG_CLUSTER={values['pg_cluster']!r} is not a cluster name")
+    if not 1024 <= values["kafka_port"] <= MAX_KAFKA_PORT:
+        raise ValueError(
+            f"FLEAD_KAFKA_PORT={values['kafka_port']} is out of range: the stack needs PORT..PORT+9 and "
+            f"PORT+10000.. free, below 65536"
+        )
     if not 0.0 < values["prior_anomaly_rate"] < 1.0:
         raise ValueError(f"FLEAD_PRIOR_ANOMALY_RATE must lie in (0, 1), got {values['prior_anomaly_rate']}")
     return Settings(**values)
-
-
-def kafka_client_options(settings: Settings) -> dict[str, Any]:
-    """Security options for aiokafka clients (empty for PLAINTEXT)."""
-    opts: dict[str, Any] = {}
-    proto = settings.kafka_security_protocol.upper()
-    if proto == "PLAINTEXT":
-        return opts
-    opts["security_protocol"] = proto
-    if proto.startswith("SASL"):
-        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        opts["sasl_plain_username"] = settings.kafka_sasl_username
-        opts["sasl_plain_password"] = settings.kafka_sasl_password
-    if proto.endswith("SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        opts["ssl_context"] = create_ssl_context(
-            cafile=settings.kafka_ssl_cafile or None,
-            certfile=settings.kafka_ssl_certfile or None,
-            keyfile=settings.kafka_ssl_keyfile or None,
-        )
-    return opts

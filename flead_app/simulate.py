@@ -39,7 +39,7 @@ import orjson
 
 from flead_app.fleet import DEFAULT_ANOMALY_RATE, WARMUP_READINGS, Fleet, Readings, empty_readings, message_starts
 from flead_app.models import encode_batch
-from flead_app.settings import Settings, kafka_client_options, load_settings
+from flead_app.settings import Settings, load_settings
 
 PROGRESS_EVERY_S = 2.0
 MAX_CHUNK_READINGS = 5_000  # readings generated, encoded and queued per step of the loop
@@ -373,9 +373,9 @@ async def simulate(
     settings: Settings, opts: SimOptions, progress: IO[str] | None = sys.stderr, stop: asyncio.Event | None = None
 ) -> Summary:
     """Produce readings until ``--count``/``--seconds``/the end of the CSV/``stop``; return the summary."""
-    from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
-    from aiokafka.structs import TopicPartition
+
+    from flead_app.io import kafka
 
     if opts.batch < 1:
         raise ValueError("--batch must be at least 1")
@@ -395,15 +395,8 @@ async def simulate(
         skipped_rows=data.skipped if data is not None else 0,
         skipped_examples=data.skipped_examples if data is not None else [],
     )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        compression_type=None,
-        max_batch_size=131072,
-        client_id="flead-simulate",
-        **kafka_client_options(settings),
+    producer = kafka.producer(
+        settings, bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=131072, client_id="flead-simulate"
     )
     await producer.start()
     try:
@@ -414,10 +407,9 @@ async def simulate(
                 "`flead stack up` creates it (auto-creation is off)"
             )
         summary.partitions = len(partitions)
-        cluster = producer.client.cluster
 
-        def leaders() -> dict[int, Any]:
-            return {p: cluster.leader_for_partition(TopicPartition(topic, p)) for p in partitions}
+        def leaders() -> dict[int, int]:
+            return kafka.leaders_from_metadata(producer.client.cluster, topic)
 
         keys = [d.encode() for d in source.device_ids]
         part_of = np.array([partition_of(k, partitions) for k in keys], np.int64)

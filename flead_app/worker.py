@@ -36,15 +36,11 @@ def prepare_changelog_topics(settings: Settings, timeout: float = 60.0) -> list[
     import asyncio
 
     from flead_app.io.kafka import create_topics, wait_topics_known
-    from flead_app.settings import kafka_client_options
 
     names = [f"{settings.app_id}-{table}-changelog" for table in TABLES]
 
     async def go() -> None:
-        await create_topics(
-            settings.bootstrap_servers, names, settings.partitions, settings.replication_factor,
-            configs={"cleanup.policy": "compact"}, **kafka_client_options(settings),
-        )  # fmt: skip
+        await create_topics(settings, names, configs={"cleanup.policy": "compact"})
         if settings.kafka_security_protocol.upper() == "PLAINTEXT":
             await wait_topics_known(settings.bootstrap_servers, names, settings.partitions, timeout)
 

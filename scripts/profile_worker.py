@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
 import shutil
 import subprocess
 import sys
@@ -71,15 +70,15 @@ def main() -> int:
     if not py_spy:
         sys.exit("py-spy is not installed: pip install -e '.[dev]'")
 
-    from flead_app.bench import create_topics, isolated_env, processed
+    from flead_app.bench import isolated, processed, topics_of
+    from flead_app.io.kafka import create_topics
     from flead_app.settings import load_settings
     from flead_app.simulate import SimOptions, simulate
     from flead_app.worker import WorkerProcess
 
-    env = isolated_env("prof", load_settings().web_port + 9)
-    os.environ.update(env)
-    settings = load_settings()
-    asyncio.run(create_topics(settings, [v for k, v in env.items() if k.startswith("FLEAD_TOPIC_")]))
+    base = load_settings()
+    settings, env = isolated(base, "prof", base.web_port + 9)
+    asyncio.run(create_topics(settings, topics_of(settings)))
     opts = SimOptions(devices=args.devices, rate=0, batch=args.batch, seconds=args.fill_seconds, seed=1)
     summary = asyncio.run(simulate(settings, opts, progress=None))
     print(f"backlog: {summary.readings:,} readings in {summary.messages:,} messages", flush=True)

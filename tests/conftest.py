@@ -24,7 +24,7 @@ def unique(prefix: str) -> str:
 
 def create_topics(names: list[str], partitions: int | None = None) -> None:
     s = load_settings()
-    asyncio.run(kafka_create_topics(s.bootstrap_servers, names, partitions or s.partitions, s.replication_factor))
+    asyncio.run(kafka_create_topics(s, names, partitions or s.partitions))
 
 
 @pytest.fixture(scope="session")

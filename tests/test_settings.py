@@ -1,6 +1,7 @@
 import pytest
 
-from flead_app.settings import documented_settings, kafka_client_options, load_settings, redact_url
+from flead_app.io.kafka import kafka_client_options
+from flead_app.settings import documented_settings, load_settings, redact_url
 
 
 def test_defaults_come_from_the_description(monkeypatch, tmp_path):

@@ -19,9 +19,9 @@ from collections import Counter, defaultdict
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from flead_app.io.kafka import assign_all_partitions
+from flead_app.io.kafka import assign_all_partitions, kafka_client_options
 from flead_app.models import parse_readings
-from flead_app.settings import kafka_client_options, load_settings
+from flead_app.settings import load_settings
 from flead_app.simulate import SimOptions, partition_of, simulate
 from tests.conftest import create_topics, unique
 

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
+from flead_app.io.kafka import broker_metadata
 from flead_app.settings import load_settings
-from flead_app.stack.kafka import broker_metadata
 from flead_app.worker import TABLES, prepare_changelog_topics
 from tests.conftest import unique
 

@@ -1,5 +1,5 @@
-"""Faust agents, one module each: detector, federated averaging, sink, global-model follower.
+"""Faust agents and tasks, one module each: detector, federated averaging, global-model follower, sink.
 
-``flead_app.app`` imports them all; import ``flead_app.app`` (not this package) to get a
-fully registered application.
+Each is a thin shell around the pure core (``flead_app.algorithms``): load, call once, send,
+store. Faust finds them when a worker starts (``flead_app.app.DISCOVER``).
 """

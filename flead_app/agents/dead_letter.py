@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections import Counter
 
-from flead_app.app import dead_letter_topic
+from flead_app.app import dead_letter_topic, runtime
 from flead_app.models import DeadLetter
 
 log = logging.getLogger(__name__)
 
 #: dead letters sent by this worker, by source topic (shown on /flead/stats)
-counts: Counter[str] = Counter()
+counts = runtime.stats.counter("dead_letters")
 
 
-async def send_dead_letter(event, reason: str) -> None:  # noqa: ANN001 - a faust Event
+async def send_dead_letter(event, reason: str) -> asyncio.Future:  # noqa: ANN001 - a faust Event
     msg = event.message
-    await send_dead_record(msg.topic, msg.partition, msg.offset, msg.key, event.value, reason)
+    return await send_dead_record(msg.topic, msg.partition, msg.offset, msg.key, event.value, reason)
 
 
 async def send_dead_record(
     topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, reason: str
-):  # noqa: ANN201 - returns the send's acknowledgement future
+) -> asyncio.Future:
     """Publish one bad record of ``topic`` with its reason; await the result to wait for Kafka's ack."""
     record = DeadLetter.build(topic, partition, offset, reason, key, value)
     counts[topic] += 1

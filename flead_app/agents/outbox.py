@@ -19,26 +19,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import partial
 
-log = logging.getLogger(__name__)
+from flead_app.tables.rows import OutboxEntry as Entry
 
-#: one output of one source message: (source offset, topic name, key, value)
-Entry = tuple[int, str, str, str]
+log = logging.getLogger(__name__)
 
 
 class Outbox:
     """Sends a message's outputs and knows which of them are not acknowledged yet."""
 
-    def __init__(self, topics: Iterable) -> None:  # faust topics
+    def __init__(self, topics: Iterable, counters: Counter[str]) -> None:  # faust topics
         self.topics = {t.get_topic_name(): t for t in topics}
         self._unacked: dict[tuple[int, int], int] = {}  # (partition, source offset) -> sends in flight
-        self.failed = 0
-        self.resent = 0
+        self.counters = counters  # counts "outputs_never_acknowledged" for /flead/stats
 
     async def send(self, partition: int, offset: int, records: Sequence[tuple[str, bytes, bytes]]) -> list[Entry]:
         """Send ``(topic name, key, value)`` records for the message at ``partition``/``offset``."""
+        if not records:
+            return []
         futures = [await self.topics[name].send(key=key, value=value) for name, key, value in records]
         self.track(partition, offset, futures)
         return [(offset, name, key.decode("latin-1"), value.decode("latin-1")) for name, key, value in records]
@@ -46,9 +47,7 @@ class Outbox:
     async def resend(self, entries: Iterable[Entry], partition: int, offset: int) -> int:
         """Send again the entries of the skipped message at ``offset``; how many were sent."""
         mine = [(name, k.encode("latin-1"), v.encode("latin-1")) for o, name, k, v in entries if o == offset]
-        if mine:
-            await self.send(partition, offset, mine)
-            self.resent += len(mine)
+        await self.send(partition, offset, mine)
         return len(mine)
 
     def track(self, partition: int, offset: int, futures: Sequence[asyncio.Future]) -> None:
@@ -62,7 +61,7 @@ class Outbox:
     def _done(self, slot: tuple[int, int], fut: asyncio.Future) -> None:
         if fut.cancelled() or fut.exception() is not None:
             # stays unacknowledged, so the row keeps the entry and a replay would send it again
-            self.failed += 1
+            self.counters["outputs_never_acknowledged"] += 1
             log.error("output of %s never acknowledged: %s", slot, "cancelled" if fut.cancelled() else fut.exception())
             return
         left = self._unacked[slot] - 1

@@ -1,8 +1,9 @@
 """Aggregating local models into a global one: FedAvg and two robust alternatives.
 
-Modelled on Flower's ``aggregate.py``: small functions over arrays. Every aggregator takes
-the stacked parameter vectors (weights followed by bias, one row per update) and per-update
-weights (samples, discounted for staleness) and returns one parameter vector.
+Modelled on Flower: the math is small functions over arrays (its ``aggregate.py``), and an
+aggregator is an object holding its options that calls them (its strategies): ``FedAvg``,
+``CoordinateMedian``, ``TrimmedMean``, each with ``combine(params, samples, staleness)`` over
+the stacked parameter vectors (weights followed by bias, one row per update).
 
 Staleness: an update that started from global version g while the current version is G has
 staleness s = G - g. As in buffered asynchronous FL (FedBuff), its weight is
@@ -18,19 +19,29 @@ description's worked example), since the weights sum to one.
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+from typing import ClassVar
 
-AGGREGATORS = ("fedavg", "median", "trimmed_mean")
+import numpy as np
 
 
 def staleness_weights(samples: np.ndarray, staleness: np.ndarray, exponent: float = 0.5) -> np.ndarray:
+    """samples / (1 + staleness) ** exponent.
+
+    >>> staleness_weights(np.array([100, 100]), np.array([0, 3])).tolist()
+    [100.0, 50.0]
+    """
     samples = np.asarray(samples, dtype=np.float64)
     staleness = np.maximum(np.asarray(staleness, dtype=np.float64), 0.0)
     return samples / np.power(1.0 + staleness, exponent)
 
 
 def weighted_average(params: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """FedAvg: sum_k w_k * params_k / sum_k w_k."""
+    """FedAvg: sum_k w_k * params_k / sum_k w_k.
+
+    >>> weighted_average(np.array([[1.0], [3.0]]), np.array([1, 3])).tolist()
+    [2.5]
+    """
     params = np.asarray(params, dtype=np.float64)
     weights = np.asarray(weights, dtype=np.float64)
     total = weights.sum()
@@ -40,7 +51,11 @@ def weighted_average(params: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def coordinate_median(params: np.ndarray) -> np.ndarray:
-    """Coordinate-wise median: robust to up to half the updates being arbitrary."""
+    """Coordinate-wise median: robust to up to half the updates being arbitrary.
+
+    >>> coordinate_median(np.array([[1.0], [2.0], [100.0]])).tolist()
+    [2.0]
+    """
     params = np.asarray(params, dtype=np.float64)
     if params.shape[0] == 0:
         raise ValueError("coordinate_median needs at least one update")
@@ -48,7 +63,11 @@ def coordinate_median(params: np.ndarray) -> np.ndarray:
 
 
 def trimmed_mean(params: np.ndarray, trim_ratio: float = 0.1) -> np.ndarray:
-    """Coordinate-wise mean after dropping the ``trim_ratio`` smallest and largest values."""
+    """Coordinate-wise mean after dropping the ``trim_ratio`` smallest and largest values.
+
+    >>> trimmed_mean(np.array([[-100.0], [1.0], [3.0], [100.0]]), 0.25).tolist()
+    [2.0]
+    """
     params = np.asarray(params, dtype=np.float64)
     n = params.shape[0]
     if n == 0:
@@ -60,24 +79,67 @@ def trimmed_mean(params: np.ndarray, trim_ratio: float = 0.1) -> np.ndarray:
     return ordered[cut : n - cut].mean(axis=0)
 
 
-def aggregate(
-    params: np.ndarray,
-    samples: np.ndarray,
-    staleness: np.ndarray | None = None,
-    method: str = "fedavg",
-    staleness_exponent: float = 0.5,
-    trim_ratio: float = 0.1,
-) -> np.ndarray:
-    """One global parameter vector from the buffered updates, by ``method``."""
-    if staleness is None:
-        staleness = np.zeros(len(samples))
-    if method == "fedavg":
-        return weighted_average(params, staleness_weights(samples, staleness, staleness_exponent))
-    if method == "median":
+@dataclass(frozen=True)
+class FedAvg:
+    """Sample-weighted mean, each update discounted for staleness (``staleness_exponent`` 0: plain FedAvg).
+
+    >>> FedAvg().combine(np.array([[1.0], [0.0]]), np.array([100, 100]), np.array([0, 3])).round(3).tolist()
+    [0.667]
+    """
+
+    staleness_exponent: float = 0.5
+    name: ClassVar[str] = "fedavg"
+
+    def combine(self, params: np.ndarray, samples: np.ndarray, staleness: np.ndarray) -> np.ndarray:
+        return weighted_average(params, staleness_weights(samples, staleness, self.staleness_exponent))
+
+
+@dataclass(frozen=True)
+class CoordinateMedian:
+    """Coordinate-wise median: ignores sample counts, which a faulty device could inflate.
+
+    >>> CoordinateMedian().combine(np.array([[1.0], [2.0], [1e6]]), np.ones(3), np.zeros(3)).tolist()
+    [2.0]
+    """
+
+    name: ClassVar[str] = "median"
+
+    def combine(self, params: np.ndarray, samples: np.ndarray, staleness: np.ndarray) -> np.ndarray:
         return coordinate_median(params)
-    if method == "trimmed_mean":
-        return trimmed_mean(params, trim_ratio)
-    raise ValueError(f"unknown aggregator {method!r}; choose one of {AGGREGATORS}")
+
+
+@dataclass(frozen=True)
+class TrimmedMean:
+    """Coordinate-wise mean after trimming ``trim_ratio`` of the updates at each end.
+
+    >>> TrimmedMean(0.25).combine(np.array([[-1e6], [1.0], [3.0], [1e6]]), np.ones(4), np.zeros(4)).tolist()
+    [2.0]
+    """
+
+    trim_ratio: float = 0.1
+    name: ClassVar[str] = "trimmed_mean"
+
+    def combine(self, params: np.ndarray, samples: np.ndarray, staleness: np.ndarray) -> np.ndarray:
+        return trimmed_mean(params, self.trim_ratio)
+
+
+Aggregator = FedAvg | CoordinateMedian | TrimmedMean
+AGGREGATORS = {cls.name: cls for cls in (FedAvg, CoordinateMedian, TrimmedMean)}
+
+
+def make_aggregator(name: str, staleness_exponent: float = 0.5, trim_ratio: float = 0.1) -> Aggregator:
+    """The aggregator a setting names (``FLEAD_AGGREGATOR``), with its option.
+
+    >>> make_aggregator("trimmed_mean", trim_ratio=0.2)
+    TrimmedMean(trim_ratio=0.2)
+    """
+    if name == "fedavg":
+        return FedAvg(staleness_exponent)
+    if name == "median":
+        return CoordinateMedian()
+    if name == "trimmed_mean":
+        return TrimmedMean(trim_ratio)
+    raise ValueError(f"unknown aggregator {name!r}; choose one of {sorted(AGGREGATORS)}")
 
 
 def federated_step(
@@ -86,26 +148,33 @@ def federated_step(
     current: np.ndarray,
     samples: np.ndarray,
     staleness: np.ndarray | None = None,
-    method: str = "fedavg",
-    staleness_exponent: float = 0.5,
-    trim_ratio: float = 0.1,
+    aggregator: Aggregator = FedAvg(),
 ) -> np.ndarray:
-    """The next global parameters: ``current`` + aggregate of (update - the global it started from).
+    """The next global parameters: ``current`` + the aggregate of (update - the global it started from).
 
     ``params`` and ``bases`` have one row per update; a row of ``bases`` that is all NaN (its
     version is no longer known) counts that update's change from ``current``, i.e. its absolute
     parameters, as plain FedAvg would.
+
+    >>> federated_step(np.array([[1.1], [0.1]]), np.array([[1.0], [0.0]]), np.array([1.0]), np.array([1, 1])).tolist()
+    [1.1]
     """
     params = np.asarray(params, dtype=np.float64)
     current = np.asarray(current, dtype=np.float64)
     bases = np.array(bases, dtype=np.float64).reshape(params.shape)
     unknown = np.isnan(bases).all(axis=1)
     bases[unknown] = current
-    return current + aggregate(params - bases, samples, staleness, method, staleness_exponent, trim_ratio)
+    if staleness is None:
+        staleness = np.zeros(params.shape[0])
+    return current + aggregator.combine(params - bases, np.asarray(samples, dtype=np.float64), staleness)
 
 
 def weighted_accuracy(accuracies: np.ndarray, samples: np.ndarray) -> float:
-    """Global accuracy = sum(accuracy_k * samples_k) / sum(samples_k), as the description says."""
+    """Global accuracy = sum(accuracy_k * samples_k) / sum(samples_k), as the description says.
+
+    >>> weighted_accuracy(np.array([0.8, 0.6]), np.array([300, 100]))
+    0.75
+    """
     samples = np.asarray(samples, dtype=np.float64)
     if samples.sum() <= 0:
         return 0.0

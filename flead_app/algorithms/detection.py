@@ -100,7 +100,11 @@ def _std_floor(mean: float) -> float:
 
 
 def stillness(step_z: float) -> float:
-    """The |z| whose two-sided normal tail equals P(|N(0, 2)| <= |step_z|); Z_CLIP for no step."""
+    """The |z| whose two-sided normal tail equals P(|N(0, 2)| <= |step_z|); Z_CLIP for no step.
+
+    >>> stillness(0.0), round(stillness(1.0), 3), round(stillness(5.0), 3)
+    (10.0, 0.643, 0.001)
+    """
     p = math.erf(abs(step_z) / 2.0)
     if p < _STILL_P_MIN:
         return Z_CLIP
@@ -114,6 +118,10 @@ def score_batch(state: DetectorState, values: np.ndarray, min_history: int = 10)
 
     One loop on Python floats: the robust baseline decides reading by reading what it lets in,
     so it cannot be vectorised, and for the short batches the worker sees a loop is the fast path.
+
+    >>> out = score_batch(DetectorState(), np.array([10.0, 10.2, 9.8, 10.1, 9.9, 10.0, 10.3, 9.7, 10.0, 10.1, 14.0]))
+    >>> out.scored[-2:].tolist(), round(float(out.z[-1]), 1), out.features.shape, out.state.stats.count
+    ([False, True], 10.0, (11, 4), 11)
     """
     values = np.asarray(values, dtype=np.float64)
     n, mean, m2 = state.stats.count, state.stats.mean, state.stats.m2
@@ -168,14 +176,14 @@ def score_batch(state: DetectorState, values: np.ndarray, min_history: int = 10)
 
 
 def severity(z: float, threshold: float = 2.5, critical: float = 3.0) -> str | None:
-    """None below ``threshold``; "warning" above it; "critical" from ``critical`` on (by |z|)."""
+    """None below ``threshold``; "warning" above it; "critical" from ``critical`` on (by |z|).
+
+    >>> severity(2.0), severity(-2.7), severity(3.0)
+    (None, 'warning', 'critical')
+    """
     a = abs(z)
     if a >= critical and a > threshold:
         return "critical"
     if a > threshold:
         return "warning"
     return None
-
-
-def anomaly_mask(z: np.ndarray, threshold: float = 2.5) -> np.ndarray:
-    return np.abs(z) > threshold

@@ -15,7 +15,13 @@ import numpy as np
 
 
 def holdout_mask(device_id: str, timestamps_s: np.ndarray, percent: float = 20.0) -> np.ndarray:
-    """True for the readings of ``device_id`` at ``timestamps_s`` (epoch seconds) that are held out."""
+    """True for the readings of ``device_id`` at ``timestamps_s`` (epoch seconds) that are held out.
+
+    >>> holdout_mask("device_7", 1_700_000_000 + np.arange(10.0)).tolist()
+    [False, False, False, True, False, False, False, True, False, False]
+    >>> round(float(holdout_mask("device_7", 1_700_000_000 + np.arange(10_000.0)).mean()), 2)
+    0.2
+    """
     if percent <= 0:
         return np.zeros(len(timestamps_s), dtype=bool)
     prefix = device_id.encode() + b"|"

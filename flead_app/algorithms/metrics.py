@@ -93,6 +93,12 @@ def pr_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 def classification_scores(labels: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> Scores:
+    """Confusion counts, precision, recall, F1 and ROC-AUC of ``proba >= threshold`` against ``labels``.
+
+    >>> s = classification_scores(np.array([1, 0, 1, 0]), np.array([0.9, 0.6, 0.4, 0.1]))
+    >>> (s.tp, s.fp, s.fn, s.tn), s.f1, s.roc_auc
+    ((1, 1, 1, 1), 0.5, 0.75)
+    """
     labels = np.asarray(labels).astype(np.int8)
     proba = np.asarray(proba, dtype=np.float64)
     pred = (proba >= threshold).astype(np.int8)

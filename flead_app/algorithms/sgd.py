@@ -26,6 +26,12 @@ DEFAULT_PRIOR_RATE = 0.04
 
 @dataclass(frozen=True)
 class LinearModel:
+    """Weights and bias of a logistic regression.
+
+    >>> round(LinearModel.initial(4, 0.04).bias, 3), LinearModel.zeros(2).weights.tolist()
+    (-3.178, [0.0, 0.0])
+    """
+
     weights: np.ndarray
     bias: float
 
@@ -40,17 +46,32 @@ class LinearModel:
 
 
 def prior_log_odds(rate: float) -> float:
+    """The bias at which a model with zero weights predicts ``rate``.
+
+    >>> round(prior_log_odds(0.04), 4)
+    -3.1781
+    """
     if not 0.0 < rate < 1.0:
         raise ValueError(f"a prior anomaly rate must lie strictly between 0 and 1, got {rate}")
     return math.log(rate / (1.0 - rate))
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x), clipped so that huge scores do not overflow.
+
+    >>> sigmoid(np.array([0.0, 2.0])).round(3).tolist()
+    [0.5, 0.881]
+    """
     x = np.clip(x, -500, 500)
     return 1.0 / (1.0 + np.exp(-x))
 
 
 def predict_proba(model: LinearModel, features: np.ndarray) -> np.ndarray:
+    """p = sigmoid(w . x + b) for each row of ``features``.
+
+    >>> predict_proba(LinearModel(np.array([1.0, -1.0]), 0.0), np.array([[1.0, 0.0], [0.0, 0.0]])).round(3).tolist()
+    [0.731, 0.5]
+    """
     features = np.asarray(features, dtype=np.float64)
     if features.shape[0] == 0:
         return np.empty(0)
@@ -58,7 +79,11 @@ def predict_proba(model: LinearModel, features: np.ndarray) -> np.ndarray:
 
 
 def log_loss(labels: np.ndarray, proba: np.ndarray) -> float:
-    """Mean binary cross-entropy; 0 for an empty batch."""
+    """Mean binary cross-entropy; 0 for an empty batch.
+
+    >>> round(log_loss(np.array([1, 0]), np.array([0.9, 0.2])), 4)
+    0.1643
+    """
     if labels.shape[0] == 0:
         return 0.0
     p = np.clip(proba, _EPS, 1 - _EPS)
@@ -67,6 +92,11 @@ def log_loss(labels: np.ndarray, proba: np.ndarray) -> float:
 
 
 def accuracy(labels: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> float:
+    """Share of readings whose thresholded probability equals the label.
+
+    >>> round(accuracy(np.array([1, 0, 1]), np.array([0.9, 0.2, 0.4])), 3)
+    0.667
+    """
     if labels.shape[0] == 0:
         return 0.0
     return float(np.mean((proba >= threshold).astype(np.int8) == labels))
@@ -79,7 +109,12 @@ def sgd_train(
     learning_rate: float = DEFAULT_LEARNING_RATE,
     epochs: int = 1,
 ) -> LinearModel:
-    """Per-sample SGD over the batch in order, ``epochs`` times; returns a new model."""
+    """Per-sample SGD over the batch in order, ``epochs`` times; returns a new model.
+
+    >>> m = sgd_train(LinearModel.zeros(2), np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([1, 0]), 0.5)
+    >>> m.weights.round(3).tolist(), round(m.bias, 3)
+    ([0.25, -0.281], -0.031)
+    """
     w = [float(v) for v in model.weights]
     b = float(model.bias)
     rows = np.asarray(features, dtype=np.float64).tolist()

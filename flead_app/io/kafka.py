@@ -1,13 +1,92 @@
-"""Small aiokafka helpers shared by the follower task, commands and tests."""
+"""Kafka for everything in FLEAD that is not a Faust agent: one client factory, topics, leaders, lags.
+
+Every client is made here (``consumer``, ``producer``, ``admin``), from the settings, so each
+one gets the cluster's address and its security options (SASL, TLS) the same way.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from flead_app.settings import Settings
 
 TOPIC_ALREADY_EXISTS = 36  # Kafka error code
+
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """Security options for aiokafka clients (empty for PLAINTEXT): SASL credentials, a TLS context."""
+    opts: dict[str, Any] = {}
+    proto = settings.kafka_security_protocol.upper()
+    if proto == "PLAINTEXT":
+        return opts
+    opts["security_protocol"] = proto
+    if proto.startswith("SASL"):
+        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        opts["sasl_plain_username"] = settings.kafka_sasl_username
+        opts["sasl_plain_password"] = settings.kafka_sasl_password
+    if proto.endswith("SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        opts["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile or None,
+            certfile=settings.kafka_ssl_certfile or None,
+            keyfile=settings.kafka_ssl_keyfile or None,
+        )
+    return opts
+
+
+def client_options(settings: Settings, **options: Any) -> dict[str, Any]:
+    """The settings' cluster address and security options, then ``options`` (which win)."""
+    return {"bootstrap_servers": settings.bootstrap_servers, **kafka_client_options(settings), **options}
+
+
+def consumer(settings: Settings, *topics: str, **options: Any) -> AIOKafkaConsumer:
+    """An aiokafka consumer of the settings' cluster that commits only when told to."""
+    return AIOKafkaConsumer(*topics, **client_options(settings, enable_auto_commit=False, **options))
+
+
+def producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
+    """An idempotent aiokafka producer (acks from all in-sync replicas) of the settings' cluster."""
+    return AIOKafkaProducer(**client_options(settings, acks="all", enable_idempotence=True, **options))
+
+
+def admin(settings: Settings, **options: Any) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**client_options(settings, **options))
+
+
+def leaders_from_metadata(cluster: Any, topic: str) -> dict[int, int]:
+    """{partition: id of its leader broker, -1 while it has none} from aiokafka's ``ClusterMetadata``."""
+    out: dict[int, int] = {}
+    for p in sorted(cluster.partitions_for_topic(topic) or ()):
+        leader = cluster.leader_for_partition(TopicPartition(topic, p))
+        out[int(p)] = -1 if leader is None or leader < 0 else int(leader)
+    return out
+
+
+async def partition_leaders(client: AIOKafkaConsumer | AIOKafkaProducer, topic: str) -> dict[int, int]:
+    """The leaders of ``topic``'s partitions, from fresh metadata of a started client."""
+    inner = client._client if isinstance(client, AIOKafkaConsumer) else client.client  # noqa: SLF001
+    cluster = await inner.fetch_all_metadata()
+    return leaders_from_metadata(cluster, topic)
+
+
+def fetch_partition_leaders(settings: Settings, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
+    """{partition: leader broker id} of ``topic``, asked once (for commands outside an event loop)."""
+
+    async def ask() -> dict[int, int]:
+        c = consumer(settings, group_id=None, request_timeout_ms=int(timeout_s * 1000))
+        await asyncio.wait_for(c.start(), timeout_s)
+        try:
+            return await asyncio.wait_for(partition_leaders(c, topic), timeout_s)
+        finally:
+            await c.stop()
+
+    return asyncio.run(ask())
 
 
 async def assign_all_partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float = 30.0) -> list[TopicPartition]:
@@ -27,40 +106,53 @@ async def assign_all_partitions(consumer: AIOKafkaConsumer, topic: str, timeout:
 
 
 async def create_topics(
-    bootstrap: list[str],
+    settings: Settings,
     names: list[str],
-    partitions: int,
-    replication: int,
+    partitions: int | None = None,
+    replication: int | None = None,
     configs: dict[str, str] | None = None,
-    **client_options,
 ) -> list[str]:
     """Create topics as ``flead stack up`` does (``min.insync.replicas=2`` where replication is
     3+); topics that exist already are left alone. Returns the names created now."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import NewTopic
 
+    partitions = partitions or settings.partitions
+    replication = replication or settings.replication_factor
     topic_configs = {**({"min.insync.replicas": "2"} if replication >= 3 else {}), **(configs or {})}
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
-    await admin.start()
+    client = admin(settings)
+    await client.start()
     try:
         new = [NewTopic(n, partitions, replication, topic_configs=topic_configs) for n in names]
-        resp = await admin.create_topics(new)
+        resp = await client.create_topics(new)
     finally:
-        await admin.close()
+        await client.close()
     created = []
     for item in resp.to_object()["topic_errors"]:
         if item["error_code"] == 0:
             created.append(item["topic"])
         elif item["error_code"] != TOPIC_ALREADY_EXISTS:
-            raise RuntimeError(f"creating topic {item['topic']} failed: error {item['error_code']} "
-                               f"{item.get('error_message') or ''}")  # fmt: skip
+            raise RuntimeError(
+                f"creating topic {item['topic']} failed: error {item['error_code']} {item.get('error_message') or ''}"
+            )
     return created
+
+
+async def broker_metadata(host: str, port: int, topics: list[str] | None = None, timeout: float = 5.0) -> dict:
+    """One MetadataRequest straight to one broker (``topics=None``: all topics), as a dict."""
+    from aiokafka.conn import create_conn
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    conn = await asyncio.wait_for(create_conn(host, port, request_timeout_ms=int(timeout * 1000)), timeout)
+    try:
+        resp = await asyncio.wait_for(conn.send(MetadataRequest(topics, False)), timeout)
+        return resp.to_object()
+    finally:
+        conn.close()
 
 
 async def wait_topics_known(bootstrap: list[str], names: list[str], partitions: int, timeout: float = 60.0) -> None:
     """Wait until every bootstrap broker's metadata has ``names``, each with ``partitions``
     partitions that have a leader (a new topic reaches each broker's cache at its own pace)."""
-    from flead_app.stack.kafka import broker_metadata
-
     deadline = time.monotonic() + timeout
     missing: list[str] = []
     while True:
@@ -69,7 +161,7 @@ async def wait_topics_known(bootstrap: list[str], names: list[str], partitions: 
             host, port = server.rsplit(":", 1)
             try:
                 md = await broker_metadata(host, int(port), names)
-            except Exception as exc:  # noqa: BLE001 - a broker that is down does not block the start
+            except Exception as exc:  # a broker that is down does not block the start
                 missing.append(f"{server}: {type(exc).__name__}")
                 continue
             for t in md["topics"]:
@@ -84,24 +176,21 @@ async def wait_topics_known(bootstrap: list[str], names: list[str], partitions: 
         await asyncio.sleep(0.3)
 
 
-def event_time(msg) -> float:  # noqa: ANN001 - a faust Message
-    """The record's Kafka timestamp in epoch seconds (wall clock if the record has none)."""
+def event_time(msg: Any) -> float:
+    """A Faust message's Kafka timestamp in epoch seconds (wall clock if the record has none)."""
     ts = msg.timestamp
     return float(ts) if ts and ts > 0 else time.time()
 
 
-async def consumer_lag(bootstrap: list[str], group: str, topic: str, **client_options) -> int:
+async def consumer_lag(settings: Settings, group: str, topic: str) -> int:
     """Messages of ``topic`` the consumer group has not committed yet (end offset - committed)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **client_options)
-    await admin.start()
-    await consumer.start()
+    client, reader = admin(settings), consumer(settings)
+    await client.start()
+    await reader.start()
     try:
-        parts = await assign_all_partitions(consumer, topic)
-        ends = await consumer.end_offsets(parts)
-        committed = await admin.list_consumer_group_offsets(group, partitions=parts)
+        parts = await assign_all_partitions(reader, topic)
+        ends = await reader.end_offsets(parts)
+        committed = await client.list_consumer_group_offsets(group, partitions=parts)
         lag = 0
         for tp in parts:
             meta = committed.get(tp)
@@ -109,21 +198,31 @@ async def consumer_lag(bootstrap: list[str], group: str, topic: str, **client_op
             lag += max(0, ends[tp] - done)
         return lag
     finally:
-        await consumer.stop()
-        await admin.close()
+        await reader.stop()
+        await client.close()
 
 
-def consuming_groups(settings, topic: str) -> list[str]:  # noqa: ANN001 - flead_app.settings.Settings
-    """The consumer groups that read ``topic``: the Faust agents' and the database sink's."""
-    faust_topics = {settings.topic_readings, settings.topic_local_updates, settings.topic_global_updates}
+def consuming_groups(settings: Settings, topic: str) -> list[str]:
+    """The consumer groups that commit offsets on ``topic``.
+
+    The Faust agents (group ``app_id``) read the readings (detector) and the local updates
+    (FedAvg); the sink (``sink_group``) reads anomalies, local updates and global models. The
+    global-model follower reads ``global-model-updates`` without a group, so nothing of that
+    group's lag there would ever fall.
+
+    >>> from flead_app.settings import Settings
+    >>> consuming_groups(Settings(), "global-model-updates"), consuming_groups(Settings(), "local-model-updates")
+    (['flead-sink'], ['flead', 'flead-sink'])
+    """
+    faust_topics = {settings.topic_readings, settings.topic_local_updates}
     sink_topics = {settings.topic_anomalies, settings.topic_local_updates, settings.topic_global_updates}
     return [g for g, ts in ((settings.app_id, faust_topics), (settings.sink_group, sink_topics)) if topic in ts]
 
 
-def pipeline_lags(settings, topics: list[str]) -> dict[str, int]:  # noqa: ANN001 - Settings
-    """Uncommitted records per ``"topic (group)"``, for every group that reads each topic."""
+def pipeline_lags(settings: Settings, topics: list[str]) -> dict[str, int]:
+    """Uncommitted records per ``"topic (group)"``, for every group that commits on each topic."""
     return {
-        f"{t} ({group})": asyncio.run(consumer_lag(settings.bootstrap_servers, group, t))
+        f"{t} ({group})": asyncio.run(consumer_lag(settings, group, t))
         for t in topics
         for group in consuming_groups(settings, t)
     }

@@ -255,9 +255,10 @@ async def measure(
 async def _measure(
     bootstrap: list[str], topics: list[str], options: dict[str, Any], state: Mapping[str, Any]
 ) -> TrafficSnapshot:
-    from aiokafka import TopicPartition as KafkaTP
     from aiokafka.client import AIOKafkaClient
     from aiokafka.errors import KafkaError
+
+    from flead_app.io.kafka import leaders_from_metadata
 
     client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **options)
     try:
@@ -269,13 +270,10 @@ async def _measure(
         partitions: dict[str, set[int]] = {}
         leaders: dict[TopicPartition, int] = {}
         for topic in topics:
-            parts = cluster.partitions_for_topic(topic)
-            if not parts:
-                continue
-            partitions[topic] = set(parts)
-            for p in parts:
-                leader = cluster.leader_for_partition(KafkaTP(topic, p))
-                leaders[(topic, p)] = -1 if leader is None else int(leader)
+            of_topic = leaders_from_metadata(cluster, topic)
+            if of_topic:
+                partitions[topic] = set(of_topic)
+                leaders.update({(topic, p): b for p, b in of_topic.items()})
         measured_at = datetime.now(UTC)
         if not partitions:
             return TrafficSnapshot(measured_at, "describe_log_dirs")
@@ -348,7 +346,8 @@ def default_topics(settings: Any) -> list[str]:
 
 def measure_now(settings: Any, timeout_s: float = 15.0) -> TrafficSnapshot:
     """Synchronous wrapper for the CLI: measure the FLEAD topics of the configured cluster."""
-    from flead_app.settings import kafka_client_options, read_stack_state
+    from flead_app.io.kafka import kafka_client_options
+    from flead_app.settings import read_stack_state
 
     return asyncio.run(
         measure(settings.bootstrap_servers, default_topics(settings), kafka_client_options(settings),

@@ -143,7 +143,7 @@ def cmd_analytics(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"flead spark analytics: {err}", file=sys.stderr)
         return 2
-    db = Database(settings.db_url)
+    db = Database.from_settings(settings)
     db.init_schema()
     try:
         spark = build_session(_spark_options(args, settings, "flead-analytics"))
@@ -177,7 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from flead_app.spark_support.session import build_session
 
     settings = load_settings()
-    db = Database(settings.db_url)
+    db = Database.from_settings(settings)
     db.init_schema()
     try:
         if not args.all and count_pending(db) == 0:
@@ -216,7 +216,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     from flead_app.spark_support.schedule import ScheduleConfig, Scheduler
 
     settings = load_settings()
-    db = Database(settings.db_url)
+    db = Database.from_settings(settings)
     job_args = ["--driver-memory", args.driver_memory, "--shuffle-partitions", str(args.shuffle_partitions)]
     if args.master:
         job_args += ["--master", args.master]
@@ -248,7 +248,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from flead_app.settings import load_settings
     from flead_app.spark_support.summary import evaluation_summary
 
-    db = Database(load_settings().db_url)
+    db = Database.from_settings(load_settings())
     try:
         print(json.dumps(evaluation_summary(db.engine), indent=1, default=str))
     finally:

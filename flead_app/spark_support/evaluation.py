@@ -1,7 +1,7 @@
 """Held-out evaluation of the global models and of two baselines, as pure numpy.
 
 The evaluation set. Every device's whole history in Kafka is replayed in offset order through
-the worker's own state machine (``algorithms.device.ingest``), so each reading gets exactly the
+the worker's own state machine (``algorithms.device.step``), so each reading gets exactly the
 features the worker computed for it. A reading is evaluated when it was scored (enough
 history), carries a label, and is held out by the stable hash rule (``algorithms.holdout``):
 the worker never buffers such a reading for training, so no global model, no local-only model
@@ -42,16 +42,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from flead_app.algorithms.detection import NUM_FEATURES
-from flead_app.algorithms.device import (
-    DeviceConfig,
-    DeviceState,
-    current_model,
-    ingest,
-    round_due,
-    round_phase,
-    train_round,
-)
-from flead_app.algorithms.holdout import holdout_mask
+from flead_app.algorithms.device import DeviceConfig, DeviceMessage, DeviceState, current_model, step, train_round
 from flead_app.algorithms.metrics import Scores, classification_scores, label_windows
 from flead_app.algorithms.sgd import LinearModel, predict_proba
 
@@ -100,20 +91,19 @@ def replay_device(device_id: str, messages: Iterable[MessageTuple], cfg: DeviceC
     stamps, labs, feats, scored_parts, held = [], [], [], [], []
     rounds = 0
     for _, _, now, control, ts, values, labels in ordered:
-        if not control:
-            ts_a = np.asarray(ts, dtype=np.float64)
-            lab_a = np.asarray(labels, dtype=np.int8)
-            hold = holdout_mask(device_id, ts_a, cfg.holdout_percent)
-            phase = round_phase(device_id, cfg)
-            state, scored = ingest(state, np.asarray(values, dtype=np.float64), lab_a, now, cfg, hold, phase)
-            stamps.append(ts_a)
-            labs.append(lab_a)
-            feats.append(scored.features)
-            scored_parts.append(scored.scored)
-            held.append(hold)
-        if round_due(state, now, cfg, requested=control):
-            state, result = train_round(state, now, cfg, None)
-            rounds += result is not None
+        msg = DeviceMessage(
+            now, np.asarray(ts, dtype=np.float64), np.asarray(values, dtype=np.float64),
+            np.asarray(labels, dtype=np.int8), train_now=control,
+        )  # fmt: skip
+        out = step(state, [msg], None, device_id, cfg)
+        state, rounds = out.state, rounds + len(out.updates)
+        seen = out.scores[0]
+        if seen is not None:
+            stamps.append(msg.timestamps)
+            labs.append(msg.labels)
+            feats.append(seen.features)
+            scored_parts.append(seen.scored)
+            held.append(seen.heldout)
     if state.buffer_labels.shape[0]:  # what the worker has not trained yet still counts
         state, result = train_round(state, state.last_round_at, cfg, None)
         rounds += result is not None

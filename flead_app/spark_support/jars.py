@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from flead_app.settings import load_settings
+
 log = logging.getLogger(__name__)
 
 MARKER = ".complete"
@@ -54,7 +56,8 @@ def pyspark_jars_dir() -> Path:
 
 
 def cache_dir(version: str | None = None) -> Path:
-    explicit = os.environ.get("FLEAD_SPARK_JARS", "").strip()
+    """The setting ``spark_jars`` (``FLEAD_SPARK_JARS``), else ``$XDG_CACHE_HOME/flead/spark-jars-<version>``."""
+    explicit = load_settings().spark_jars.strip()
     if explicit:
         return Path(explicit).expanduser().resolve()
     base = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")

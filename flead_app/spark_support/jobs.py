@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from flead_app.algorithms.device import DeviceConfig
 from flead_app.algorithms.sgd import LinearModel
 from flead_app.io.db.store import Database
+from flead_app.io.kafka import fetch_partition_leaders as partition_leaders
 from flead_app.settings import Settings
 from flead_app.spark_support import analytics as an
 from flead_app.spark_support import dbio
@@ -32,7 +33,6 @@ from flead_app.spark_support.evaluation import (
     run_evaluation,
     thin_versions,
 )
-from flead_app.spark_support.kafka_meta import partition_leaders
 from flead_app.spark_support.records import CONTROL, OK, parse_message, reading_tuples
 from flead_app.spark_support.session import kafka_options
 

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from .errors import StackError
+from flead_app.stack.errors import StackError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,8 +60,8 @@ def _fail(exc: Exception) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from ..settings import redact_url
-    from .local import up
+    from flead_app.settings import redact_url
+    from flead_app.stack.local import up
 
     try:
         res = up(args.brokers, with_db=not args.no_db, timeout=args.timeout, replace=args.replace)
@@ -80,7 +80,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from .local import down
+    from flead_app.stack.local import down
 
     try:
         out = down(args.wipe)
@@ -97,7 +97,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .local import status
+    from flead_app.stack.local import status
 
     try:
         ok, data = status(args.all_topics)
@@ -153,8 +153,8 @@ def format_status(data: dict[str, Any]) -> str:
 
 
 def _cluster():
-    from ..settings import load_settings
-    from .kafka import KafkaCluster
+    from flead_app.settings import load_settings
+    from flead_app.stack.kafka import KafkaCluster
 
     settings = load_settings()
     cluster = KafkaCluster.from_home(settings.home_path)
@@ -184,8 +184,8 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from ..settings import load_settings
-    from .fetch import fetch
+    from flead_app.settings import load_settings
+    from flead_app.stack.fetch import fetch
 
     try:
         res = fetch(load_settings().kafka_version)

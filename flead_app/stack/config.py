@@ -3,8 +3,8 @@
 Nothing here starts a process, opens a socket or touches the disk, so it is unit-tested
 without services. ``kafka.py`` turns these plans into running brokers.
 
-Layout of a cluster of ``n`` nodes on loopback, with ``base`` = ``FLEAD_KAFKA_PORT``
-(default 29092):
+Layout of a cluster of ``n`` nodes on loopback, with ``base`` = the setting ``kafka_port``
+(``FLEAD_KAFKA_PORT``, default 29092):
 
 - node ``i`` (1-based) serves clients on ``base + i - 1``;
 - nodes 1..3 (or node 1 alone when ``n`` < 3) are also KRaft controllers, listening on
@@ -15,7 +15,6 @@ Layout of a cluster of ``n`` nodes on loopback, with ``base`` = ``FLEAD_KAFKA_PO
 from __future__ import annotations
 
 import base64
-import os
 import uuid
 from dataclasses import dataclass, field
 
@@ -24,24 +23,6 @@ CONTROLLER_PORT_OFFSET = 10000
 MAX_BROKERS = 9
 HOST = "127.0.0.1"
 HEAP = "512m"
-
-
-def port_base_from_env(environ: dict[str, str] | None = None) -> int:
-    """The first client port: ``FLEAD_KAFKA_PORT`` or 29092."""
-    env = os.environ if environ is None else environ
-    raw = (env.get("FLEAD_KAFKA_PORT") or "").strip()
-    if not raw:
-        return DEFAULT_PORT_BASE
-    try:
-        port = int(raw)
-    except ValueError as exc:
-        raise ValueError(f"FLEAD_KAFKA_PORT must be a port number, got {raw!r}") from exc
-    if not 1024 <= port <= 65535 - CONTROLLER_PORT_OFFSET - MAX_BROKERS:
-        raise ValueError(
-            f"FLEAD_KAFKA_PORT={port} is out of range: it needs PORT..PORT+{MAX_BROKERS} and "
-            f"PORT+{CONTROLLER_PORT_OFFSET}.. free, below 65536"
-        )
-    return port
 
 
 @dataclass(frozen=True)

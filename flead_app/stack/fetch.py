@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .errors import StackError
+from flead_app.settings import load_settings
+from flead_app.stack.errors import StackError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ NETWORK_HINTS = (
 
 
 def cache_root(version: str) -> Path:
-    explicit = os.environ.get("FLEAD_KAFKA_CACHE", "").strip()
+    """The setting ``kafka_cache`` (``FLEAD_KAFKA_CACHE``), else ``$XDG_CACHE_HOME/flead/kafka-<version>``."""
+    explicit = load_settings().kafka_cache.strip()
     if explicit:
         return Path(explicit).expanduser().resolve()
     base = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")

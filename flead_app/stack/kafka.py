@@ -24,9 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..settings import WORKERS_DIR
-from . import procs
-from .config import (
+from flead_app.io.kafka import broker_metadata
+from flead_app.settings import WORKERS_DIR
+from flead_app.stack import procs
+from flead_app.stack.config import (
     ClusterPlan,
     TopicPlan,
     jvm_options,
@@ -36,8 +37,8 @@ from .config import (
     render_server_properties,
     render_tools_log4j_properties,
 )
-from .errors import StackError
-from .fetch import fetch, require_java
+from flead_app.stack.errors import StackError
+from flead_app.stack.fetch import fetch, require_java
 
 log = logging.getLogger(__name__)
 #: how long a port held by some client's connection (not a listener) may take to come free
@@ -72,21 +73,6 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 
 # --- talking to brokers --------------------------------------------------------------------
-async def broker_metadata(
-    host: str, port: int, topics: list[str] | None = None, timeout: float = 5.0
-) -> dict[str, Any]:
-    """One MetadataRequest straight to one broker (``topics=None``: all topics)."""
-    from aiokafka.conn import create_conn
-    from aiokafka.protocol.metadata import MetadataRequest
-
-    conn = await asyncio.wait_for(create_conn(host, port, request_timeout_ms=int(timeout * 1000)), timeout)
-    try:
-        resp = await asyncio.wait_for(conn.send(MetadataRequest(topics, False)), timeout)
-        return resp.to_object()
-    finally:
-        conn.close()
-
-
 async def any_metadata(
     addresses: list[tuple[str, int]], topics: list[str] | None = None, timeout: float = 5.0
 ) -> dict[str, Any] | None:

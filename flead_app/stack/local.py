@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..settings import Settings, load_settings, redact_url
-from . import postgres
-from .config import ClusterPlan, port_base_from_env, topic_plans
-from .errors import StackError
-from .kafka import KafkaCluster, remove_worker_tables
+from flead_app.settings import Settings, load_settings, redact_url
+from flead_app.stack import postgres
+from flead_app.stack.config import ClusterPlan, topic_plans
+from flead_app.stack.errors import StackError
+from flead_app.stack.kafka import KafkaCluster, remove_worker_tables
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def default_brokers(home: Path) -> int:
 def cluster_for(settings: Settings, brokers: int | None = None) -> KafkaCluster:
     home = settings.home_path
     n = brokers or default_brokers(home)
-    return KafkaCluster(home, n, port_base_from_env(), settings.kafka_version, settings.partitions)
+    return KafkaCluster(home, n, settings.kafka_port, settings.kafka_version, settings.partitions)
 
 
 def up(brokers: int | None = None, with_db: bool = True, timeout: float = 180.0, replace: bool = False) -> UpResult:
@@ -108,7 +108,7 @@ def up(brokers: int | None = None, with_db: bool = True, timeout: float = 180.0,
     if replace and existing is not None and existing.plan != cluster.plan and existing.running_nodes():
         log.info("stopping the running %d-broker cluster to start %d broker(s)", existing.brokers, cluster.brokers)
         existing.down()
-    from .fetch import fetch, is_cached, require_java
+    from flead_app.stack.fetch import fetch, is_cached, require_java
 
     require_java()
     downloaded = not is_cached(cluster.version)
@@ -117,7 +117,7 @@ def up(brokers: int | None = None, with_db: bool = True, timeout: float = 180.0,
     started_nodes: list[int] = []
     try:
         if with_db:
-            pg = postgres.ensure_running(home)
+            pg = postgres.ensure_running(home, settings)
         started_nodes = cluster.up(timeout)
         plans = topic_plans(
             ClusterPlan(cluster.brokers, cluster.plan.port_base), flead_topics(settings), settings.partitions
@@ -128,7 +128,7 @@ def up(brokers: int | None = None, with_db: bool = True, timeout: float = 180.0,
             cluster._stop_node(node_id, timeout=10.0)
         if pg is not None and pg.started:
             try:
-                postgres.stop(home, force=True)
+                postgres.stop(home, settings, force=True)
             except StackError as exc:
                 log.warning("%s", exc)
         raise
@@ -153,7 +153,7 @@ def down(wipe: bool = False) -> dict[str, Any]:
             shutil.rmtree(cluster.dir, ignore_errors=True)
             remove_worker_tables(home)
             out["wiped"] = str(cluster.dir)
-    out["postgres"] = postgres.stop(home)
+    out["postgres"] = postgres.stop(home, settings)
     return out
 
 

@@ -1,7 +1,7 @@
 """PostgreSQL for the local stack: Debian's server, started as root with ``pg_ctlcluster``.
 
 The server is shared by every stack on the machine; each stack uses its own database
-(``FLEAD_DB_NAME``, default ``flead``) owned by the role ``flead``. The role's password is
+(setting ``db_name``, default ``flead``) owned by the role ``flead``. The role's password is
 random, made once, and kept with mode 0600 in ``$FLEAD_HOME/db-password`` and in a per-server
 copy ``~/.config/flead/postgres-<version>-<cluster>.password`` so that several FLEAD_HOMEs on
 the same server agree on it. ``$FLEAD_HOME/postgres.json`` records whether this stack started
@@ -24,15 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from . import procs
-from .errors import StackError
+from flead_app.settings import Settings
+from flead_app.stack import procs
+from flead_app.stack.errors import StackError
 
 log = logging.getLogger(__name__)
 
 ROLE = "flead"
 PG_ROOT = Path("/usr/lib/postgresql")
 READY_TIMEOUT_S = 60.0
-NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 @dataclass(frozen=True)
@@ -58,15 +58,9 @@ class PgInfo:
     cluster: PgCluster | None = None
 
 
-def db_name() -> str:
-    name = os.environ.get("FLEAD_DB_NAME", "").strip() or "flead"
-    if not NAME_RE.match(name):
-        raise StackError(f"FLEAD_DB_NAME={name!r} is not a plain database name (lower-case letters, digits, _)")
-    return name
-
-
-def external_url() -> str:
-    return os.environ.get("FLEAD_DB_URL", "").strip()
+def external_url(settings: Settings) -> str:
+    """The database URL the user gave (``FLEAD_DB_URL``): a server this stack does not run; '' if none."""
+    return settings.db_url if settings.db_url_given else ""
 
 
 def make_url(password: str, port: int, database: str, host: str = "127.0.0.1") -> str:
@@ -129,18 +123,9 @@ def install_server() -> None:
         raise StackError(f"installing PostgreSQL failed:\n{tail}")
 
 
-def cluster_name() -> str:
-    """The Debian cluster to use: ``FLEAD_PG_CLUSTER`` or ``main``."""
-    name = os.environ.get("FLEAD_PG_CLUSTER", "").strip() or "main"
-    if not re.match(r"^[A-Za-z0-9_.-]{1,63}$", name):
-        raise StackError(f"FLEAD_PG_CLUSTER={name!r} is not a cluster name")
-    return name
-
-
-def local_cluster(version: str, name: str | None = None) -> PgCluster | None:
+def local_cluster(version: str, name: str) -> PgCluster | None:
     if not shutil.which("pg_lsclusters"):
         return None
-    name = name or cluster_name()
     proc = _run(["pg_lsclusters", "--no-header"])
     for c in parse_lsclusters(proc.stdout):
         if c.version == version and c.name == name:
@@ -267,10 +252,11 @@ def _ensure_role_and_db(home: Path, cluster: PgCluster, database: str) -> str:
     return password
 
 
-def ensure_running(home: Path | str) -> PgInfo:
-    """Make sure PostgreSQL answers and holds this stack's database; return its URL."""
+def ensure_running(home: Path | str, settings: Settings) -> PgInfo:
+    """Make sure PostgreSQL answers and holds this stack's database (``settings.db_name`` on the
+    Debian cluster ``settings.pg_cluster``); return its URL."""
     home = Path(home).resolve()
-    url = external_url()
+    url = external_url(settings)
     if url:
         if not procs.poll(lambda: not check_url(url), 30.0, 0.5, 2.0):
             raise StackError(f"the database at FLEAD_DB_URL does not answer: {check_url(url)}")
@@ -280,21 +266,21 @@ def ensure_running(home: Path | str) -> PgInfo:
         install_server()
         versions = installed_versions()
     version = versions[-1]
-    cluster = local_cluster(version)
+    name = settings.pg_cluster
+    cluster = local_cluster(version, name)
     if cluster is None:
-        name = cluster_name()
         log.info("creating PostgreSQL %s cluster %s", version, name)
         proc = _run(["pg_createcluster", version, name])
         if proc.returncode != 0:
             raise StackError(f"pg_createcluster {version} {name} failed: {proc.stderr.strip()}")
-        cluster = local_cluster(version)
+        cluster = local_cluster(version, name)
         if cluster is None:
             raise StackError(f"no PostgreSQL {version} cluster after pg_createcluster")
     started = False
     if not cluster.online:
         log.info("starting PostgreSQL %s/%s on port %d", cluster.version, cluster.name, cluster.port)
         proc = _run(["pg_ctlcluster", cluster.version, cluster.name, "start"])
-        refreshed = local_cluster(version)
+        refreshed = local_cluster(version, name)
         if proc.returncode != 0 and not (refreshed and refreshed.online):
             raise StackError(
                 f"pg_ctlcluster {cluster.version} {cluster.name} start failed: "
@@ -311,7 +297,7 @@ def ensure_running(home: Path | str) -> PgInfo:
             f"PostgreSQL {cluster.version}/{cluster.name} does not answer on port {cluster.port} "
             f"after {READY_TIMEOUT_S:.0f} s; log: {cluster.log_file}"
         )
-    database = db_name()
+    database = settings.db_name
     password = _ensure_role_and_db(home, cluster, database)
     url = make_url(password, cluster.port, database)
     err = check_url(url)
@@ -333,20 +319,20 @@ def other_sessions(cluster: PgCluster, database: str) -> int:
         return 0
 
 
-def stop(home: Path | str, force: bool = False) -> str:
+def stop(home: Path | str, settings: Settings, force: bool = False) -> str:
     """Stop the server if this stack started it and no other stack is connected."""
     home = Path(home).resolve()
     state = read_state(home)
-    if external_url():
+    if external_url(settings):
         return "not managed (FLEAD_DB_URL)"
     if not state.get("started"):
         return "left running (not started by this stack)"
-    cluster = local_cluster(str(state.get("version", "")), str(state.get("cluster", "")) or None)
+    cluster = local_cluster(str(state.get("version", "")), str(state.get("cluster", "")) or settings.pg_cluster)
     _state_file(home).unlink(missing_ok=True)
     if cluster is None or not cluster.online:
         return "not running"
     if not force:
-        others = other_sessions(cluster, db_name())
+        others = other_sessions(cluster, settings.db_name)
         if others:
             return f"left running ({others} session(s) of other databases are connected)"
     proc = _run(["pg_ctlcluster", cluster.version, cluster.name, "stop", "-m", "fast"])

@@ -1,9 +1,5 @@
-"""Faust tables: per-device state and the federated-averaging buffer.
+"""Faust tables (per-device state, the federated-averaging buffer) and their row types (``rows``).
 
+Faust finds the tables when a worker starts (``flead_app.app.DISCOVER``);
 ``faust -A flead_app.app tables`` lists them with their help text.
 """
-
-from flead_app.tables.device_state import device_state
-from flead_app.tables.fedavg_state import fedavg_state
-
-__all__ = ["device_state", "fedavg_state"]

@@ -2,10 +2,9 @@
 
 One row per device, keyed by the device_id bytes of the readings topic, so the table is
 co-partitioned with ``edge-iiot-stream``: a device's row lives on the worker that reads its
-partition. The value is ``flead_app.algorithms.device.DeviceState.to_bytes()``: running
-statistics, detector memory, model weights and version, the readings buffered for the next
-local round, and the Kafka offset of the last message applied (replays after a crash are
-skipped, so a restarted worker does not count a reading twice).
+partition. The value is a ``flead_app.tables.rows.DeviceRow``: running statistics, detector
+memory, model weights and version, the readings buffered for the next local round, and the
+Kafka position of the last message applied with its unacknowledged outputs.
 """
 
 from flead_app.app import app, settings

@@ -6,9 +6,9 @@ import numpy as np
 import orjson
 
 from flead_app.agents import detector
-from flead_app.algorithms.device import DeviceState
 from flead_app.models import Anomaly, DeadLetter, LocalModelUpdate, Reading, encode_batch
 from flead_app.settings import load_settings
+from flead_app.tables.rows import DeviceRow
 
 SETTINGS = load_settings()
 
@@ -39,12 +39,13 @@ def test_single_readings_give_anomalies_and_a_local_update(faust_app, sent):
         async with detector.detect.test_context() as agent:
             for r in _readings("dev_a", 50, spike_at=30):
                 await agent.put(r.to_json(), key=b"dev_a")
-            return DeviceState.from_bytes(device_state[b"dev_a"])
+            return DeviceRow.from_bytes(device_state[b"dev_a"]).state
 
     state = run(go())
     anomalies = [Anomaly.from_json(v) for v in sent.of(SETTINGS.topic_anomalies)]
     spike = [a for a in anomalies if a.value == 32.0]
     assert len(spike) == 1 and spike[0].severity == "critical" and spike[0].z_score > 3 and spike[0].label == 1
+    assert spike[0].rule == "zrule" and 0.0 <= spike[0].probability <= 1.0  # both rules' view of it
     assert all(abs(a.z_score) > 2.5 for a in anomalies)
     updates = [LocalModelUpdate.from_json(v) for v in sent.of(SETTINGS.topic_local_updates)]
     assert len(updates) == 1
@@ -137,18 +138,18 @@ def test_a_skipped_replay_sends_its_unacknowledged_outputs_again(faust_app, sent
         async with detector.detect.test_context() as agent:
             for r in readings[:50]:  # the 50th reading completes a round
                 await agent.put(r.to_json(), key=b"dev_r")
-            after_round = DeviceState.from_bytes(device_state[b"dev_r"])
+            after_round = DeviceRow.from_bytes(device_state[b"dev_r"]).position
             updates_before = len(sent.of(SETTINGS.topic_local_updates))
             agent.sent_offset = after_round.offset  # redeliver the round's message, as after a crash
             await agent.put(readings[49].to_json(), key=b"dev_r")
             replayed = sent.of(SETTINGS.topic_local_updates)[updates_before:]
             await agent.put(readings[50].to_json(), key=b"dev_r")
-            return after_round, replayed, DeviceState.from_bytes(device_state[b"dev_r"])
+            return after_round, replayed, DeviceRow.from_bytes(device_state[b"dev_r"])
 
     after_round, replayed, later = run(go())
     assert after_round.outbox and {o for o, *_ in after_round.outbox} == {after_round.offset}
     updates = [LocalModelUpdate.from_json(v) for v in sent.of(SETTINGS.topic_local_updates)]
     assert updates[0].model_version == 1
     assert replayed == [sent.of(SETTINGS.topic_local_updates)[0]], "the same update, byte for byte"
-    assert later.readings == 51, "the replayed reading was not applied twice"
-    assert later.outbox == (), "acknowledged outputs leave the row"
+    assert later.state.readings == 51, "the replayed reading was not applied twice"
+    assert later.position.outbox == (), "acknowledged outputs leave the row"

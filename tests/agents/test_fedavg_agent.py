@@ -4,13 +4,15 @@ import asyncio
 import dataclasses
 
 import numpy as np
-import orjson
 import pytest
 
-from flead_app.agents import fedavg, global_model
-from flead_app.models import GlobalModel, LocalModelUpdate
+from flead_app.agents import fedavg
+from flead_app.algorithms.aggregation import FedAvg
+from flead_app.algorithms.fedbuff import federate
+from flead_app.app import runtime
+from flead_app.models import FLEET_KEY, GlobalModel, LocalModelUpdate
 from flead_app.settings import load_settings
-from flead_app.tables.fedavg_state import FLEET_KEY
+from flead_app.tables.rows import FedAvgRow
 
 SETTINGS = load_settings()
 
@@ -43,8 +45,14 @@ def fresh_fedavg_state(faust_app):
     from flead_app.tables.fedavg_state import fedavg_state
 
     fedavg_state.data.clear()
-    global_model.latest.params = None
+    runtime.global_model.params = None
     yield
+
+
+def _row():
+    from flead_app.tables.fedavg_state import fedavg_state
+
+    return FedAvgRow.from_bytes(fedavg_state[FLEET_KEY], fedavg.START)
 
 
 def test_twenty_updates_make_one_global_version_weighted_by_samples(sent):
@@ -58,17 +66,15 @@ def test_twenty_updates_make_one_global_version_weighted_by_samples(sent):
     assert m.global_version == 1 and m.aggregation_round == 1 and m.num_devices == 20 and m.num_updates == 20
     assert m.weights[0] == pytest.approx(expected) and m.weights[3] == pytest.approx(1.0)
     assert m.samples == int(samples.sum()) and m.accuracy == pytest.approx(0.9)
-    assert global_model.latest.version == 1
+    assert runtime.global_model.version == 1
 
 
 def test_versions_continue_and_partial_buffers_wait(sent):
     _run([_update(i).to_json() for i in range(45)])
     versions = [GlobalModel.from_json(v).global_version for v in sent.of(SETTINGS.topic_global_updates)]
     assert versions == [1, 2]
-    from flead_app.tables.fedavg_state import fedavg_state
-
-    state = orjson.loads(fedavg_state[FLEET_KEY])
-    assert state["version"] == 2 and len(state["buffer"]) == 5
+    state = _row().state
+    assert state.version == 2 and len(state.buffer) == 5
 
 
 def test_duplicate_updates_count_once(sent):
@@ -79,7 +85,7 @@ def test_duplicate_updates_count_once(sent):
 
 
 def test_flush_aggregates_a_partial_buffer_after_the_timeout(sent, monkeypatch):
-    monkeypatch.setattr(fedavg, "settings", dataclasses.replace(fedavg.settings, fedavg_timeout_s=0.0))
+    monkeypatch.setattr(fedavg, "config", dataclasses.replace(fedavg.config, timeout_s=0.0))
     _run([_update(i).to_json() for i in range(3)] + [fedavg.CONTROL_FLUSH])
     models = [GlobalModel.from_json(v) for v in sent.of(SETTINGS.topic_global_updates)]
     assert len(models) == 1 and models[0].num_updates == 3
@@ -91,7 +97,7 @@ def test_bad_update_is_dead_lettered(sent):
 
 
 def _initial():
-    return np.array(fedavg.initial_params())
+    return np.array(fedavg.config.initial)
 
 
 def _moved(device: int, params: np.ndarray, base: int) -> LocalModelUpdate:
@@ -117,20 +123,19 @@ def test_stale_updates_add_their_change_from_their_own_base_version(sent):
 
 
 def test_state_keeps_the_parameters_of_recent_versions(sent, monkeypatch):
-    monkeypatch.setattr(fedavg, "settings", dataclasses.replace(fedavg.settings, fedavg_history=2))
+    monkeypatch.setattr(fedavg, "config", dataclasses.replace(fedavg.config, history=2))
     _run([_update(i).to_json() for i in range(60)])
-    from flead_app.tables.fedavg_state import fedavg_state
-
-    state = orjson.loads(fedavg_state[FLEET_KEY])
-    assert state["version"] == 3 and sorted(state["history"], key=int) == ["2", "3"]
+    state = _row().state
+    assert state.version == 3 and sorted(state.history) == [2, 3]
     latest = GlobalModel.from_json(sent.of(SETTINGS.topic_global_updates)[-1])
-    assert state["history"]["3"] == [*latest.weights, latest.bias]
+    assert list(state.history[3]) == [*latest.weights, latest.bias]
 
 
 def test_federate_without_history_averages_absolute_weights():
     updates = [_update(i, weights=(float(i), 0.0, 0.0, 0.0), samples=10, base=0) for i in range(4)]
-    plain = fedavg.federate(updates, 3, 4, staleness_exponent=0.0)
+    at = "2025-11-07T15:22:31.000Z"
+    plain = federate(updates, 3, 4, FedAvg(0.0), at)
     assert plain.weights[0] == pytest.approx(1.5)
     history = {0: [0.0, 0.0, 0.0, 0.0, -0.5], 3: [10.0, 0.0, 0.0, 0.0, -0.5]}
-    delta = fedavg.federate(updates, 3, 4, staleness_exponent=0.0, history=history)
+    delta = federate(updates, 3, 4, FedAvg(0.0), at, history=history)
     assert delta.weights[0] == pytest.approx(11.5)  # v3 + the average change from v0

@@ -16,14 +16,13 @@ from sqlalchemy import create_engine, select
 from flead_app.algorithms.detection import NUM_FEATURES
 from flead_app.algorithms.device import DeviceState
 from flead_app.io.db.schema import local_models
-from flead_app.models import LocalModelUpdate, Reading
+from flead_app.models import FLEET_KEY, LocalModelUpdate, Reading
 from flead_app.settings import load_settings
+from flead_app.tables.rows import DeviceRow, Position
 from flead_app.worker import WorkerProcess, prepare_changelog_topics
 from tests.agents.test_pipeline_integration import consume_all, wait_for
 
 pytestmark = pytest.mark.integration
-
-FLEET_KEY = b"fleet"  # what every local update is keyed by (flead_app.tables.fedavg_state)
 
 
 async def crash_leftovers(settings, device: str) -> bytes:
@@ -39,7 +38,7 @@ async def crash_leftovers(settings, device: str) -> bytes:
         )  # fmt: skip
         value = update.to_json()
         entry = (where.offset, settings.topic_local_updates, FLEET_KEY.decode(), value.decode())
-        row = DeviceState(readings=1, model_version=7, partition=where.partition, offset=where.offset, outbox=(entry,))
+        row = DeviceRow(DeviceState(readings=1, model_version=7), Position(where.partition, where.offset, (entry,)))
         changelog = f"{settings.app_id}-device_state-changelog"
         await producer.send_and_wait(changelog, row.to_bytes(), key=device.encode(), partition=where.partition)
         return value

@@ -4,14 +4,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flead_app.algorithms.aggregation import (
-    aggregate,
+    CoordinateMedian,
+    FedAvg,
+    TrimmedMean,
     coordinate_median,
     federated_step,
+    make_aggregator,
     staleness_weights,
     trimmed_mean,
     weighted_accuracy,
     weighted_average,
 )
+
+NO_STALENESS = np.zeros(3)
 
 DESCRIPTION_UPDATES = np.array([[0.45, 0.35, 0.25], [0.55, 0.25, 0.20], [0.48, 0.32, 0.23]])
 DESCRIPTION_SAMPLES = np.array([500, 400, 300])
@@ -27,11 +32,8 @@ def test_description_worked_example():
     result = weighted_average(DESCRIPTION_UPDATES, DESCRIPTION_SAMPLES)
     np.testing.assert_allclose(result, [589 / 1200, 371 / 1200, 274 / 1200])
     assert result.round(3).tolist() == [0.491, 0.309, 0.228]
-    assert aggregate(DESCRIPTION_UPDATES, DESCRIPTION_SAMPLES, staleness_exponent=0.5).round(3).tolist() == [
-        0.491,
-        0.309,
-        0.228,
-    ]
+    combined = FedAvg(staleness_exponent=0.5).combine(DESCRIPTION_UPDATES, DESCRIPTION_SAMPLES, NO_STALENESS)
+    assert combined.round(3).tolist() == [0.491, 0.309, 0.228]
 
 
 def test_printed_description_vector_is_not_a_weighted_average():
@@ -47,7 +49,7 @@ def test_global_accuracy_is_sample_weighted():
 def test_staleness_discounts_older_updates():
     w = staleness_weights(np.array([100, 100]), np.array([0, 3]), exponent=0.5)
     assert w[0] == 100 and w[1] == pytest.approx(50)
-    fresh_wins = aggregate(np.array([[1.0], [0.0]]), np.array([100, 100]), np.array([0, 3]))
+    fresh_wins = FedAvg().combine(np.array([[1.0], [0.0]]), np.array([100, 100]), np.array([0, 3]))
     assert fresh_wins[0] == pytest.approx(2 / 3)
 
 
@@ -69,14 +71,18 @@ def test_robust_aggregators_resist_a_faulty_device():
     faulty = np.array([[1e6, -1e6, 1e6]])
     p = np.vstack((honest, faulty))
     samples = np.full(20, 50)
-    assert abs(aggregate(p, samples, method="fedavg")[0]) > 1000
-    np.testing.assert_allclose(aggregate(p, samples, method="median"), honest[0])
-    np.testing.assert_allclose(aggregate(p, samples, method="trimmed_mean", trim_ratio=0.1), honest[0])
+    none = np.zeros(20)
+    assert abs(FedAvg().combine(p, samples, none)[0]) > 1000
+    np.testing.assert_allclose(CoordinateMedian().combine(p, samples, none), honest[0])
+    np.testing.assert_allclose(TrimmedMean(0.1).combine(p, samples, none), honest[0])
 
 
-def test_unknown_aggregator_is_a_clear_error():
+def test_aggregators_are_made_from_their_setting_names():
+    assert make_aggregator("fedavg", staleness_exponent=0.0) == FedAvg(0.0)
+    assert make_aggregator("median") == CoordinateMedian()
+    assert make_aggregator("trimmed_mean", trim_ratio=0.2) == TrimmedMean(0.2)
     with pytest.raises(ValueError, match="unknown aggregator"):
-        aggregate(DESCRIPTION_UPDATES, DESCRIPTION_SAMPLES, method="mean")
+        make_aggregator("mean")
 
 
 DESCRIPTION_V1 = np.array([0.5, 0.3, 0.2])
@@ -96,9 +102,9 @@ def test_a_stale_update_adds_its_change_instead_of_dragging_the_model_back():
     fresh = current + [0.1, 0.0]  # started from v5, moved +0.1
     stale = v0 + [0.1, 0.0]  # started from v0, made the same move
     params, bases = np.array([fresh, stale]), np.array([current, v0])
-    step = federated_step(params, bases, current, np.array([10, 10]), np.array([0, 5]), staleness_exponent=0.0)
+    step = federated_step(params, bases, current, np.array([10, 10]), np.array([0, 5]), FedAvg(0.0))
     np.testing.assert_allclose(step, [1.1, -3.0])
-    plain = aggregate(params, np.array([10, 10]), np.array([0, 5]), staleness_exponent=0.0)
+    plain = FedAvg(0.0).combine(params, np.array([10, 10]), np.array([0, 5]))
     assert plain[0] == pytest.approx(0.6)  # averaging absolute weights undoes half of v1..v5
 
 
@@ -115,5 +121,5 @@ def test_robust_aggregators_work_on_changes_too():
     honest = current + np.tile([[0.01, 0.0, -0.01]], (19, 1))
     params = np.vstack((honest, [[1e6, -1e6, 1e6]]))
     bases = np.tile(current, (20, 1))
-    step = federated_step(params, bases, current, np.full(20, 50), method="median")
+    step = federated_step(params, bases, current, np.full(20, 50), aggregator=CoordinateMedian())
     np.testing.assert_allclose(step, honest[0])

@@ -5,12 +5,14 @@ import pytest
 from flead_app.algorithms.detection import DetectorState
 from flead_app.algorithms.device import (
     DeviceConfig,
+    DeviceMessage,
     DeviceState,
     GlobalParams,
     current_model,
     ingest,
     initial_global,
     initial_model,
+    step,
     train_round,
     training_due,
 )
@@ -93,24 +95,79 @@ def test_held_out_readings_are_never_buffered():
     assert state.buffer_labels.shape[0] == int((~holdout[CFG.min_history :]).sum())
 
 
-def test_state_round_trips_through_bytes():
+def test_state_round_trips_through_json():
     state = _feed(DeviceState(), 73)
     state, _ = train_round(state, 5.0, CFG)
     state = _feed(state, 7, seed=3)
-    back = DeviceState.from_bytes(state.to_bytes())
+    back = DeviceState.from_dict(orjson.loads(orjson.dumps(state.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY)))
     assert back.summary() == state.summary()
     assert back.detector == state.detector  # plain and robust baselines, EWMs, outlier run
+    assert isinstance(back.detector, DetectorState)
     np.testing.assert_allclose(back.buffer_features, state.buffer_features, rtol=1e-6)
 
 
-def test_rows_written_before_the_robust_baseline_existed_still_load():
-    state = _feed(DeviceState(), 30)
-    d = orjson.loads(state.to_bytes())
-    for key in ("rn", "rmean", "rm2", "ez", "out"):
-        del d[key]
-    back = DeviceState.from_bytes(orjson.dumps(d))
-    assert back.detector.robust == state.detector.stats and back.detector.outliers == 0
-    assert isinstance(back.detector, DetectorState)
+def test_a_state_of_another_format_is_refused_with_what_to_do():
+    d = DeviceState().to_dict()
+    d["format"] = 1
+    with pytest.raises(ValueError, match="flead stack down --wipe"):
+        DeviceState.from_dict(d)
+
+
+def _messages(n: int, per: int, spike_at: int | None = None, seed: int = 0) -> list[DeviceMessage]:
+    rng = np.random.default_rng(seed)
+    values = rng.normal(20, 1, n)
+    labels = np.zeros(n, np.int8)
+    if spike_at is not None:
+        values[spike_at], labels[spike_at] = 40.0, 1
+    stamps = 1_700_000_000 + np.arange(n, dtype=float)
+    return [
+        DeviceMessage(100.0 + i, stamps[i : i + per], values[i : i + per], labels[i : i + per])
+        for i in range(0, n, per)
+    ]
+
+
+def test_step_is_ingest_decide_and_train_in_one_call():
+    msgs = _messages(100, 10, spike_at=70)
+    out = step(DeviceState(), msgs, initial_global(CFG), "device_s", CFG)
+    assert [(a.message, a.reading, a.rule) for a in out.alarms if a.z > 5] == [(7, 0, "zrule")]
+    assert all(abs(a.z) > CFG.z_threshold for a in out.alarms)
+    assert [u.model_version for u in out.updates] == [1, 2] and out.state.readings == 100
+    assert out.state.anomalies == len(out.alarms)
+    assert len(out.scores) == 10 and out.scores[0].scored[: CFG.min_history].sum() == 0
+
+
+def test_step_over_several_messages_equals_one_message_at_a_time():
+    msgs = _messages(120, 7, spike_at=50, seed=3)
+    together = step(DeviceState(), msgs, initial_global(CFG), "device_t", CFG)
+    state, alarms, updates = DeviceState(), [], []
+    for m in msgs:
+        one = step(state, [m], initial_global(CFG), "device_t", CFG)
+        state = one.state
+        alarms += [(a.z, a.probability) for a in one.alarms]
+        updates += list(one.updates)
+    assert [(a.z, a.probability) for a in together.alarms] == alarms
+    assert [(u.model_version, u.samples, u.trained_at) for u in together.updates] == [
+        (u.model_version, u.samples, u.trained_at) for u in updates
+    ]
+    assert together.state.summary() == state.summary()
+
+
+def test_the_model_rule_alarms_on_the_probability_and_reports_both():
+    cfg = DeviceConfig(alarm_rule="model", alarm_probability=0.5)
+    strong = GlobalParams(3, np.array([4.0, 0.0, 0.0, 0.0]), -4.0)  # p >= 0.5 where robust |z| - E|Z| >= 1
+    out = step(DeviceState(), _messages(60, 60, spike_at=40), strong, "device_m", cfg)
+    assert out.alarms and all(a.rule == "model" and a.probability >= 0.5 for a in out.alarms)
+    spike = [a for a in out.alarms if a.reading == 40]
+    assert spike and spike[0].z > 5 and spike[0].severity == "critical"
+
+
+def test_a_request_for_a_round_trains_what_is_buffered():
+    msgs = _messages(20, 20)
+    state = step(DeviceState(), msgs, initial_global(CFG), "device_q", CFG).state
+    assert state.pending == 20
+    request = DeviceMessage(500.0, np.empty(0), np.empty(0), np.empty(0, np.int8), train_now=True)
+    out = step(state, [request], initial_global(CFG), "device_q", CFG)
+    assert [u.model_version for u in out.updates] == [1] and out.scores == (None,) and out.state.pending == 0
 
 
 def test_worker_defaults_match_the_settings_defaults():

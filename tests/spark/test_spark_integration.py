@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 
 from flead_app.io.db.store import Database
+from flead_app.io.kafka import fetch_partition_leaders as partition_leaders
 from flead_app.settings import load_settings
 from flead_app.spark_support import dbio
 from flead_app.spark_support.analytics import Window
@@ -37,7 +38,6 @@ from flead_app.spark_support.evaluation import (
     replay_device,
 )
 from flead_app.spark_support.jobs import analytics_job, device_config, evaluate_job
-from flead_app.spark_support.kafka_meta import partition_leaders
 from flead_app.spark_support.summary import evaluation_summary
 from tests.conftest import create_topics, unique
 

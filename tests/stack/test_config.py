@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from flead_app.settings import load_settings
 from flead_app.stack import config, postgres
 from flead_app.stack.config import ClusterPlan, topic_plans
 
@@ -47,13 +48,16 @@ def test_plan_rejects_bad_sizes():
         ClusterPlan(4).node(5)
 
 
-def test_port_base_from_env():
-    assert config.port_base_from_env({}) == 29092
-    assert config.port_base_from_env({"FLEAD_KAFKA_PORT": "29192"}) == 29192
-    with pytest.raises(ValueError, match="port number"):
-        config.port_base_from_env({"FLEAD_KAFKA_PORT": "abc"})
+def test_port_base_from_the_settings(monkeypatch):
+    assert load_settings().kafka_port == 29092
+    monkeypatch.setenv("FLEAD_KAFKA_PORT", "29192")
+    assert load_settings().kafka_port == 29192
+    monkeypatch.setenv("FLEAD_KAFKA_PORT", "abc")
+    with pytest.raises(ValueError, match="FLEAD_KAFKA_PORT must be a whole number"):
+        load_settings()
+    monkeypatch.setenv("FLEAD_KAFKA_PORT", "60000")
     with pytest.raises(ValueError, match="out of range"):
-        config.port_base_from_env({"FLEAD_KAFKA_PORT": "60000"})
+        load_settings()
 
 
 def test_server_properties_of_a_combined_node():
@@ -157,7 +161,7 @@ def test_parse_lsclusters():
 def test_db_url_and_name(monkeypatch):
     assert postgres.make_url("a/b@c", 5432, "flead") == "postgresql+psycopg2://flead:a%2Fb%40c@127.0.0.1:5432/flead"
     monkeypatch.setenv("FLEAD_DB_NAME", "flead_alice")
-    assert postgres.db_name() == "flead_alice"
+    assert load_settings().db_name == "flead_alice"
     monkeypatch.setenv("FLEAD_DB_NAME", "x; DROP DATABASE y")
-    with pytest.raises(Exception, match="plain database name"):
-        postgres.db_name()
+    with pytest.raises(ValueError, match="plain database name"):
+        load_settings()

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from flead_app.settings import load_settings
 from flead_app.stack import kafka as kafka_mod
 from flead_app.stack import postgres
 from flead_app.stack.config import CONTROLLER_PORT_OFFSET, ClusterPlan, topic_plans
@@ -134,20 +135,20 @@ def test_cli_status_of_the_shared_cluster(cluster4):
 
 
 def test_postgres_database_per_name(tmp_path, monkeypatch):
-    if postgres.external_url():
+    if postgres.external_url(load_settings()):
         pytest.skip("FLEAD_DB_URL points at an external server")
     name = f"flead_test_{random.randrange(10**6)}"
     monkeypatch.setenv("FLEAD_DB_NAME", name)
     home = tmp_path / "home"
-    info = postgres.ensure_running(home)
+    info = postgres.ensure_running(home, load_settings())
     try:
         assert info.url.endswith(f"/{name}") and info.managed
         assert postgres.check_url(info.url) == ""
         assert oct(postgres.password_file(home).stat().st_mode & 0o777) == "0o600"
-        assert postgres.ensure_running(home).url == info.url  # stable across calls
+        assert postgres.ensure_running(home, load_settings()).url == info.url  # stable across calls
     finally:
         postgres._psql_admin(info.cluster, f'DROP DATABASE IF EXISTS "{name}";')
-    assert "left running" in postgres.stop(home)  # not started by this home
+    assert "left running" in postgres.stop(home, load_settings())  # not started by this home
 
 
 def test_plan_matches_the_rendered_cluster(tmp_path):
@@ -158,7 +159,7 @@ def test_plan_matches_the_rendered_cluster(tmp_path):
 
 def test_postgres_started_by_the_stack_is_stopped_by_it(tmp_path, monkeypatch):
     """A private Debian cluster (FLEAD_PG_CLUSTER) that the stack creates, starts and stops."""
-    if postgres.external_url() or not postgres.installed_versions():
+    if postgres.external_url(load_settings()) or not postgres.installed_versions():
         pytest.skip("needs Debian's PostgreSQL server and no FLEAD_DB_URL")
     name = f"fltest{random.randrange(10**6)}"
     monkeypatch.setenv("FLEAD_PG_CLUSTER", name)
@@ -166,17 +167,18 @@ def test_postgres_started_by_the_stack_is_stopped_by_it(tmp_path, monkeypatch):
     home = tmp_path / "home"
     version = postgres.installed_versions()[-1]
     try:
-        info = postgres.ensure_running(home)
+        info = postgres.ensure_running(home, load_settings())
         assert info.started and info.cluster.name == name
         assert postgres.read_state(home)["started"] is True
         assert postgres.check_url(info.url) == ""
-        again = postgres.ensure_running(home)
+        again = postgres.ensure_running(home, load_settings())
         assert not again.started and again.url == info.url  # up twice: same server, same URL
-        assert postgres.stop(home) == "stopped"
+        assert postgres.stop(home, load_settings()) == "stopped"
         assert not postgres.local_cluster(version, name).online
-        assert postgres.stop(home) == "left running (not started by this stack)"  # nothing recorded now
+        # nothing recorded now:
+        assert postgres.stop(home, load_settings()) == "left running (not started by this stack)"
         # a missing server is started again by the next up
-        assert postgres.ensure_running(home).started
-        assert postgres.stop(home) == "stopped"
+        assert postgres.ensure_running(home, load_settings()).started
+        assert postgres.stop(home, load_settings()) == "stopped"
     finally:
         subprocess.run(["pg_dropcluster", "--stop", version, name], capture_output=True)

@@ -1,32 +1,31 @@
-"""Write-until-committed: the sink's guarantee that nothing is acknowledged unwritten.
+"""Write until committed: the sink's guarantee that no offset is committed past an unwritten row.
 
-The Faust sink takes a batch of events, hands the rows to ``write_with_retry`` and lets Faust
-acknowledge the events only when it returns. So while the database is down the call does not
-return: it retries with exponential backoff (0.5 s doubling to 30 s, with jitter so that
-several workers do not hammer a restarting server in step). The only ways out are a commit
-or the stop event, which raises ``WriteAborted`` so the caller acknowledges nothing and Kafka
-redelivers the batch to whoever owns the partition next; the natural-key inserts make that
-redelivery harmless.
+``write_with_retry(fn, rows)`` returns only once ``fn`` (a write that returns after its commit)
+has succeeded: while the database is unreachable it retries with exponential backoff (0.5 s
+doubling to 30 s, with jitter so that several workers do not hammer a restarting server in
+step). The sink runs it in a thread of the event loop's executor, so the worker keeps serving
+heartbeats meanwhile. A stop event, if given, ends the wait with ``WriteAborted``: the caller
+commits nothing and Kafka redelivers the batch, which the natural-key inserts make harmless.
 
-Errors that retrying cannot fix (a bad row, a missing column) are raised at once: blocking
-forever on them would stall the partition without any hope of progress.
+Errors that retrying cannot fix (a refused row, a missing column) are raised at once: the
+sink isolates refused rows itself (``sink.PostgresSink``), and waiting would stall for good.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import re
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import exc as sa_exc
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 BASE_DELAY_S = 0.5
 MAX_DELAY_S = 30.0
@@ -73,17 +72,17 @@ def describe_error(err: BaseException) -> str:
 
 
 def write_with_retry(
-    fn: Callable[[T], int],
+    fn: Callable[[T], R],
     rows: T,
     stop_event: threading.Event | None = None,
     *,
     base_delay: float = BASE_DELAY_S,
     max_delay: float = MAX_DELAY_S,
     what: str | None = None,
-) -> int:
+) -> R:
     """Call ``fn(rows)`` until it returns (it returns only after its commit).
 
-    Returns what ``fn`` returned (rows inserted). Raises ``WriteAborted`` if ``stop_event`` is
+    Returns what ``fn`` returned. Raises ``WriteAborted`` if ``stop_event`` is
     set while waiting, and re-raises at once any error that is not transient.
     """
     name = what or getattr(fn, "__name__", "write")
@@ -95,7 +94,7 @@ def write_with_retry(
         attempt += 1
         try:
             result = fn(rows)
-        except Exception as err:  # noqa: BLE001 - classified just below
+        except Exception as err:  # classified just below
             if not is_transient(err):
                 raise
             delay = next(delays)
@@ -108,51 +107,6 @@ def write_with_retry(
                     raise WriteAborted(f"{name}: stopped after {attempt} failed attempts") from err
             else:
                 threading.Event().wait(delay)
-            continue
-        if attempt > 1:
-            log.info("%s succeeded after %d attempts", name, attempt)
-        return result
-
-
-async def write_with_retry_async(
-    fn: Callable[[T], int],
-    rows: T,
-    stop_event: asyncio.Event | None = None,
-    *,
-    base_delay: float = BASE_DELAY_S,
-    max_delay: float = MAX_DELAY_S,
-    what: str | None = None,
-    executor: Any = None,
-) -> int:
-    """``write_with_retry`` for a Faust agent: each attempt runs in ``executor`` (default pool),
-    the waits between attempts are ``asyncio`` sleeps, so no thread is parked for 30 s and the
-    worker's event loop keeps serving heartbeats and rebalances."""
-    loop = asyncio.get_running_loop()
-    name = what or getattr(fn, "__name__", "write")
-    delays = backoff_delays(base_delay, max_delay)
-    attempt = 0
-    while True:
-        if stop_event is not None and stop_event.is_set():
-            raise WriteAborted(f"{name}: stopped before the rows were written")
-        attempt += 1
-        try:
-            result = await loop.run_in_executor(executor, fn, rows)
-        except Exception as err:  # noqa: BLE001
-            if not is_transient(err):
-                raise
-            delay = next(delays)
-            log.warning(
-                "%s failed (attempt %d, database unreachable?): %s; retrying in %.1f s",
-                name, attempt, describe_error(err), delay,
-            )
-            if stop_event is None:
-                await asyncio.sleep(delay)
-            else:
-                try:
-                    await asyncio.wait_for(stop_event.wait(), timeout=delay)
-                except TimeoutError:
-                    continue
-                raise WriteAborted(f"{name}: stopped after {attempt} failed attempts") from err
             continue
         if attempt > 1:
             log.info("%s succeeded after %d attempts", name, attempt)

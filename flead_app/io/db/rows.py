@@ -73,6 +73,8 @@ def anomaly_row(rec: Anomaly, now: datetime | None = None) -> dict[str, Any]:
         "z_score": float(rec.z_score),
         "severity": rec.severity,
         "label": None if rec.label is None else int(rec.label),
+        "probability": None if rec.probability is None else float(rec.probability),
+        "rule": rec.rule,
         "timestamp": parse_time(rec.timestamp),
         "detected_at": parse_time(detected),
     }

@@ -77,6 +77,8 @@ anomalies = Table(
     Column("z_score", Float, nullable=False),
     Column("severity", Text, nullable=False),
     Column("label", Integer, nullable=True),
+    Column("probability", Float, nullable=True),  # the model's, for the same reading
+    Column("rule", Text, nullable=True),  # which rule raised it: zrule | model
     Column("timestamp", DateTime(timezone=True), nullable=False),
     Column("detected_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("device_id", "timestamp", "value", name="anomalies_natural_key"),

@@ -1,13 +1,10 @@
 """PostgreSQL/TimescaleDB persistence: schema creation and batched idempotent inserts.
 
 ``Database(url)`` wraps one SQLAlchemy engine (psycopg2). Every insert is one transaction of
-multi-row ``INSERT ... ON CONFLICT DO NOTHING`` statements: Kafka redeliveries after a crash
-or a rebalance hit the natural unique keys of ``schema.py`` and insert nothing, and the
-returned count is the rows actually inserted. ``ON CONFLICT`` names no constraint because
-TimescaleDB hypertables refuse ``ON CONFLICT ON CONSTRAINT`` (timescaledb issue 1094).
-
-``write_with_retry`` (re-exported from ``retry.py``) is what the Faust sink wraps these calls
-in, so that events are acknowledged only after their rows are committed.
+``INSERT ... ON CONFLICT DO NOTHING`` statements: Kafka redeliveries after a crash or a
+rebalance hit the natural unique keys of ``schema.py`` and insert nothing, and the returned
+count is the rows actually inserted. ``ON CONFLICT`` names no constraint because TimescaleDB
+hypertables refuse ``ON CONFLICT ON CONSTRAINT`` (timescaledb issue 1094).
 """
 
 from __future__ import annotations
@@ -23,11 +20,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from flead_app.io.db import timescale
-from flead_app.io.db.retry import WriteAborted, describe_error, write_with_retry, write_with_retry_async
+from flead_app.io.db.retry import WriteAborted, describe_error, write_with_retry
 from flead_app.io.db.rows import anomaly_row, global_model_row, local_model_row
 from flead_app.io.db.schema import metadata
 from flead_app.models import Anomaly, GlobalModel, LocalModelUpdate
-from flead_app.settings import redact_url
+from flead_app.settings import Settings, redact_url
+
+DEFAULTS = Settings()
 
 __all__ = [
     "Database",
@@ -35,7 +34,6 @@ __all__ = [
     "sqlalchemy_url",
     "WriteAborted",
     "write_with_retry",
-    "write_with_retry_async",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,9 +70,9 @@ class Database:
         *,
         connect_timeout_s: int = 10,
         pool_size: int = 4,
-        retention_days: int | None = None,
-        compress_after_days: int | None = None,
-        chunk_hours: int | None = None,
+        retention_days: int = DEFAULTS.retention_days,
+        compress_after_days: int = DEFAULTS.compress_after_days,
+        chunk_hours: int = DEFAULTS.chunk_hours,
     ) -> None:
         if not url:
             raise ValueError("no database URL: run `flead stack up` or set FLEAD_DB_URL")
@@ -89,6 +87,17 @@ class Database:
             pool_size=pool_size,
             max_overflow=pool_size,
             connect_args={"connect_timeout": int(connect_timeout_s)},
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> Database:
+        """The settings' database, with their TimescaleDB chunk, compression and retention policies."""
+        return cls(
+            settings.db_url,
+            retention_days=settings.retention_days,
+            compress_after_days=settings.compress_after_days,
+            chunk_hours=settings.chunk_hours,
+            **options,
         )
 
     def __repr__(self) -> str:
@@ -110,17 +119,6 @@ class Database:
             raise DatabaseUnreachable(f"cannot reach the database at {self.safe_url}: {describe_error(err)}") from err
 
     # ------------------------------------------------------------------ schema
-    def _policies(self) -> tuple[int, int, int]:
-        retention, compress, chunk = self._policy
-        if None in (retention, compress, chunk):
-            from flead_app.settings import load_settings
-
-            s = load_settings()
-            retention = s.retention_days if retention is None else retention
-            compress = s.compress_after_days if compress is None else compress
-            chunk = s.chunk_hours if chunk is None else chunk
-        return int(retention), int(compress), int(chunk)  # type: ignore[arg-type]
-
     def init_schema(self) -> str:
         """Create every table of ``schema.metadata`` that is missing; return the backend in use.
 
@@ -128,7 +126,7 @@ class Database:
         with compression and retention policies ("timescaledb"); else they stay plain tables
         with their time indexes ("postgresql"). Safe to run again and from several processes.
         """
-        retention, compress, chunk = self._policies()
+        retention, compress, chunk = self._policy
         with self.engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
             ts_version = self._enable_timescale(conn)
@@ -137,6 +135,7 @@ class Database:
                 for index in table.indexes:  # tables made by an older schema get new indexes
                     index.create(conn, checkfirst=True)
             self._repair_identity(conn)
+            self._add_missing_columns(conn)
             if ts_version:
                 self._make_hypertables(conn, ts_version, retention, compress, chunk)
         self.backend = "timescaledb" if ts_version else "postgresql"
@@ -186,6 +185,31 @@ class Database:
         for name in rows:
             log.info("adding the missing identity to %s.id", name)
             conn.execute(text(f'ALTER TABLE "{name}" ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY'))
+
+    @staticmethod
+    def _add_missing_columns(conn: Connection) -> None:
+        """Add the nullable columns a table made by an older schema lacks (``create_all`` only creates
+        missing tables); a missing NOT NULL column is a schema this version cannot upgrade."""
+        present: dict[str, set[str]] = {}
+        for table_name, column in conn.execute(
+            text("SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()")
+        ):
+            present.setdefault(table_name, set()).add(column)
+        for table in metadata.sorted_tables:
+            have = present.get(table.name)
+            if not have:
+                continue
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                if not column.nullable:
+                    raise RuntimeError(
+                        f"table {table.name} lacks the column {column.name}, which this version needs: "
+                        "drop the table (or the database) to recreate it"
+                    )
+                kind = column.type.compile(dialect=conn.dialect)
+                log.info("adding the column %s.%s (%s)", table.name, column.name, kind)
+                conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN IF NOT EXISTS "{column.name}" {kind}'))
 
     @staticmethod
     def _make_hypertables(conn: Connection, version: str, retention: int, compress: int, chunk: int) -> None:

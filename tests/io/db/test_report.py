@@ -196,7 +196,7 @@ async def _fresh_topics_with_traffic(settings, produce: dict[str, tuple[int, int
 
     from flead_app.io.kafka import create_topics
 
-    await create_topics(settings.bootstrap_servers, list(produce), 2, settings.replication_factor)
+    await create_topics(settings, list(produce), 2)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
     await producer.start()
     try:

@@ -16,7 +16,6 @@ from flead_app.io.db.retry import (
     describe_error,
     is_transient,
     write_with_retry,
-    write_with_retry_async,
 )
 
 
@@ -85,25 +84,28 @@ def test_stop_event_aborts_a_write_that_never_succeeds():
         write_with_retry(down, [1], stop, base_delay=0.05, max_delay=0.1)
 
 
-def test_async_variant_retries_and_can_be_stopped():
+def test_from_an_event_loop_the_retry_runs_in_the_executor_and_the_loop_keeps_going():
+    """The sink's use: the write retries in a thread while the event loop goes on serving."""
+
     async def scenario():
-        calls = []
+        calls, ticks = [], []
 
         def flaky(rows):
             calls.append(1)
-            if len(calls) < 2:
+            if len(calls) < 3:
                 raise operational()
             return 7
 
-        assert await write_with_retry_async(flaky, [], base_delay=0.01) == 7
+        async def tick():
+            while len(calls) < 3:
+                ticks.append(1)
+                await asyncio.sleep(0.005)
 
-        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        ticker = asyncio.create_task(tick())
+        result = await loop.run_in_executor(None, lambda: write_with_retry(flaky, [], base_delay=0.02))
+        await ticker
+        return result, len(ticks)
 
-        def down(rows):
-            raise operational()
-
-        asyncio.get_running_loop().call_later(0.2, stop.set)
-        with pytest.raises(WriteAborted):
-            await write_with_retry_async(down, [], stop, base_delay=0.05, max_delay=0.1)
-
-    asyncio.run(scenario())
+    result, ticks = asyncio.run(scenario())
+    assert result == 7 and ticks > 1
