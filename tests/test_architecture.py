@@ -155,9 +155,6 @@ def test_flead_settings_are_read_in_settings_py_only_and_never_written():
         source = path.read_text()
         tree = ast.parse(source)
         uses = _environ_uses(tree)
-        flead_literals = [
-            n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str) and "FLEAD_" in n.value
-        ]
         if name != "flead_app.settings" and uses:
             lines = {source.splitlines()[n.lineno - 1].strip() for n in uses}
             offenders += [f"{name}: {line}" for line in lines if "FLEAD_" in line or ".update(" in line]
@@ -171,7 +168,6 @@ def test_flead_settings_are_read_in_settings_py_only_and_never_written():
                     node.func.attr == "setdefault" and any("FLEAD_" in ast.unparse(a) for a in node.args)
                 ):
                     offenders.append(f"{name}:{node.lineno} writes os.environ")
-        del flead_literals
     assert not offenders, "\n".join(offenders)
 
 
@@ -182,7 +178,8 @@ def test_settings_outside_settings_py_are_not_looked_up_by_name():
         if name == "flead_app.settings":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "getenv"):
+            is_lookup = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            if is_lookup and node.func.attr in ("get", "getenv"):
                 if any(isinstance(a, ast.Constant) and str(a.value).startswith("FLEAD_") for a in node.args):
                     offenders.append(f"{name}:{node.lineno}")
     assert not offenders, offenders

@@ -276,8 +276,10 @@ def training_due(state: DeviceState, now: float, cfg: DeviceConfig) -> bool:
 
     >>> cfg = DeviceConfig(train_every=50, train_interval_s=60.0)
     >>> quiet = DeviceState(pending=2, last_round_at=100.0)
-    >>> training_due(DeviceState(pending=50), 0.0, cfg), training_due(quiet, 150.0, cfg), training_due(quiet, 160.0, cfg)
-    (True, False, True)
+    >>> training_due(DeviceState(pending=50), 0.0, cfg), training_due(quiet, 150.0, cfg)
+    (True, False)
+    >>> training_due(quiet, 160.0, cfg)
+    True
     """
     if state.pending <= 0:
         return False

@@ -1,0 +1,106 @@
+"""``flead stack reset``: empty the pipeline's topics, tables and worker state, keep the stack running.
+
+A demo or a replay-and-evaluate run reports on what the stack holds; without this, every
+earlier run (the test suite's, yesterday's demo) is counted with it. Resetting:
+
+* truncates the FLEAD topics and the workers' changelog topics to their end offsets (Kafka's
+  DeleteRecords: the topics, their partitions and replication stay, the records are gone), so
+  Spark and a restarted worker read only the new run;
+* removes the workers' local table files (RocksDB caches of those changelogs);
+* drops and re-creates the database tables of ``flead_app.io.db.schema`` (only those).
+
+Consumer groups keep their committed offsets, which now lie before the topics' first record:
+consumers restart from the first record (``auto_offset_reset=earliest``), and lag is counted
+from the first record that still exists (``flead_app.io.kafka.consumer_lag``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from dataclasses import dataclass, field
+
+from flead_app.io import kafka
+from flead_app.io.db.store import Database
+from flead_app.settings import WORKERS_DIR, Settings
+
+log = logging.getLogger(__name__)
+
+#: the worker's tables (flead_app/tables): Faust names their changelog topics <app id>-<table>-changelog
+TABLES = ("device_state", "fedavg_state")
+
+
+def pipeline_topics(settings: Settings) -> list[str]:
+    return [
+        settings.topic_readings,
+        settings.topic_anomalies,
+        settings.topic_local_updates,
+        settings.topic_global_updates,
+        settings.topic_dead_letter,
+    ]
+
+
+def changelog_topics(settings: Settings) -> list[str]:
+    return [f"{settings.app_id}-{table}-changelog" for table in TABLES]
+
+
+@dataclass
+class ResetResult:
+    records_deleted: dict[str, int] = field(default_factory=dict)  # topic -> records removed
+    worker_dirs: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        records = sum(self.records_deleted.values())
+        return (
+            f"removed {records:,} records from {len(self.records_deleted)} topics, "
+            f"{len(self.worker_dirs)} worker table folder(s), and the rows of {len(self.tables)} tables"
+        )
+
+
+async def truncate_topics(settings: Settings, topics: list[str]) -> dict[str, int]:
+    """Delete every record of ``topics`` (those that exist); records removed per topic."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import RecordsToDelete
+
+    reader = kafka.consumer(settings)
+    client = kafka.admin(settings)
+    await reader.start()
+    await client.start()
+    try:
+        existing = set(await client.list_topics())
+        removed: dict[str, int] = {}
+        for topic in topics:
+            if topic not in existing:
+                continue
+            parts = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
+            if not parts:
+                parts = await kafka.assign_all_partitions(reader, topic)
+            begin, end = await reader.beginning_offsets(parts), await reader.end_offsets(parts)
+            todo = {tp: RecordsToDelete(before_offset=end[tp]) for tp in parts if end[tp] > begin[tp]}
+            if todo:
+                await client.delete_records(todo)
+            removed[topic] = sum(end[tp] - begin[tp] for tp in parts)
+        return removed
+    finally:
+        await client.close()
+        await reader.stop()
+
+
+def reset(settings: Settings) -> ResetResult:
+    """Empty the pipeline (topics, changelogs, worker table files, database tables); the stack stays up."""
+    result = ResetResult()
+    result.records_deleted = asyncio.run(truncate_topics(settings, pipeline_topics(settings) + changelog_topics(settings)))
+    workers = settings.home_path / WORKERS_DIR
+    for folder in sorted(workers.glob(f"{settings.app_id}-*")) if workers.is_dir() else []:
+        shutil.rmtree(folder, ignore_errors=True)
+        result.worker_dirs.append(str(folder))
+    if settings.db_url:
+        db = Database.from_settings(settings)
+        try:
+            result.tables = db.reset_schema()
+        finally:
+            db.close()
+    log.info("reset: %s", result.describe())
+    return result
