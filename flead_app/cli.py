@@ -35,13 +35,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _OwnOrWarnings(logging.Filter):
+    """The terminal shows FLEAD's own messages and every library's warnings, not their chatter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith("flead_app") or record.levelno >= logging.WARNING
+
+
+def configure_logging(verbose: bool) -> None:
+    """FLEAD's messages (and libraries' warnings) to the terminal; everything at INFO (DEBUG with
+    ``-v``) also to ``$FLEAD_HOME/logs/flead.log``, where library chatter belongs."""
+    from flead_app.settings import load_settings
+
+    level = logging.DEBUG if verbose else logging.INFO
+    root = logging.getLogger()
+    root.setLevel(level)
+    terminal = logging.StreamHandler()
+    terminal.setFormatter(logging.Formatter(LOG_FORMAT))
+    if not verbose:
+        terminal.addFilter(_OwnOrWarnings())
+    root.addHandler(terminal)
+    try:
+        path = load_settings().home_path / "logs" / "flead.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(path)
+    except (OSError, ValueError):  # an unwritable folder or a bad setting: the terminal still works
+        return
+    to_file.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(to_file)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -50,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ValueError as err:
+        if "FLEAD_" not in str(err):  # not a setting: a bug, with its traceback
+            raise
+        print(f"flead: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

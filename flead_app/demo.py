@@ -1,12 +1,17 @@
 """``flead demo``: the whole system on this machine, with a live summary, then the report.
 
-Starts the stack (1 broker by default, ``--brokers 4`` for the description's topology), one
-Faust worker and the simulator; every few seconds prints what the pipeline has done (readings,
-anomalies, local models, latest global version and accuracy, models per minute); stops after
-``--minutes`` or Ctrl-C, has every device train on the readings it still holds, waits for the
-worker to finish what was produced, scores about a dozen
-global versions (the first, the last, evenly between) on the held-out readings with Spark, and
-ends with ``flead report``: the held-out F1 by version shows whether the fleet learned.
+Starts the stack (1 broker by default, ``--brokers 4`` for the description's topology) and
+empties it (``flead stack reset``: topics, worker tables and database rows of earlier runs, so
+the report speaks of this run only; ``--keep-data`` keeps them), then one Faust worker and the
+simulator. While the simulator runs it prints every few seconds what the pipeline has done and
+what the newest held-out evaluation says, and in the background it scores new global versions
+on held-out readings with Spark (``flead spark evaluate``) and computes the stream analytics of
+the hour so far (``flead spark analytics``), so the dashboard's panels fill during the run. At
+the end every device trains on what it still holds, the worker finishes what was produced,
+about a dozen global versions are evaluated, and ``flead report`` closes.
+
+The terminal shows progress and results; the children's logs (worker, simulator, Spark jobs)
+go to files in the state folder, whose paths are printed.
 """
 
 from __future__ import annotations
@@ -19,52 +24,67 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
 
 from flead_app.io.kafka import pipeline_lags
-from flead_app.settings import load_settings
+from flead_app.settings import Settings, load_settings
 from flead_app.worker import WorkerProcess
 
-TREND_POINTS = 12  # global versions the demo evaluates on held-out data
+TREND_POINTS = 12  # global versions the demo evaluates on held-out data at the end
 SUMMARY_EVERY_S = 5.0
+SIDE_JOBS_EVERY_S = 60.0  # a Spark evaluation and analytics run this often while the simulator runs
+DRAIN_TIMEOUT_S = 180.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline here with a live summary, then report")
     p.add_argument("--minutes", type=float, default=3.0, help="how long the simulator runs (default 3)")
-    p.add_argument("--brokers", type=int, choices=(1, 4), default=1)
+    p.add_argument(
+        "--brokers", type=int, choices=(1, 4), default=None,
+        help="cluster size (default: the running stack's, else 1)",
+    )  # fmt: skip
     p.add_argument("--devices", type=int, default=None, help="fleet size (default FLEAD_DEVICES=2407)")
     p.add_argument("--rate", type=int, default=None, help="readings per minute (default FLEAD_READINGS_PER_MINUTE)")
     p.add_argument("--batch", type=int, default=None, help="readings per message (default FLEAD_BATCH_SIZE)")
     p.add_argument("--csv", default=None, help="replay this CSV (long format) instead of simulating")
     p.add_argument("--keep-running", action="store_true", help="leave the stack up afterwards")
+    p.add_argument("--keep-data", action="store_true", help="do not empty the stack first (the report mixes runs)")
     p.add_argument(
         "--no-evaluate", action="store_true",
-        help="skip the held-out evaluation of the global versions (Spark, about a minute)",
+        help="no held-out evaluation with Spark (neither during the run nor at its end)",
     )  # fmt: skip
     p.set_defaults(func=run)
 
 
-def _flead(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flead_app.cli", *args], check=check)
+def say(text: str) -> None:
+    print(f"flead demo: {text}", flush=True)
 
 
-def drain(settings, timeout: float) -> bool:  # noqa: ANN001
-    """Wait until the worker (its Faust agents and its sink) has committed everything on its input
-    topics; False on timeout."""
-    topics = [
-        settings.topic_readings,
-        settings.topic_local_updates,
-        settings.topic_anomalies,
-        settings.topic_global_updates,
-    ]
+def _flead(*args: str, check: bool = True, log: Path | None = None) -> subprocess.CompletedProcess:
+    out = log.open("a") if log else None
+    try:
+        return subprocess.run([sys.executable, "-m", "flead_app.cli", *args], check=check, stdout=out,
+                              stderr=subprocess.STDOUT if out else None)  # fmt: skip
+    finally:
+        if out:
+            out.close()
+
+
+def drain(settings: Settings, timeout: float) -> bool:
+    """Wait until every consumer group of the pipeline has committed everything on its topics;
+    False on timeout (then the lags left are printed once)."""
+    topics = [settings.topic_readings, settings.topic_local_updates, settings.topic_anomalies,
+              settings.topic_global_updates]  # fmt: skip
     deadline = time.monotonic() + timeout
+    lags: dict[str, int] = {}
     while time.monotonic() < deadline:
         lags = pipeline_lags(settings, topics)
         if not any(lags.values()):
             return True
-        print(f"flead demo: waiting for the worker to catch up: {lags}", flush=True)
-        time.sleep(3)
-    print("flead demo: the worker did not catch up in time; the report shows what was processed", flush=True)
+        time.sleep(1.0)
+    left = {k: v for k, v in lags.items() if v}
+    say(f"the worker had not finished after {timeout:.0f} s (records left: {left}); the report shows what it stored")
     return False
 
 
@@ -76,60 +96,120 @@ def train_pending(worker: WorkerProcess) -> None:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
             requested = json.loads(response.read())["requested"]
     except OSError as err:
-        print(f"flead demo: could not ask for the last rounds: {err}", flush=True)
+        say(f"could not ask for the last rounds: {err}")
         return
-    print(f"flead demo: last rounds requested for {requested:,} devices with readings waiting", flush=True)
+    say(f"last rounds requested for {requested:,} devices with readings waiting")
 
 
-def summary_line(stats: dict, started: float, first_models: int) -> str:
+def heldout_headline(settings: Settings) -> str:
+    """The newest held-out evaluation of a global version, in one phrase ('' when there is none)."""
+    from flead_app.report import latest_heldout
+
+    try:
+        h = latest_heldout(settings)
+    except Exception:  # the summary line must not die with the database
+        return ""
+    if not h:
+        return "held-out: not evaluated yet"
+    fa = h.get("false_alarms_per_1000")
+    return (
+        f"held-out ({h['split']}) v{h['model_version']}: event recall {_f(h.get('event_recall'))}, "
+        f"false alarms {_f(fa, 1)}/1000, F1 {_f(h.get('f1'))}"
+    )
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def summary_line(stats: dict, started: float, heldout: str) -> str:
     det = stats.get("detector", {})
     minutes = max((time.monotonic() - started) / 60.0, 1e-9)
     models = det.get("local_updates", 0)
     acc = stats.get("global_accuracy")
     return (
-        f"[{time.monotonic() - started:6.0f}s] readings {det.get('readings', 0):>9,}  "
-        f"anomalies {det.get('anomalies', 0):>7,}  local models {models:>6,}  "
-        f"global v{stats.get('global_version', 0)} accuracy {'-' if acc is None else f'{acc:.3f}'}  "
-        f"models/min {(models - first_models) / minutes:7.1f}  dead letters {det.get('dead_letters', 0)}"
+        f"[{time.monotonic() - started:5.0f}s] readings {det.get('readings', 0):>9,}  "
+        f"anomalies {det.get('anomalies', 0):>6,}  local models {models:>6,} ({models / minutes:,.0f}/min)  "
+        f"global v{stats.get('global_version', 0)} (round accuracy {'-' if acc is None else f'{acc:.3f}'})  "
+        f"dead letters {det.get('dead_letters', 0)}" + (f"\n        {heldout}" if heldout else "")
     )
 
 
-def evaluate_trend(settings) -> None:  # noqa: ANN001
-    """Score about ``TREND_POINTS`` global versions (first, last, evenly between) on the held-out
+class SideJobs:
+    """Spark jobs the demo runs in the background while the simulator produces, one at a time."""
+
+    def __init__(self, settings: Settings, started_at: datetime) -> None:
+        self.log = settings.home_path / "logs" / "demo-spark.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.started_at = started_at
+        self.proc: subprocess.Popen | None = None
+        self.queue: list[list[str]] = []
+        self.next_at = time.monotonic() + SIDE_JOBS_EVERY_S
+        self.done = 0
+
+    def tick(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            self.proc, self.done = None, self.done + 1
+        if time.monotonic() >= self.next_at:
+            self.next_at = time.monotonic() + SIDE_JOBS_EVERY_S
+            self.queue += [["spark", "evaluate", "--every", "10"], self.analytics_args()]
+        if self.proc is None and self.queue:
+            args = self.queue.pop(0)
+            out = self.log.open("a")
+            self.proc = subprocess.Popen([sys.executable, "-m", "flead_app.cli", *args], stdout=out,
+                                         stderr=subprocess.STDOUT)  # fmt: skip
+            out.close()
+
+    def analytics_args(self) -> list[str]:
+        """The run so far as one window (hourly windows would not close during a demo)."""
+        start = self.started_at.replace(second=0, microsecond=0)
+        return ["spark", "analytics", "--start", start.isoformat(), "--end", datetime.now(UTC).isoformat()]
+
+    def finish(self, timeout: float = 300.0) -> None:
+        """Wait for the running job (its results belong to the run); drop the queued ones."""
+        self.queue.clear()
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def evaluate_trend(settings: Settings, log: Path) -> None:
+    """Score about ``TREND_POINTS`` global versions (first, last, evenly between) on held-out
     readings with Spark, so the report can compare versions on the same data."""
-    from sqlalchemy import func, select
+    from flead_app.report import global_version_count
 
-    from flead_app.io.db.schema import federated_models
-    from flead_app.io.db.store import Database
-
-    db = Database.from_settings(settings)
-    try:
-        with db.engine.connect() as conn:
-            versions = conn.execute(select(func.count(func.distinct(federated_models.c.global_version)))).scalar_one()
-    finally:
-        db.close()
+    versions = global_version_count(settings)
     if not versions:
-        print("flead demo: no global version to evaluate", flush=True)
+        say("no global version to evaluate")
         return
     every = max(1, math.ceil(versions / TREND_POINTS))
-    print(f"\nflead demo: held-out evaluation of {versions} global versions (every {every}th, with Spark) ...",
-          flush=True)  # fmt: skip
-    done = _flead("spark", "evaluate", "--every", str(every), check=False)
-    if done.returncode != 0:
-        print("flead demo: the evaluation failed (see above); the report shows the rest", file=sys.stderr, flush=True)
+    say(f"held-out evaluation of {versions} global versions (every {every}th, with Spark; log {log}) ...")
+    if _flead("spark", "evaluate", "--every", str(every), check=False, log=log).returncode != 0:
+        say(f"the evaluation failed (see {log}); the report shows the rest")
 
 
 def run(args: argparse.Namespace) -> int:
-    print(f"flead demo: starting the stack ({args.brokers} broker{'s' if args.brokers > 1 else ''}) ...", flush=True)
-    if _flead("stack", "up", "--brokers", str(args.brokers), check=False).returncode != 0:
+    from flead_app.stack.kafka import KafkaCluster
+
+    existing = KafkaCluster.from_home(load_settings().home_path)
+    brokers = args.brokers or (existing.brokers if existing else 1)
+    say(f"starting the stack ({brokers} broker{'s' if brokers > 1 else ''}) ...")
+    if _flead("stack", "up", "--brokers", str(brokers), check=False).returncode != 0:
         print("flead demo: the stack did not start; see the messages above", file=sys.stderr)
         return 1
     settings = load_settings()  # now that stack.json exists
+    if not args.keep_data:
+        from flead_app.stack.reset import reset
+
+        done = reset(settings)
+        say(f"starting from an empty stack: {done.describe()} of earlier runs (--keep-data keeps them)")
     worker = WorkerProcess(settings)
-    print(f"flead demo: starting a Faust worker (log {worker.log_path}) ...", flush=True)
+    say(f"starting a Faust worker (log {worker.log_path}) ...")
     worker.start()
-    print(f"flead demo: live dashboard  {worker.url}/dashboard/", flush=True)
-    print(f"flead demo: worker counters {worker.url}/flead/stats/", flush=True)
+    say(f"live dashboard  {worker.url}/dashboard/")
+    say(f"worker counters {worker.url}/flead/stats/")
     sim_args = [sys.executable, "-m", "flead_app.cli", "simulate", "--seconds", str(int(args.minutes * 60))]
     if args.csv:
         sim_args += ["--csv", args.csv]
@@ -137,35 +217,47 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             sim_args += [flag, str(value)]
     sim_log_path = settings.home_path / "logs" / "simulator.log"
-    sim_log = sim_log_path.open("w")
-    print(f"flead demo: simulator running for {args.minutes:g} min (log {sim_log_path})", flush=True)
-    simulator = subprocess.Popen(sim_args, stdout=sim_log, stderr=subprocess.STDOUT)
+    with sim_log_path.open("w") as sim_log:
+        simulator = subprocess.Popen(sim_args, stdout=sim_log, stderr=subprocess.STDOUT)
+    say(f"simulator running for {args.minutes:g} min (log {sim_log_path})")
     started = time.monotonic()
+    side = None if args.no_evaluate else SideJobs(settings, datetime.now(UTC))
     interrupted = False
+    last_summary, last_heldout = 0.0, ""
     try:
         while simulator.poll() is None:
-            time.sleep(SUMMARY_EVERY_S)
-            try:
-                print(summary_line(worker.stats(), started, 0), flush=True)
-            except OSError as err:
-                print(f"(worker not answering: {err})", flush=True)
+            time.sleep(0.5)
+            if side:
+                side.tick()
+            if time.monotonic() - last_summary >= SUMMARY_EVERY_S:
+                last_summary = time.monotonic()
+                heldout = heldout_headline(settings) if side else ""
+                try:  # the held-out line only when a new evaluation says something new
+                    print(summary_line(worker.stats(), started, heldout if heldout != last_heldout else ""), flush=True)
+                except OSError as err:
+                    print(f"(worker not answering: {err})", flush=True)
+                last_heldout = heldout
     except KeyboardInterrupt:
         interrupted = True
-        print("\nflead demo: stopping (Ctrl-C) ...", flush=True)
+        say("stopping (Ctrl-C) ...")
         simulator.send_signal(signal.SIGINT)
     simulator.wait()
-    sim_log.close()
     print("".join(line for line in sim_log_path.open() if not line.startswith("[")), flush=True)
     if not interrupted:
         train_pending(worker)
         time.sleep(2)  # the requests reach the readings topic before its lag is read
-    # let the worker finish what was produced: every topic's lag back to zero
-    drain(settings, timeout=30 if interrupted else 180)
-    print(summary_line(worker.stats(), started, 0), flush=True)
+    drained = drain(settings, timeout=30 if interrupted else DRAIN_TIMEOUT_S)
+    if drained:
+        say("the worker has processed and stored everything produced")
+    print(summary_line(worker.stats(), started, ""), flush=True)
     worker.stop()
+    if side:
+        side.finish()
+        side.queue.append(side.analytics_args())
+        _flead(*side.queue.pop(), check=False, log=side.log)
     if not args.no_evaluate and not interrupted:
-        evaluate_trend(settings)
-    print("\nflead demo: report\n", flush=True)
+        evaluate_trend(settings, settings.home_path / "logs" / "demo-spark.log")
+    say("report\n")
     _flead("report", check=False)
     if not args.keep_running and not settings.demo_keep_stack:
         _flead("stack", "down", check=False)

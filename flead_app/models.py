@@ -19,6 +19,7 @@ Wire formats on ``edge-iiot-stream`` (key = device_id):
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +35,9 @@ _READING_KEYS = frozenset({"device_id", "timestamp", "value", "label"})
 _BATCH_KEYS = frozenset({"device_id", "timestamps", "values", "labels"})
 _CONTROL_KEYS = frozenset({"device_id", "control"})
 CONTROL_TRAIN = "train"
+#: Unicode categories a device id may not contain: control, surrogate, unassigned (format and
+#: private-use characters are allowed: PostgreSQL and Kafka store them as they are)
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Cn"})
 #: the key of every record on local-model-updates: they reach one partition, in order, and the FedAvg agent there
 FLEET_KEY = b"fleet"
 
@@ -63,9 +67,28 @@ def format_timestamp(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _check_device_id(value: Any) -> str:
+def check_device_id(value: Any) -> str:
+    """A device id is 1 to 128 characters that PostgreSQL's text and every Kafka client take.
+
+    Refused: control characters (NUL, which PostgreSQL cannot store in text, among them), lone
+    surrogates (not encodable as UTF-8) and unassigned code points, and blank ids.
+
+    >>> check_device_id("pump-7/east")
+    'pump-7/east'
+    >>> try:
+    ...     check_device_id("bad" + chr(0) + "dev")
+    ... except InvalidRecord as err:
+    ...     print(err)
+    device_id contains a control or unencodable character (U+0000)
+    """
     if not isinstance(value, str) or not value or len(value) > MAX_DEVICE_ID_LENGTH:
         raise InvalidRecord("device_id must be a non-empty string of at most 128 characters")
+    if not value.isprintable() or value.strip() == "":
+        bad = next((ch for ch in value if unicodedata.category(ch) in _REFUSED_CATEGORIES), None)
+        if bad is not None:
+            raise InvalidRecord(f"device_id contains a control or unencodable character (U+{ord(bad):04X})")
+        if value.strip() == "":
+            raise InvalidRecord("device_id is blank")
     return value
 
 
@@ -76,6 +99,16 @@ def _check_value(value: Any) -> float:
     if not math.isfinite(v):
         raise InvalidRecord("value is NaN or infinite")
     return v
+
+
+INT32_MAX = 2**31 - 1  # PostgreSQL's integer: partitions, brokers, versions and sample counts
+
+
+def _check_int(name: str, value: Any, low: int, high: int = INT32_MAX) -> int:
+    """A whole number in [low, high] (booleans refused), or ``InvalidRecord``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidRecord(f"{name} must be a whole number in [{low}, {high}], got {value!r}")
+    return value
 
 
 def _check_label(value: Any) -> int:
@@ -130,7 +163,7 @@ def parse_readings(raw: bytes | None, key: bytes | None = None) -> ReadingBatch:
         raise InvalidRecord(f"malformed JSON: {err}") from err
     if not isinstance(doc, dict):
         raise InvalidRecord(f"expected a JSON object, got {type(doc).__name__}")
-    device_id = _check_device_id(doc.get("device_id"))
+    device_id = check_device_id(doc.get("device_id"))
     if key is not None and key.decode("utf-8", "replace") != device_id:
         raise InvalidRecord("message key differs from device_id")
     keys = doc.keys()
@@ -235,7 +268,9 @@ class Anomaly(_JsonRecord):
     rule: str = "zrule"  # the rule that raised the alarm: "zrule" or "model"
 
     def validate(self) -> None:
-        _check_device_id(self.device_id)
+        check_device_id(self.device_id)
+        _check_int("partition", self.partition, -1)
+        _check_int("broker_id", self.broker_id, -1)
         _check_value(self.value)
         _check_value(self.z_score)
         if self.severity not in ("warning", "critical"):
@@ -263,14 +298,16 @@ class LocalModelUpdate(_JsonRecord):
     partition: int = -1
 
     def validate(self) -> None:
-        _check_device_id(self.device_id)
+        check_device_id(self.device_id)
         _finite_list("weights", self.weights)
         for name in ("bias", "accuracy", "loss"):
             _check_value(getattr(self, name))
         if not 0.0 <= self.accuracy <= 1.0:
             raise InvalidRecord("accuracy must lie in [0, 1]")
-        if self.samples <= 0 or self.model_version <= 0 or self.global_version < 0:
-            raise InvalidRecord("samples and model_version must be positive, global_version >= 0")
+        _check_int("samples", self.samples, 1)
+        _check_int("model_version", self.model_version, 1)
+        _check_int("global_version", self.global_version, 0)
+        _check_int("partition", self.partition, -1)
         parse_timestamp(self.timestamp)
 
 
@@ -295,8 +332,11 @@ class GlobalModel(_JsonRecord):
         _finite_list("weights", self.weights)
         _check_value(self.bias)
         _check_value(self.accuracy)
-        if self.global_version <= 0:
-            raise InvalidRecord("global_version must be positive")
+        _check_int("global_version", self.global_version, 1)
+        _check_int("aggregation_round", self.aggregation_round, 0)
+        _check_int("num_devices", self.num_devices, 0)
+        _check_int("num_updates", self.num_updates, 0)
+        _check_int("samples", self.samples, 0, 2**63 - 1)
         parse_timestamp(self.timestamp)
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from flead_app.fleet import Readings
+from flead_app.models import check_device_id
 
-MAX_DEVICE_ID_LENGTH = 128
 _NULL_LABELS = frozenset({"", "null", "none", "nan", "na"})
 _LABELS = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1}
 _MS_THRESHOLD = 1e11  # a number above this is epoch milliseconds, not seconds
@@ -200,8 +200,7 @@ def load_csv(path: str | Path, skip_bad: bool = False) -> ReplayData:
                 if len(row) < width:
                     raise ValueError(f"expected at least {width} columns, got {len(row)}")
                 device = row[c_dev].strip() if c_dev is not None else default_device
-                if not device or len(device) > MAX_DEVICE_ID_LENGTH:
-                    raise ValueError(f"device_id must be 1 to {MAX_DEVICE_ID_LENGTH} characters")
+                check_device_id(device)
                 ts = parse_time(row[c_ts])
                 value = parse_value(row[c_val])
                 label = parse_label(row[c_lab]) if c_lab is not None else -1

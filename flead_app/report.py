@@ -345,6 +345,53 @@ def _heldout_trend(conn: Any, t: Any) -> dict[str, Any] | None:
     return heldout_trend([(int(v), float(f1), float(acc)) for v, f1, acc in rows])
 
 
+#: the split a headline names, most telling first: devices no model trained on, then readings
+HEADLINE_SPLITS = ("devices", "readings", "holdout")
+
+
+def headline(conn: Any) -> dict[str, Any] | None:
+    """The newest evaluated global version's held-out event recall, false alarms and F1, on the
+    most telling split that has it (``HEADLINE_SPLITS``); None before any evaluation."""
+    from flead_app.io.db.schema import evaluation_summaries as t
+
+    for split in HEADLINE_SPLITS:
+        row = conn.execute(
+            select(t.c.model_version, t.c.split, t.c.event_recall, t.c.false_alarms_per_1000, t.c.f1,
+                   t.c.evaluated_at)
+            .where(t.c.model_kind == "global", t.c.split == split)
+            .order_by(desc(t.c.model_version), desc(t.c.evaluated_at))
+            .limit(1)
+        ).mappings().first()  # fmt: skip
+        if row is not None:
+            return dict(row)
+    return None
+
+
+def latest_heldout(settings: Any) -> dict[str, Any] | None:
+    """``headline`` of the settings' database (for the demo's live summary)."""
+    from flead_app.io.db.store import Database
+
+    db = Database.from_settings(settings, connect_timeout_s=3)
+    try:
+        with db.engine.connect() as conn:
+            return headline(conn)
+    finally:
+        db.close()
+
+
+def global_version_count(settings: Any) -> int:
+    """How many global versions the settings' database holds."""
+    from flead_app.io.db.schema import federated_models
+    from flead_app.io.db.store import Database
+
+    db = Database.from_settings(settings)
+    try:
+        with db.engine.connect() as conn:
+            return int(conn.execute(select(func.count(func.distinct(federated_models.c.global_version)))).scalar_one())
+    finally:
+        db.close()
+
+
 def _evaluation(conn: Any, t: Any) -> dict[str, Any] | None:
     """The latest evaluated global version (all its splits) and, per baseline kind, that
     kind's newest evaluation on the same splits."""

@@ -1,13 +1,22 @@
-"""Shared fixtures: the running stack (started by scripts/test.sh), fresh topics, free ports."""
+"""Shared fixtures: the running stack (started by scripts/test.sh), fresh topics, free ports, and a
+fresh PostgreSQL schema per test.
+
+Database tests write into a schema of their own (``search_path`` set through the connection
+options), so they neither see nor disturb the rows of a demo in the same database, and two test
+runs in parallel do not collide. The schema is dropped after the test.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import uuid
+from urllib.parse import quote
 
 import pytest
+from sqlalchemy import create_engine, text
 
+from flead_app.io.db.store import Database, sqlalchemy_url
 from flead_app.io.kafka import create_topics as kafka_create_topics
 from flead_app.settings import load_settings
 
@@ -56,3 +65,39 @@ def pipeline_env(stack):
     # Tests count global versions exactly: a partial flush of a slow-filling buffer (the
     # 120 s default timer, reachable on a loaded CI machine) would add one.
     return {**names, "FLEAD_APP_ID": run, "FLEAD_WEB_PORT": str(free_port()), "FLEAD_FEDAVG_TIMEOUT_S": "3600"}
+
+
+def url_with_schema(url: str, schema: str) -> str:
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture(scope="session")
+def base_db_url() -> str:
+    url = load_settings().db_url
+    if not url:
+        pytest.fail("no database URL: run `flead stack up` (scripts/test.sh does) or set FLEAD_DB_URL")
+    return url
+
+
+@pytest.fixture
+def db_url(base_db_url):
+    """URL of a fresh, empty schema; dropped after the test."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(sqlalchemy_url(base_db_url))
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield url_with_schema(base_db_url, schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def db(db_url):
+    database = Database(db_url)
+    database.init_schema()
+    yield database
+    database.close()

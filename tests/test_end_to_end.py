@@ -21,7 +21,7 @@ from flead_app.settings import load_settings
 from flead_app.simulate import SimOptions, simulate
 from flead_app.worker import WorkerProcess
 from tests.agents.test_pipeline_integration import wait_for
-from tests.io.conftest import url_with_schema
+from tests.conftest import url_with_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 

@@ -183,19 +183,23 @@ def event_time(msg: Any) -> float:
 
 
 async def consumer_lag(settings: Settings, group: str, topic: str) -> int:
-    """Messages of ``topic`` the consumer group has not committed yet (end offset - committed)."""
+    """Records of ``topic`` the consumer group has not committed yet.
+
+    Counted from the first record that still exists: a committed offset before it (records
+    deleted by retention or ``flead stack reset``) means the group has nothing older to read.
+    """
     client, reader = admin(settings), consumer(settings)
     await client.start()
     await reader.start()
     try:
         parts = await assign_all_partitions(reader, topic)
-        ends = await reader.end_offsets(parts)
+        begins, ends = await reader.beginning_offsets(parts), await reader.end_offsets(parts)
         committed = await client.list_consumer_group_offsets(group, partitions=parts)
         lag = 0
         for tp in parts:
             meta = committed.get(tp)
             done = meta.offset if meta is not None and meta.offset >= 0 else 0
-            lag += max(0, ends[tp] - done)
+            lag += max(0, ends[tp] - max(done, begins[tp]))
         return lag
     finally:
         await reader.stop()

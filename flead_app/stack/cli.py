@@ -41,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dn.add_argument("--wipe", action="store_true", help="also delete the Kafka data")
     dn.set_defaults(func=cmd_down)
 
+    rs = sub.add_parser(
+        "reset", help="empty the pipeline's topics, worker tables and database tables (the stack stays up)"
+    )
+    rs.add_argument("--yes", action="store_true", help="do not ask")
+    rs.set_defaults(func=cmd_reset)
+
     kb = sub.add_parser("kill-broker", help="SIGKILL broker N (fault tests)")
     kb.add_argument("node", type=int)
     kb.set_defaults(func=cmd_kill)
@@ -52,6 +58,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     fe = sub.add_parser("fetch", help="only download the Kafka jars into the cache")
     fe.set_defaults(func=cmd_fetch)
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    from flead_app.settings import load_settings
+    from flead_app.stack.reset import reset
+
+    settings = load_settings()
+    if not args.yes and sys.stdin.isatty():
+        answer = input(f"empty the topics and tables of app {settings.app_id!r} on {settings.kafka_bootstrap}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing changed")
+            return 1
+    try:
+        result = reset(settings)
+    except Exception as exc:  # Kafka or the database not answering: say so, no traceback
+        return _fail(exc)
+    print(f"flead stack reset: {result.describe()}")
+    return 0
 
 
 def _fail(exc: Exception) -> int:

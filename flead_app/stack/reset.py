@@ -91,7 +91,8 @@ async def truncate_topics(settings: Settings, topics: list[str]) -> dict[str, in
 def reset(settings: Settings) -> ResetResult:
     """Empty the pipeline (topics, changelogs, worker table files, database tables); the stack stays up."""
     result = ResetResult()
-    result.records_deleted = asyncio.run(truncate_topics(settings, pipeline_topics(settings) + changelog_topics(settings)))
+    topics = pipeline_topics(settings) + changelog_topics(settings)
+    result.records_deleted = asyncio.run(truncate_topics(settings, topics))
     workers = settings.home_path / WORKERS_DIR
     for folder in sorted(workers.glob(f"{settings.app_id}-*")) if workers.is_dir() else []:
         shutil.rmtree(folder, ignore_errors=True)

@@ -152,6 +152,14 @@ class Database:
             )
         return self.backend
 
+    def reset_schema(self) -> list[str]:
+        """Drop every FLEAD table (and only those) and create them again, empty; their names."""
+        with self.engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+            metadata.drop_all(conn, checkfirst=True)
+        self.init_schema()
+        return [t.name for t in metadata.sorted_tables]
+
     @staticmethod
     def _enable_timescale(conn: Connection) -> str | None:
         """The TimescaleDB version if the extension is (or can be) installed, else None."""
