@@ -1,4 +1,4 @@
-"""Two corrections to faust-streaming that FLEAD's "nothing lost, nothing twice" depends on.
+"""Corrections and two small extensions to faust-streaming that FLEAD's guarantees depend on.
 
 1. **Idempotent producing.** Faust enables the idempotent Kafka producer only inside
    transactions (exactly-once); a retried send under load then wrote a record twice (the
@@ -10,12 +10,24 @@
    0. A crash after such a commit loses the skipped message for good: the recovery test lost a
    local update and an anomaly that way, once each in about ten runs. ``next_commit_offset`` is
    the rule we apply instead; it only ever holds a commit back, never moves one forward.
+3. **Hooks before a commit** (``add_pre_commit_hook``). The detector keeps device rows in
+   memory between commits and writes each changed row once, just before the offsets that
+   cover its input are committed; Faust flushes the producer right before committing, so the
+   rows' changelog records are acknowledged first.
+4. **Table writes outside stream iteration** (``as_event``). A table write finds its partition
+   (and its RocksDB database) through the *current event*, which only stream iteration sets;
+   writes in ``take_events`` batches or a pre-commit hook set it to an event of the row's
+   partition for the duration of the write.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
+from faust import streams as faust_streams
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -77,8 +89,36 @@ def _idempotent_producer_settings(self) -> dict:  # noqa: ANN001 - a faust aioka
 
 _faust_producer_extra = faust_aiokafka.Producer._settings_extra
 
+PreCommitHook = Callable[[], Awaitable[None]]
+
+
+def add_pre_commit_hook(app: Any, hook: PreCommitHook) -> None:
+    """Run ``hook`` before every offset commit of ``app``'s consumer (and before the producer
+    flush that precedes it)."""
+    app.__dict__.setdefault("_flead_pre_commit_hooks", []).append(hook)
+
+
+async def _force_commit_after_hooks(self, topics=None, start_new_transaction: bool = True) -> bool:  # noqa: ANN001
+    for hook in self.app.__dict__.get("_flead_pre_commit_hooks", ()):
+        await hook()
+    return await _faust_force_commit(self, topics, start_new_transaction=start_new_transaction)
+
+
+_faust_force_commit = faust_consumer.Consumer.force_commit
+
+
+@contextmanager
+def as_event(event: Any) -> Iterator[None]:
+    """Within the block, table reads and writes belong to ``event``'s partition."""
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
+
 
 def apply() -> None:
-    """Install both corrections (idempotent: applying twice changes nothing)."""
+    """Install the corrections and the commit hook (idempotent: applying twice changes nothing)."""
     faust_aiokafka.Producer._settings_extra = _idempotent_producer_settings
     faust_consumer.Consumer._new_offset = _strict_new_offset
+    faust_consumer.Consumer.force_commit = _force_commit_after_hooks

@@ -186,6 +186,16 @@ class Settings:
         default="uvloop", metadata={"help": "Worker event loop: uvloop (~20% more single-reading messages/s) or aio"}
     )
     sink_batch: int = field(default=500, metadata={"help": "Rows per database insert"})
+    detector_batch: int = field(
+        default=2000, metadata={"help": "Messages the detector takes at once (grouped by device, one step each)"}
+    )
+    detector_batch_wait_s: float = field(
+        default=0.05, metadata={"help": "...or what arrived within this many seconds, whichever comes first"}
+    )
+    state_cache_rows: int = field(
+        default=50_000,
+        metadata={"help": "Device rows a worker keeps in memory between commits (changed rows always stay)"},
+    )
     # --- database (TimescaleDB policies; plain PostgreSQL keeps everything) ---------------
     retention_days: int = field(default=30, metadata={"help": "TimescaleDB drops chunks older than this"})
     compress_after_days: int = field(default=7, metadata={"help": "TimescaleDB compresses chunks older than this"})

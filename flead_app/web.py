@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flead_app.agents import detector
 from flead_app.app import app, runtime
 from flead_app.dashboard import page
 from flead_app.tables.device_state import device_state
@@ -38,10 +39,16 @@ async def stats_view(web, request):  # noqa: ANN001, ANN201
 @app.page("/flead/device/{device_id}/")
 @app.table_route(table=device_state, match_info="device_id")
 async def device_view(web, request, device_id: str):  # noqa: ANN001, ANN201
-    raw = device_state.get(device_id.encode())
-    if raw is None:
-        return web.json({"device_id": device_id, "found": False}, status=404)
-    return web.json({"device_id": device_id, "found": True, **DeviceRow.from_bytes(raw).state.summary()})
+    key = device_id.encode()
+    cached = detector.rows.rows.get(key)  # changed since the last commit: newer than the table
+    if cached is not None:
+        row = cached[1]
+    else:
+        raw = device_state.get(key)
+        if raw is None:
+            return web.json({"device_id": device_id, "found": False}, status=404)
+        row = DeviceRow.from_bytes(raw)
+    return web.json({"device_id": device_id, "found": True, **row.state.summary()})
 
 
 source = page.DataSource()

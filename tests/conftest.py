@@ -68,6 +68,7 @@ def pipeline_env(stack):
 
 
 def url_with_schema(url: str, schema: str) -> str:
+    """The URL with ``schema`` as the only schema on the search path (tables elsewhere stay unseen)."""
     sep = "&" if "?" in url else "?"
     return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
 

@@ -1,25 +1,38 @@
 """Per-device detection and local training: the description's Flink job as one Faust agent.
 
-A shell around ``flead_app.algorithms.device.step``. For each message on ``edge-iiot-stream``
-(one reading, or a batch of one device's readings) it loads the device's row, calls ``step``
-once, sends the alarms (``anomalies``) and local updates (``local-model-updates``) it returns,
-and stores the row. Bad input becomes a dead letter.
+A shell around ``flead_app.algorithms.device.step``. The agent takes the readings topic in
+micro-batches (``take_events``: up to ``FLEAD_DETECTOR_BATCH`` messages or
+``FLEAD_DETECTOR_BATCH_WAIT_S``), groups them by device, and for each device loads its row,
+calls ``step`` once with all its messages in order, sends the alarms (``anomalies``) and local
+updates (``local-model-updates``) it returns, and keeps the new row. Bad input becomes a dead
+letter.
 
-One table write per message: a changelogged write costs several times what Faust itself costs
-per event, which is why devices may batch readings into one message. Quiet devices are trained
-by a timer, which cannot write tables itself, so it sends a ``control: train`` record to the
-device's partition and the agent trains the device there, in order with its readings.
+Rows are durable when offsets are committed, not on every message (as in Kafka Streams' record
+cache and quixstreams' state transactions): a changed row stays in ``rows`` (``RowCache``) and
+is written to the table, and so to its changelog, once, just before the consumer commits the
+offsets that cover its input (a pre-commit hook, ``faust_patches.add_pre_commit_hook``); Faust
+then flushes the producer and commits. A crash before that commit replays the messages onto
+the last written rows; a crash after the rows were written but before the commit replays
+messages the rows already hold, which their positions skip (the outbox re-sends what Kafka had
+not acknowledged). Each write costs a changelog record, so a device with several messages
+between commits costs one.
+
+Quiet devices are trained by a timer, which sends a ``control: train`` record to the device's
+partition, so the round runs in the agent, in order with the device's readings.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
+from dataclasses import replace
 
 import orjson
 from faust.exceptions import NotReady
 from faust.web import View
 
+from flead_app import faust_patches
 from flead_app.agents.dead_letter import send_dead_letter
 from flead_app.agents.outbox import Outbox
 from flead_app.algorithms.device import DeviceConfig, DeviceMessage, StepResult, initial_global, step
@@ -54,6 +67,75 @@ outbox = Outbox([anomalies_topic, local_updates_topic], counters)
 ANOMALIES, LOCAL_UPDATES = anomalies_topic.get_topic_name(), local_updates_topic.get_topic_name()
 
 
+class RowCache:
+    """Device rows between commits: read from the table once, written back only by ``flush``.
+
+    Changed rows are kept until the next flush; unchanged ones stay for reuse up to ``capacity``
+    (least recently used first out), so memory is bounded however large the fleet.
+    """
+
+    def __init__(self, table, capacity: int) -> None:  # noqa: ANN001 - a faust Table
+        self.table = table
+        self.capacity = capacity
+        self.rows: OrderedDict[bytes, tuple[int, DeviceRow]] = OrderedDict()  # key -> (partition, row)
+        self.dirty: set[bytes] = set()
+        self.event_of: dict[int, object] = {}  # partition -> a recent event of it, to write with
+
+    def get(self, key: bytes, event) -> DeviceRow:  # noqa: ANN001 - a faust Event
+        hit = self.rows.get(key)
+        if hit is not None:
+            self.rows.move_to_end(key)
+            return hit[1]
+        with faust_patches.as_event(event):
+            raw = self.table.get(key)
+        row = DeviceRow.from_bytes(raw)
+        self.rows[key] = (event.message.partition, row)
+        return row
+
+    def put(self, key: bytes, row: DeviceRow, event) -> None:  # noqa: ANN001 - a faust Event
+        partition = event.message.partition
+        self.rows[key] = (partition, row)
+        self.rows.move_to_end(key)
+        self.dirty.add(key)
+        self.event_of[partition] = event
+
+    async def flush(self) -> int:
+        """Write every changed row to the table (one changelog record each); how many."""
+        written = 0
+        for key in self.dirty:
+            partition, row = self.rows[key]
+            kept = outbox.keep(row.position.outbox, partition)  # what Kafka has acknowledged by now leaves
+            if kept != row.position.outbox:
+                row = replace(row, position=replace(row.position, outbox=kept))
+                self.rows[key] = (partition, row)
+            with faust_patches.as_event(self.event_of[partition]):
+                self.table[key] = row.to_bytes()
+            written += 1
+        self.dirty.clear()
+        while len(self.rows) > self.capacity:
+            self.rows.popitem(last=False)
+        return written
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop the cached rows of ``partitions`` (revoked: their next owner reads the table).
+
+        Rows changed since the last flush are dropped too: the consumer forgets the acknowledged
+        offsets of a revoked partition without committing them, so whoever owns it next replays
+        those messages onto the last written row."""
+        gone = [key for key, (partition, _) in self.rows.items() if partition in partitions]
+        dropped = sum(1 for key in gone if key in self.dirty)
+        for key in gone:
+            del self.rows[key]
+            self.dirty.discard(key)
+        for partition in partitions:
+            self.event_of.pop(partition, None)
+        if dropped:
+            counters["rows_replayed_after_rebalance"] += dropped
+
+
+rows = RowCache(device_state, settings.state_cache_rows)
+
+
 class QuietDevices:
     """Devices with readings waiting for a round, and those whose round the timer requested."""
 
@@ -76,16 +158,20 @@ class QuietDevices:
 quiet = QuietDevices()
 
 
-def output_records(batch: ReadingBatch, result: StepResult, partition: int) -> list[tuple[str, bytes, bytes]]:
-    """The step's alarms and local updates as (topic, key, value) records."""
-    key = batch.device_id.encode()
-    records: list[tuple[str, bytes, bytes]] = []
+def output_records(
+    batches: list[ReadingBatch], result: StepResult, partition: int
+) -> list[tuple[int, tuple[str, bytes, bytes]]]:
+    """The step's alarms and local updates as (message index, (topic, key, value)) records."""
+    device_id = batches[0].device_id
+    key = device_id.encode()
+    records: list[tuple[int, tuple[str, bytes, bytes]]] = []
     if result.alarms:
         broker, detected = runtime.broker_of(partition), utc_now_iso()
         for alarm in result.alarms:
+            batch = batches[alarm.message]
             label = int(batch.labels[alarm.reading])
             anomaly = Anomaly(
-                device_id=batch.device_id,
+                device_id=device_id,
                 partition=partition,
                 broker_id=broker,
                 value=float(batch.values[alarm.reading]),
@@ -97,10 +183,10 @@ def output_records(batch: ReadingBatch, result: StepResult, partition: int) -> l
                 probability=alarm.probability,
                 rule=alarm.rule,
             )
-            records.append((ANOMALIES, key, anomaly.to_json()))
+            records.append((alarm.message, (ANOMALIES, key, anomaly.to_json())))
     for r in result.updates:
         update = LocalModelUpdate(
-            device_id=batch.device_id,
+            device_id=device_id,
             model_version=r.model_version,
             global_version=r.base_global_version,
             weights=r.weights.tolist(),
@@ -111,49 +197,95 @@ def output_records(batch: ReadingBatch, result: StepResult, partition: int) -> l
             timestamp=format_timestamp(r.trained_at),
             partition=partition,
         )
-        records.append((LOCAL_UPDATES, FLEET_KEY, update.to_json()))
+        records.append((r.message, (LOCAL_UPDATES, FLEET_KEY, update.to_json())))
     return records
 
 
-async def handle(event) -> None:  # noqa: ANN001 - a faust Event
-    """Apply one message of the readings topic to its device's state: load, step, send, store."""
-    msg = event.message
-    try:
-        batch = parse_readings(event.value, msg.key)
-    except InvalidRecord as err:
-        counters["dead_letters"] += 1
-        await send_dead_letter(event, str(err))
+async def handle_device(key: bytes, items: list[tuple[object, ReadingBatch]]) -> None:
+    """Apply one device's messages of a batch: load its row, skip replays, step once, send, keep."""
+    first_event = items[0][0]
+    row = rows.get(key, first_event)
+    fresh = []
+    for event, batch in items:
+        msg = event.message
+        if row.position.applied(msg.partition, msg.offset):
+            counters["replays_skipped"] += 1
+            counters["outputs_resent"] += await outbox.resend(row.position.outbox, msg.partition, msg.offset)
+        else:
+            fresh.append((event, batch))
+    if not fresh:
         return
-    row = DeviceRow.from_bytes(device_state.get(msg.key))
-    if row.position.applied(msg.partition, msg.offset):
-        counters["replays_skipped"] += 1
-        counters["outputs_resent"] += await outbox.resend(row.position.outbox, msg.partition, msg.offset)
-        return
-    requested = batch.control == CONTROL_TRAIN
     # Event time (the record's Kafka timestamp), not the wall clock: a replay after a crash then
     # makes the same decisions and the same records, which the database deduplicates.
-    message = DeviceMessage(event_time(msg), batch.timestamps, batch.values, batch.labels, train_now=requested)
-    result = step(row.state, [message], runtime.global_model.params or INITIAL_GLOBAL, batch.device_id, config)
-    sent = await outbox.send(msg.partition, msg.offset, output_records(batch, result, msg.partition))
-    kept = outbox.keep(row.position.outbox, msg.partition) + tuple(sent)
-    device_state[msg.key] = DeviceRow(result.state, Position(msg.partition, msg.offset, kept)).to_bytes()
-    if not requested:
-        counters["readings"] += len(batch)
-        counters["messages"] += 1
+    messages = [
+        DeviceMessage(event_time(e.message), b.timestamps, b.values, b.labels, train_now=b.control == CONTROL_TRAIN)
+        for e, b in fresh
+    ]
+    batches = [b for _, b in fresh]
+    device_id = batches[0].device_id
+    result = step(row.state, messages, runtime.global_model.params or INITIAL_GLOBAL, device_id, config)
+    last_event = fresh[-1][0]
+    partition = last_event.message.partition
+    kept = list(outbox.keep(row.position.outbox, partition))
+    by_message: dict[int, list[tuple[str, bytes, bytes]]] = {}
+    for index, record in output_records(batches, result, partition):
+        by_message.setdefault(index, []).append(record)
+    for index, records in by_message.items():
+        kept += await outbox.send(partition, fresh[index][0].message.offset, records)
+    position = Position(partition, last_event.message.offset, tuple(kept))
+    rows.put(key, DeviceRow(result.state, position), last_event)
+    requests = sum(m.train_now for m in messages)
+    counters["readings"] += sum(len(b) for b in batches)
+    counters["messages"] += len(messages) - requests
     counters["anomalies"] += len(result.alarms)
     counters["local_updates"] += len(result.updates)
-    quiet.note(msg.key, result.state.pending, result.state.last_round_at, requested)
+    quiet.note(key, result.state.pending, result.state.last_round_at, requests > 0)
+
+
+async def handle_batch(events: list) -> None:  # faust Events
+    """Validate a micro-batch of messages, group it by device, and apply each device's messages."""
+    by_device: dict[bytes, list[tuple[object, ReadingBatch]]] = {}
+    for event in events:
+        try:
+            batch = parse_readings(event.value, event.message.key)
+        except InvalidRecord as err:
+            counters["dead_letters"] += 1
+            await send_dead_letter(event, str(err))
+            continue
+        by_device.setdefault(event.message.key, []).append((event, batch))
+    for key, items in by_device.items():
+        try:
+            await handle_device(key, items)
+        except Exception as err:  # a bug must not stop the fleet: dead-letter this device's messages and go on
+            log.exception("failed on device %r", key)
+            for event, _ in items:
+                counters["dead_letters"] += 1
+                await send_dead_letter(event, f"processing error: {type(err).__name__}: {err}")
+
+
+async def handle(event) -> None:  # noqa: ANN001 - a faust Event
+    """One message on its own (tests and tools); the agent takes micro-batches."""
+    await handle_batch([event])
 
 
 @app.agent(readings_topic)
 async def detect(stream) -> None:  # noqa: ANN001
-    async for event in stream.events():
-        try:
-            await handle(event)
-        except Exception as err:  # a bug must not stop the fleet: dead-letter and go on
-            log.exception("failed on %s[%d]@%d", event.message.topic, event.message.partition, event.message.offset)
-            counters["dead_letters"] += 1
-            await send_dead_letter(event, f"processing error: {type(err).__name__}: {err}")
+    async for events in stream.take_events(settings.detector_batch, within=settings.detector_batch_wait_s):
+        await handle_batch(list(events))
+
+
+async def flush_rows() -> None:
+    written = await rows.flush()
+    if written:
+        counters["rows_written"] += written
+
+
+faust_patches.add_pre_commit_hook(app, flush_rows)
+
+
+@app.on_partitions_revoked.connect
+async def forget_revoked_rows(app, revoked, **_) -> None:  # noqa: ANN001 - Faust's signal arguments
+    rows.forget({tp.partition for tp in revoked if tp.topic == readings_topic.get_topic_name()})
 
 
 async def request_rounds(waited_s: float, reason: str = "quiet") -> int:

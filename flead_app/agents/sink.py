@@ -20,13 +20,14 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from flead_app.agents.dead_letter import send_dead_record
 from flead_app.app import app, runtime, settings
 from flead_app.io import kafka
-from flead_app.io.db.retry import write_with_retry
+from flead_app.io.db.retry import describe_error, write_with_retry
 from flead_app.io.db.sink import PostgresSink, SinkRecord, flead_routes
 from flead_app.io.db.store import Database
 
 log = logging.getLogger(__name__)
 counters = runtime.stats.counter("sink")
 BATCH_WAIT_MS = 1000
+SCHEMA_RETRY_S = 10.0
 #: the database may be down for a long time; the sink must not be thrown out of its group meanwhile
 MAX_POLL_INTERVAL_MS = 60 * 60 * 1000
 #: how the tables of the sink are named in its counters (as before: what /flead/stats shows)
@@ -75,8 +76,19 @@ async def drain(consumer: AIOKafkaConsumer, sink: PostgresSink) -> int:
 
 @app.task
 async def run_sink() -> None:
-    """Create the schema, then consume the three output topics into the database until the worker stops."""
-    db = await asyncio.get_running_loop().run_in_executor(None, open_database)
+    """Create the schema, then consume the three output topics into the database until the worker stops.
+
+    A database that refuses the schema (not merely unreachable: ``open_database`` waits for that)
+    must not stop detection and training, so the sink says why and tries again."""
+    db = None
+    while db is None:
+        try:
+            db = await asyncio.get_running_loop().run_in_executor(None, open_database)
+        except Exception as err:
+            counters["errors"] += 1
+            log.error("the sink cannot prepare the database (%s); trying again in %.0f s",
+                      describe_error(err), SCHEMA_RETRY_S)  # fmt: skip
+            await asyncio.sleep(SCHEMA_RETRY_S)
     sink = PostgresSink(db, flead_routes(settings))
     consumer = kafka.consumer(
         settings, *sink.routes, group_id=settings.sink_group, auto_offset_reset="earliest",

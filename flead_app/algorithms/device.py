@@ -216,6 +216,7 @@ class RoundResult:
     accuracy: float
     loss: float
     samples: int
+    message: int = 0  # index of the message in the ``step`` call that ended the round
 
 
 def round_phase(device_id: str, cfg: DeviceConfig) -> float:
@@ -446,5 +447,5 @@ def step(
         if round_due(state, msg.received_at, cfg, requested=msg.train_now):
             state, result = train_round(state, msg.received_at, cfg, global_params)
             if result is not None:
-                updates.append(result)
+                updates.append(replace(result, message=k))
     return StepResult(state, tuple(alarms), tuple(updates), tuple(scores))

@@ -32,14 +32,31 @@ def run(coro):  # noqa: D103
     return asyncio.run(coro)
 
 
-def test_single_readings_give_anomalies_and_a_local_update(faust_app, sent):
-    from flead_app.tables.device_state import device_state
+async def settled(counter_names=("messages", "dead_letters", "flush_rounds_requested"), timeout: float = 10.0) -> None:
+    """Wait until the agent's micro-batches have been handled: the counters stop moving."""
+    last, still = None, 0
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        now = tuple(detector.counters[c] for c in counter_names) + (detector.counters["local_updates"],)
+        still = still + 1 if now == last else 0
+        if still >= 3:
+            return
+        last = now
+        await asyncio.sleep(SETTINGS.detector_batch_wait_s * 2)
 
+
+def row_of(key: bytes) -> DeviceRow:
+    """The device's row as the worker holds it (cached until the next commit writes it)."""
+    return detector.rows.rows[key][1]
+
+
+def test_single_readings_give_anomalies_and_a_local_update(faust_app, sent):
     async def go():
         async with detector.detect.test_context() as agent:
             for r in _readings("dev_a", 50, spike_at=30):
                 await agent.put(r.to_json(), key=b"dev_a")
-            return DeviceRow.from_bytes(device_state[b"dev_a"]).state
+            await settled()
+            return row_of(b"dev_a").state
 
     state = run(go())
     anomalies = [Anomaly.from_json(v) for v in sent.of(SETTINGS.topic_anomalies)]
@@ -64,6 +81,7 @@ def test_batched_messages_score_like_single_readings(faust_app, sent):
                 stamps, values = [r.timestamp for r in chunk], [r.value for r in chunk]
                 labels = [r.label for r in chunk]
                 await agent.put(encode_batch("dev_b", stamps, values, labels), key=b"dev_b")
+            await settled()
 
     run(go())
     anomalies = [Anomaly.from_json(v) for v in sent.of(SETTINGS.topic_anomalies)]
@@ -92,6 +110,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_agent_goes_on(faust_app
             for raw in bad:
                 await agent.put(raw, key=b"dev_c")
             await agent.put(Reading("dev_c", _iso(2), 1.5, 0).to_json(), key=b"dev_c")
+            await settled()
 
     before = detector.counters["readings"]
     run(go())
@@ -121,6 +140,7 @@ def test_control_record_trains_a_quiet_device(faust_app, sent, monkeypatch):
             for r in _readings("dev_d", 8):
                 await agent.put(r.to_json(), key=b"dev_d")
             await agent.put(orjson.dumps({"device_id": "dev_d", "control": "train"}), key=b"dev_d")
+            await settled()
 
     run(go())
     assert sent.of(SETTINGS.topic_local_updates), "the control record should trigger a round"
@@ -130,24 +150,27 @@ def test_a_skipped_replay_sends_its_unacknowledged_outputs_again(faust_app, sent
     """After a crash the device's row can be ahead of the committed offset while an output of the
     message it last applied never reached Kafka: the replay is skipped, and the row's outbox sends
     that output again (consumers deduplicate it if it had arrived after all)."""
-    from flead_app.tables.device_state import device_state
-
     readings = _readings("dev_r", 51, seed=9)
 
     async def go():
         async with detector.detect.test_context() as agent:
             for r in readings[:50]:  # the 50th reading completes a round
                 await agent.put(r.to_json(), key=b"dev_r")
-            after_round = DeviceRow.from_bytes(device_state[b"dev_r"]).position
+            await settled()
+            after_round = row_of(b"dev_r").position
             updates_before = len(sent.of(SETTINGS.topic_local_updates))
             agent.sent_offset = after_round.offset  # redeliver the round's message, as after a crash
             await agent.put(readings[49].to_json(), key=b"dev_r")
+            await settled(("replays_skipped",))
             replayed = sent.of(SETTINGS.topic_local_updates)[updates_before:]
             await agent.put(readings[50].to_json(), key=b"dev_r")
-            return after_round, replayed, DeviceRow.from_bytes(device_state[b"dev_r"])
+            await settled()
+            await detector.flush_rows()  # what the commit would write
+            return after_round, replayed, row_of(b"dev_r")
 
     after_round, replayed, later = run(go())
-    assert after_round.outbox and {o for o, *_ in after_round.outbox} == {after_round.offset}
+    # the round's message is the row's position, and its outputs wait in the row until acknowledged
+    assert after_round.offset in {o for o, *_ in after_round.outbox}
     updates = [LocalModelUpdate.from_json(v) for v in sent.of(SETTINGS.topic_local_updates)]
     assert updates[0].model_version == 1
     assert replayed == [sent.of(SETTINGS.topic_local_updates)[0]], "the same update, byte for byte"

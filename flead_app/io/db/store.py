@@ -221,6 +221,16 @@ class Database:
 
     @staticmethod
     def _make_hypertables(conn: Connection, version: str, retention: int, compress: int, chunk: int) -> None:
+        # TimescaleDB's functions live in the extension's schema, which a search path set to the
+        # tables' own schema (one per test run, or a user's) does not include: add it, for this
+        # transaction only
+        ext_schema = conn.execute(
+            text("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'timescaledb'")
+        ).scalar()
+        conn.execute(
+            text("SELECT set_config('search_path', current_setting('search_path') || ', ' || :s, true)"),
+            {"s": ext_schema},
+        )
         for table, column in timescale.hypertables().items():
             conn.execute(text(timescale.hypertable_sql(table, column, chunk, version)))
             enabled = conn.execute(
