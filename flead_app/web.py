@@ -40,10 +40,8 @@ async def stats_view(web, request):  # noqa: ANN001, ANN201
 @app.table_route(table=device_state, match_info="device_id")
 async def device_view(web, request, device_id: str):  # noqa: ANN001, ANN201
     key = device_id.encode()
-    cached = detector.rows.rows.get(key)  # changed since the last commit: newer than the table
-    if cached is not None:
-        row = cached[1]
-    else:
+    row = detector.rows.cached(key)  # changed since the last commit: newer than the table
+    if row is None:
         raw = device_state.get(key)
         if raw is None:
             return web.json({"device_id": device_id, "found": False}, status=404)

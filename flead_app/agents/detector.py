@@ -7,15 +7,10 @@ calls ``step`` once with all its messages in order, sends the alarms (``anomalie
 updates (``local-model-updates``) it returns, and keeps the new row. Bad input becomes a dead
 letter.
 
-Rows are durable when offsets are committed, not on every message (as in Kafka Streams' record
-cache and quixstreams' state transactions): a changed row stays in ``rows`` (``RowCache``) and
-is written to the table, and so to its changelog, once, just before the consumer commits the
-offsets that cover its input (a pre-commit hook, ``faust_patches.add_pre_commit_hook``); Faust
-then flushes the producer and commits. A crash before that commit replays the messages onto
-the last written rows; a crash after the rows were written but before the commit replays
-messages the rows already hold, which their positions skip (the outbox re-sends what Kafka had
-not acknowledged). Each write costs a changelog record, so a device with several messages
-between commits costs one.
+Rows are durable when offsets are committed, not on every message: a changed row stays in
+memory (``tables.write_behind.WriteBehindTable``) and is written to the table, and so to its
+changelog, once, just before the consumer commits the offsets that cover its input. A device
+with several messages between commits costs one changelog record.
 
 Quiet devices are trained by a timer, which sends a ``control: train`` record to the device's
 partition, so the round runs in the agent, in order with the device's readings.
@@ -23,9 +18,9 @@ partition, so the round runs in the agent, in order with the device's readings.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import replace
 
 import orjson
@@ -51,6 +46,7 @@ from flead_app.models import (
 )
 from flead_app.tables.device_state import device_state
 from flead_app.tables.rows import DeviceRow, Position
+from flead_app.tables.write_behind import WriteBehindTable
 
 log = logging.getLogger(__name__)
 
@@ -61,79 +57,26 @@ INITIAL_GLOBAL = initial_global(config)
 #: steps in only for devices silent this long past the interval, so a fleet that started
 #: together is not trained in one burst from one stale global version
 QUIET_GRACE_S = 15.0
+#: a batch of thousands of messages is seconds of work: the agent gives the event loop back this
+#: often, so that the other agents, the sink and the consumer's commits are not held up meanwhile
+YIELD_EVERY_READINGS = 2000
 
 counters = runtime.stats.counter("detector")
 outbox = Outbox([anomalies_topic, local_updates_topic], counters)
 ANOMALIES, LOCAL_UPDATES = anomalies_topic.get_topic_name(), local_updates_topic.get_topic_name()
 
 
-class RowCache:
-    """Device rows between commits: read from the table once, written back only by ``flush``.
-
-    Changed rows are kept until the next flush; unchanged ones stay for reuse up to ``capacity``
-    (least recently used first out), so memory is bounded however large the fleet.
-    """
-
-    def __init__(self, table, capacity: int) -> None:  # noqa: ANN001 - a faust Table
-        self.table = table
-        self.capacity = capacity
-        self.rows: OrderedDict[bytes, tuple[int, DeviceRow]] = OrderedDict()  # key -> (partition, row)
-        self.dirty: set[bytes] = set()
-        self.event_of: dict[int, object] = {}  # partition -> a recent event of it, to write with
-
-    def get(self, key: bytes, event) -> DeviceRow:  # noqa: ANN001 - a faust Event
-        hit = self.rows.get(key)
-        if hit is not None:
-            self.rows.move_to_end(key)
-            return hit[1]
-        with faust_patches.as_event(event):
-            raw = self.table.get(key)
-        row = DeviceRow.from_bytes(raw)
-        self.rows[key] = (event.message.partition, row)
-        return row
-
-    def put(self, key: bytes, row: DeviceRow, event) -> None:  # noqa: ANN001 - a faust Event
-        partition = event.message.partition
-        self.rows[key] = (partition, row)
-        self.rows.move_to_end(key)
-        self.dirty.add(key)
-        self.event_of[partition] = event
-
-    async def flush(self) -> int:
-        """Write every changed row to the table (one changelog record each); how many."""
-        written = 0
-        for key in self.dirty:
-            partition, row = self.rows[key]
-            kept = outbox.keep(row.position.outbox, partition)  # what Kafka has acknowledged by now leaves
-            if kept != row.position.outbox:
-                row = replace(row, position=replace(row.position, outbox=kept))
-                self.rows[key] = (partition, row)
-            with faust_patches.as_event(self.event_of[partition]):
-                self.table[key] = row.to_bytes()
-            written += 1
-        self.dirty.clear()
-        while len(self.rows) > self.capacity:
-            self.rows.popitem(last=False)
-        return written
-
-    def forget(self, partitions: set[int]) -> None:
-        """Drop the cached rows of ``partitions`` (revoked: their next owner reads the table).
-
-        Rows changed since the last flush are dropped too: the consumer forgets the acknowledged
-        offsets of a revoked partition without committing them, so whoever owns it next replays
-        those messages onto the last written row."""
-        gone = [key for key, (partition, _) in self.rows.items() if partition in partitions]
-        dropped = sum(1 for key in gone if key in self.dirty)
-        for key in gone:
-            del self.rows[key]
-            self.dirty.discard(key)
-        for partition in partitions:
-            self.event_of.pop(partition, None)
-        if dropped:
-            counters["rows_replayed_after_rebalance"] += dropped
+def encode_row(row: DeviceRow, partition: int) -> bytes:
+    """A row as stored: outputs Kafka has acknowledged since it was kept leave its outbox."""
+    kept = outbox.keep(row.position.outbox, partition)
+    if kept != row.position.outbox:
+        row = replace(row, position=replace(row.position, outbox=kept))
+    return row.to_bytes()
 
 
-rows = RowCache(device_state, settings.state_cache_rows)
+rows: WriteBehindTable[DeviceRow] = WriteBehindTable(
+    device_state, DeviceRow.from_bytes, encode_row, settings.state_cache_rows
+)
 
 
 class QuietDevices:
@@ -253,7 +196,12 @@ async def handle_batch(events: list) -> None:  # faust Events
             await send_dead_letter(event, str(err))
             continue
         by_device.setdefault(event.message.key, []).append((event, batch))
+    since_yield = 0
     for key, items in by_device.items():
+        since_yield += sum(len(b) for _, b in items)
+        if since_yield >= YIELD_EVERY_READINGS:  # let FedAvg, the sink and commits run meanwhile
+            since_yield = 0
+            await asyncio.sleep(0)
         try:
             await handle_device(key, items)
         except Exception as err:  # a bug must not stop the fleet: dead-letter this device's messages and go on
@@ -275,9 +223,7 @@ async def detect(stream) -> None:  # noqa: ANN001
 
 
 async def flush_rows() -> None:
-    written = await rows.flush()
-    if written:
-        counters["rows_written"] += written
+    counters["rows_written"] += rows.flush()
 
 
 faust_patches.add_pre_commit_hook(app, flush_rows)
@@ -285,7 +231,8 @@ faust_patches.add_pre_commit_hook(app, flush_rows)
 
 @app.on_partitions_revoked.connect
 async def forget_revoked_rows(app, revoked, **_) -> None:  # noqa: ANN001 - Faust's signal arguments
-    rows.forget({tp.partition for tp in revoked if tp.topic == readings_topic.get_topic_name()})
+    changed = rows.forget({tp.partition for tp in revoked if tp.topic == readings_topic.get_topic_name()})
+    counters["rows_replayed_after_rebalance"] += changed
 
 
 async def request_rounds(waited_s: float, reason: str = "quiet") -> int:

@@ -1,18 +1,23 @@
 """Federated averaging: a shell around ``flead_app.algorithms.fedbuff.FedBuffState``.
 
 Every local update is keyed ``fleet``, so they all arrive, in order, at one partition and one
-worker, which owns the single ``fedavg_state`` row. For each update the agent loads the row,
-offers the update to the FedBuff state (which aggregates every ``FLEAD_FEDAVG_BUFFER`` updates
-into the next global version, ``FLEAD_AGGREGATOR`` deciding how), sends the new global model if
-there is one, and stores the row. A timer asks for a partial flush when the oldest buffered
-update is older than ``FLEAD_FEDAVG_TIMEOUT_S``, so a quiet fleet still gets new versions.
+worker, which owns the single ``fedavg_state`` row. The agent takes updates in micro-batches,
+offers each one in order to the FedBuff state (which aggregates every ``FLEAD_FEDAVG_BUFFER``
+updates into the next global version, ``FLEAD_AGGREGATOR`` deciding how), sends the new global
+models, and keeps the row in memory until the next commit writes it (``WriteBehindTable``: the
+row holds the buffer and the version history, tens of kilobytes, so writing it per update would
+make its changelog the worker's largest output). A timer asks for a partial flush when the
+oldest buffered update is older than ``FLEAD_FEDAVG_TIMEOUT_S``, so a quiet fleet still gets
+new versions.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
+from flead_app import faust_patches
 from flead_app.agents.dead_letter import send_dead_letter
 from flead_app.agents.outbox import Outbox
 from flead_app.algorithms.device import DeviceConfig, initial_global
@@ -22,6 +27,7 @@ from flead_app.io.kafka import event_time
 from flead_app.models import FLEET_KEY, InvalidRecord, LocalModelUpdate
 from flead_app.tables.fedavg_state import fedavg_state
 from flead_app.tables.rows import FedAvgRow, Position
+from flead_app.tables.write_behind import WriteBehindTable
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,18 @@ outbox = Outbox([global_updates_topic], counters)
 GLOBAL_UPDATES = global_updates_topic.get_topic_name()
 
 
+def encode_row(row: FedAvgRow, partition: int) -> bytes:
+    kept = outbox.keep(row.position.outbox, partition)
+    if kept != row.position.outbox:
+        row = replace(row, position=replace(row.position, outbox=kept))
+    return row.to_bytes()
+
+
+rows: WriteBehindTable[FedAvgRow] = WriteBehindTable(
+    fedavg_state, lambda raw: FedAvgRow.from_bytes(raw, START), encode_row, capacity=4
+)
+
+
 class FlushClock:
     """When the oldest buffered update arrived (None: buffer empty), for the flush timer."""
 
@@ -44,8 +62,8 @@ class FlushClock:
 clock = FlushClock()
 
 
-async def handle(event) -> None:  # noqa: ANN001 - a faust Event
-    """Load the fleet row, offer the update (or flush request) to FedBuff, send, store."""
+async def handle(event) -> None:  # noqa: ANN001 - a faust Event keyed ``fleet``
+    """Offer one update (or flush request) to the fleet row's FedBuff state; send what it makes."""
     msg = event.message
     update = None
     if event.value != CONTROL_FLUSH:
@@ -55,14 +73,14 @@ async def handle(event) -> None:  # noqa: ANN001 - a faust Event
             counters["dead_letters"] += 1
             await send_dead_letter(event, str(err))
             return
-    row = FedAvgRow.from_bytes(fedavg_state.get(FLEET_KEY), START)
+    row = rows.get(FLEET_KEY, event)
     if row.position.applied(msg.partition, msg.offset):
         counters["replays_skipped"] += 1
         counters["outputs_resent"] += await outbox.resend(row.position.outbox, msg.partition, msg.offset)
         return
     started = time.perf_counter()
     state, offered = row.state.offer(update, event_time(msg), config)
-    records = []
+    kept = list(outbox.keep(row.position.outbox, msg.partition))
     if offered.duplicate:  # a redelivery after a crash: already buffered or aggregated
         counters["duplicates_skipped"] += 1
     if offered.model is not None:
@@ -70,26 +88,38 @@ async def handle(event) -> None:  # noqa: ANN001 - a faust Event
         counters["aggregate_seconds_total"] += time.perf_counter() - started
         counters["global_models"] += 1
         counters["partial_flushes"] += offered.partial
-        records.append((GLOBAL_UPDATES, FLEET_KEY, model.to_json()))
+        kept += await outbox.send(msg.partition, msg.offset, [(GLOBAL_UPDATES, FLEET_KEY, model.to_json())])
         runtime.global_model.offer(model)
         log.info(
             "global model v%d from %d updates of %d devices: accuracy %.3f",
             model.global_version, model.num_updates, model.num_devices, model.accuracy,
         )  # fmt: skip
-    sent = await outbox.send(msg.partition, msg.offset, records)
-    kept = outbox.keep(row.position.outbox, msg.partition) + tuple(sent)
-    fedavg_state[FLEET_KEY] = FedAvgRow(state, Position(msg.partition, msg.offset, kept)).to_bytes()
+    counters["updates"] += update is not None
+    rows.put(FLEET_KEY, FedAvgRow(state, Position(msg.partition, msg.offset, tuple(kept))), event)
     clock.oldest_buffered_at = state.first_at if state.buffer else None
 
 
 @app.agent(local_updates_topic)
 async def federated_averaging(stream) -> None:  # noqa: ANN001
-    async for event in stream.events():
-        try:
-            await handle(event)
-        except Exception as err:
-            log.exception("fedavg failed at offset %d", event.message.offset)
-            await send_dead_letter(event, f"processing error: {type(err).__name__}: {err}")
+    async for events in stream.take_events(settings.detector_batch, within=settings.detector_batch_wait_s):
+        for event in events:
+            try:
+                await handle(event)
+            except Exception as err:  # a bug must not stop aggregation: dead-letter the update and go on
+                log.exception("fedavg failed at offset %d", event.message.offset)
+                await send_dead_letter(event, f"processing error: {type(err).__name__}: {err}")
+
+
+async def flush_row() -> None:
+    counters["rows_written"] += rows.flush()
+
+
+faust_patches.add_pre_commit_hook(app, flush_row)
+
+
+@app.on_partitions_revoked.connect
+async def forget_revoked_row(app, revoked, **_) -> None:  # noqa: ANN001 - Faust's signal arguments
+    rows.forget({tp.partition for tp in revoked if tp.topic == local_updates_topic.get_topic_name()})
 
 
 @app.timer(interval=5.0)

@@ -133,8 +133,10 @@ def up(brokers: int | None = None, with_db: bool = True, timeout: float = 180.0,
                 log.warning("%s", exc)
         raise
     previous = read_state(home)
-    db_url = pg.url if pg else previous.get("db_url", "")
-    db_managed = pg.managed if pg else bool(previous.get("db_managed", False))
+    # a database given by FLEAD_DB_URL is this process's setting, not the stack's: later commands
+    # without it keep using the stack's own database
+    db_url = pg.url if pg and pg.managed else previous.get("db_url", "")
+    db_managed = True if pg and pg.managed else bool(previous.get("db_managed", False))
     write_state(home, stack_state(cluster, db_url, db_managed))
     return UpResult(cluster, started_nodes, created, db_url, bool(pg and pg.started), downloaded,
                     time.monotonic() - t0)  # fmt: skip

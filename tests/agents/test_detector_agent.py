@@ -47,7 +47,7 @@ async def settled(counter_names=("messages", "dead_letters", "flush_rounds_reque
 
 def row_of(key: bytes) -> DeviceRow:
     """The device's row as the worker holds it (cached until the next commit writes it)."""
-    return detector.rows.rows[key][1]
+    return detector.rows.cached(key)
 
 
 def test_single_readings_give_anomalies_and_a_local_update(faust_app, sent):

@@ -36,8 +36,19 @@ def _run(updates: list[bytes]) -> None:
         async with fedavg.federated_averaging.test_context() as agent:
             for raw in updates:
                 await agent.put(raw, key=FLEET_KEY)
+            await _settled()
 
     asyncio.run(go())
+
+
+async def _settled(timeout: float = 10.0) -> None:
+    """Wait until the agent's micro-batches are handled: its counters stop moving."""
+    loop = asyncio.get_running_loop()
+    last, still, deadline = None, 0, loop.time() + timeout
+    while loop.time() < deadline and still < 3:
+        now = tuple(fedavg.counters[k] for k in ("updates", "dead_letters", "duplicates_skipped", "global_models"))
+        still, last = (still + 1 if now == last else 0), now
+        await asyncio.sleep(SETTINGS.detector_batch_wait_s * 2)
 
 
 @pytest.fixture(autouse=True)
@@ -45,14 +56,14 @@ def fresh_fedavg_state(faust_app):
     from flead_app.tables.fedavg_state import fedavg_state
 
     fedavg_state.data.clear()
+    fedavg.rows.forget(set(range(SETTINGS.partitions)))
     runtime.global_model.params = None
     yield
 
 
-def _row():
-    from flead_app.tables.fedavg_state import fedavg_state
-
-    return FedAvgRow.from_bytes(fedavg_state[FLEET_KEY], fedavg.START)
+def _row() -> FedAvgRow:
+    """The fleet row as the agent holds it (written to the table at the next commit)."""
+    return fedavg.rows.cached(FLEET_KEY)
 
 
 def test_twenty_updates_make_one_global_version_weighted_by_samples(sent):
