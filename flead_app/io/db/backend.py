@@ -78,9 +78,11 @@ class ServerFacts:
 
     @property
     def preload_text(self) -> str:
+        """What ``shared_preload_libraries`` holds, as far as this role may see."""
         if self.preload_libraries is None:
-            return "not readable by this role"
-        return repr(self.preload_libraries)
+            loader = "running" if self.preloaded else "not running"
+            return f"unreadable for this role; TimescaleDB's loader is {loader}"
+        return f"now {self.preload_libraries!r}"
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ def problem(facts: ServerFacts) -> str | None:
     if not facts.preloaded:
         return (
             f"TimescaleDB {facts.available} is installed but not in shared_preload_libraries "
-            f"(now {facts.preload_text}): {FIX}"
+            f"({facts.preload_text}): {FIX}"
         )
     return None
 
@@ -216,7 +218,7 @@ def decide(facts: ServerFacts, wanted: str = AUTO, created_failed: str | None = 
     if facts.created and not facts.preloaded:
         raise BackendUnavailable(
             f"TimescaleDB {facts.created} is created in this database but the server does not preload it "
-            f"(shared_preload_libraries now {facts.preload_text}), so no DDL can run here: {FIX}"
+            f"(shared_preload_libraries: {facts.preload_text}), so no DDL can run here: {FIX}"
         )
     if wanted == POSTGRESQL:
         return Backend(POSTGRESQL, reason="FLEAD_DB_BACKEND=postgresql")
