@@ -142,7 +142,11 @@ class Database:
         ("postgresql"). Safe to run again and from several processes.
         """
         retention, compress, chunk = self._policy
-        chosen = backend_mod.choose(self._probe_engine(), self.wanted_backend)
+        probe = self._probe_engine()
+        try:
+            chosen = backend_mod.choose(probe, self.wanted_backend)
+        finally:
+            probe.dispose()
         with self.engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
             metadata.create_all(conn, checkfirst=True)
