@@ -21,6 +21,7 @@ from typing import Any
 ENV_PREFIX = "FLEAD_"
 DB_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 PG_CLUSTER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
+DB_BACKENDS = ("auto", "timescaledb", "postgresql")
 MAX_KAFKA_PORT = 65535 - 10000 - 9  # controllers listen 10000 above the brokers, up to 9 nodes
 
 
@@ -197,6 +198,13 @@ class Settings:
         metadata={"help": "Device rows a worker keeps in memory between commits (changed rows always stay)"},
     )
     # --- database (TimescaleDB policies; plain PostgreSQL keeps everything) ---------------
+    db_backend: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (TimescaleDB when the server can load it, else plain PostgreSQL) | timescaledb (fail "
+            "clearly without it) | postgresql (plain tables even where TimescaleDB is there)"
+        },
+    )
     retention_days: int = field(default=30, metadata={"help": "TimescaleDB drops chunks older than this"})
     compress_after_days: int = field(default=7, metadata={"help": "TimescaleDB compresses chunks older than this"})
     chunk_hours: int = field(default=24, metadata={"help": "TimescaleDB chunk interval, hours"})
@@ -303,6 +311,10 @@ def load_settings() -> Settings:
         raise ValueError(f"FLEAD_ALARM_RULE must be zrule or model, got {values['alarm_rule']!r}")
     if values["event_loop"] not in {"uvloop", "aio"}:
         raise ValueError(f"FLEAD_EVENT_LOOP must be uvloop or aio, got {values['event_loop']!r}")
+    if values["db_backend"] not in DB_BACKENDS:
+        raise ValueError(
+            f"FLEAD_DB_BACKEND must be {', '.join(DB_BACKENDS[:-1])} or {DB_BACKENDS[-1]}, got {values['db_backend']!r}"
+        )
     if not DB_NAME_RE.match(values["db_name"]):
         raise ValueError(
             f"FLEAD_DB_NAME={values['db_name']!r} is not a plain database name (lower-case letters, digits, _)"

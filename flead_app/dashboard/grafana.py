@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from flead_app.dashboard.queries import DEFAULT_RANGE_S, PANELS, Panel
+from flead_app.io.db.backend import GRAFANA, Backend
+
+#: the backend the panels' SQL is rendered for: the datasource says ``timescaledb: true`` and
+#: Compose runs the TimescaleDB image, so time buckets are ``time_bucket``
+BACKEND: Backend = GRAFANA
 
 DATASOURCE_UID = "flead-postgres"
 DATASOURCE_TYPE = "grafana-postgresql-datasource"  # Grafana >= 10.2; "postgres" is its older alias
@@ -100,7 +105,7 @@ def panel_json(panel: Panel, panel_id: int, grid: dict[str, int]) -> dict[str, A
                 "editorMode": "code",
                 "format": fmt,
                 "rawQuery": True,
-                "rawSql": panel.sql,
+                "rawSql": panel.sql_for(BACKEND),
             }
         ],
     }

@@ -14,6 +14,12 @@ not about the chosen range (totals, "last hour", latest values) use ``now() - in
 or no time filter at all. Queries contain no ``:name`` or ``%`` so that neither SQLAlchemy nor
 psycopg2 reads them as parameters.
 
+Time buckets. A query that groups by time writes ``$bucket('1 minute', column)``, once, and the
+backend the SQL is rendered for decides the function (``Panel.sql_for(backend)``, with a
+``flead_app.io.db.backend.Backend``): ``time_bucket`` where TimescaleDB is there, ``date_bin`` with
+time_bucket's origin on plain PostgreSQL, so both give the same buckets. Grafana's JSON is rendered
+for TimescaleDB (the Compose image); the runners here ask the database they run on.
+
 Which timestamp. Models are stamped with the wall clock when trained (``created_at``);
 anomalies carry both the reading's own time (``timestamp``, which a CSV replay sets years in
 the past) and when they were detected (``detected_at``). Live panels use ``detected_at``.
@@ -29,6 +35,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
+from flead_app.io.db.backend import Backend, for_queries
+
 DEFAULT_RANGE_S = 6 * 3600
 """Range ``$__timeFilter`` covers in our runner; the Grafana dashboard's default is the same (now-6h)."""
 
@@ -39,6 +47,12 @@ PANEL_TYPES = ("stat", "timeseries", "table", "barchart")
 
 _MACRO = re.compile(r"\$__(\w+)(?:\(([^()]*)\))?")
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_BUCKET = re.compile(r"\$bucket\(\s*'([^']*)'\s*,\s*([^()]*?)\s*\)")
+
+
+def render_buckets(sql: str, backend: Backend) -> str:
+    """Replace every ``$bucket('<width>', column)`` with ``backend``'s time bucketing."""
+    return _BUCKET.sub(lambda m: backend.time_bucket(m.group(1), m.group(2)), sql)
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,10 @@ class Panel:
 
     def unit_of(self, column: str) -> str:
         return self.column_units.get(column, self.unit)
+
+    def sql_for(self, backend: Backend) -> str:
+        """The query as it runs on ``backend`` (time buckets rendered)."""
+        return render_buckets(self.sql, backend)
 
 
 def _sql(text_: str) -> str:
@@ -162,7 +180,7 @@ PANELS: tuple[Panel, ...] = (
         bars=True,
         description="Local models trained in each minute of the time range.",
         sql=_sql("""
-            SELECT date_trunc('minute', created_at) AS time, count(*) AS models
+            SELECT $bucket('1 minute', created_at) AS time, count(*) AS models
             FROM local_models
             WHERE $__timeFilter(created_at)
             GROUP BY 1
@@ -229,7 +247,7 @@ PANELS: tuple[Panel, ...] = (
         stacked=True,
         description="Anomalies detected each minute (|z| > 2.5 warning, from 3.0 critical).",
         sql=_sql("""
-            SELECT date_trunc('minute', detected_at) AS time,
+            SELECT $bucket('1 minute', detected_at) AS time,
                    count(*) FILTER (WHERE severity = 'warning') AS warning,
                    count(*) FILTER (WHERE severity = 'critical') AS critical
             FROM anomalies
@@ -249,7 +267,7 @@ PANELS: tuple[Panel, ...] = (
         stacked=True,
         description="Anomalies by the broker that led the device's partition when it was detected.",
         sql=_sql("""
-            SELECT date_trunc('minute', detected_at) AS time,
+            SELECT $bucket('1 minute', detected_at) AS time,
                    CASE WHEN broker_id < 0 THEN 'unknown broker' ELSE 'broker ' || broker_id END AS metric,
                    count(*) AS anomalies
             FROM anomalies
@@ -356,9 +374,15 @@ class ColumnMismatch(RuntimeError):
     """A query returned other columns than its panel declares."""
 
 
-def run_panel(conn: Connection, panel: Panel, range_s: int = DEFAULT_RANGE_S) -> list[dict[str, Any]]:
-    """Run one panel's query; rows as dicts in the declared column order."""
-    result = conn.execute(text(expand_macros(panel.sql, range_s)))
+def run_panel(
+    conn: Connection, panel: Panel, range_s: int = DEFAULT_RANGE_S, backend: Backend | None = None
+) -> list[dict[str, Any]]:
+    """Run one panel's query; rows as dicts in the declared column order.
+
+    ``backend``: what to render the time buckets for; default: what this connection's database has.
+    """
+    backend = backend or for_queries(conn)
+    result = conn.execute(text(expand_macros(panel.sql_for(backend), range_s)))
     columns = tuple(result.keys())
     if columns != panel.columns:
         raise ColumnMismatch(f"panel {panel.id}: declared {panel.columns}, query returned {columns}")
@@ -366,21 +390,25 @@ def run_panel(conn: Connection, panel: Panel, range_s: int = DEFAULT_RANGE_S) ->
 
 
 def run_all_queries(
-    engine: Engine, range_s: int = DEFAULT_RANGE_S, panels: tuple[Panel, ...] = PANELS
+    engine: Engine, range_s: int = DEFAULT_RANGE_S, panels: tuple[Panel, ...] = PANELS, backend: Backend | None = None
 ) -> dict[str, list[dict[str, Any]]]:
     """Every panel's rows by panel id; raises on the first failing query (for tests and checks).
 
-    Runs in one read-only transaction so the panels agree with each other.
+    Runs in one read-only transaction so the panels agree with each other. ``backend``: as in
+    ``run_panel``, asked of the database once for all panels by default.
     """
     out: dict[str, list[dict[str, Any]]] = {}
     with engine.connect() as conn, conn.begin():
         conn.execute(text("SET TRANSACTION READ ONLY"))
+        backend = backend or for_queries(conn)
         for panel in panels:
-            out[panel.id] = run_panel(conn, panel, range_s)
+            out[panel.id] = run_panel(conn, panel, range_s, backend)
     return out
 
 
-def collect(engine: Engine, range_s: int = DEFAULT_RANGE_S, panels: tuple[Panel, ...] = PANELS) -> dict[str, dict]:
+def collect(
+    engine: Engine, range_s: int = DEFAULT_RANGE_S, panels: tuple[Panel, ...] = PANELS, backend: Backend | None = None
+) -> dict[str, dict]:
     """Like ``run_all_queries`` but one failing panel reports its error instead of failing the page.
 
     Each panel runs in its own short read-only transaction, so an error (a table not created
@@ -388,12 +416,15 @@ def collect(engine: Engine, range_s: int = DEFAULT_RANGE_S, panels: tuple[Panel,
     """
     out: dict[str, dict] = {}
     with engine.connect() as conn:
+        if backend is None:
+            with conn.begin():
+                backend = for_queries(conn)
         for panel in panels:
             try:
                 with conn.begin():
                     conn.execute(text("SET TRANSACTION READ ONLY"))
                     conn.execute(text("SET LOCAL statement_timeout = 10000"))
-                    out[panel.id] = {"rows": run_panel(conn, panel, range_s), "error": None}
+                    out[panel.id] = {"rows": run_panel(conn, panel, range_s, backend), "error": None}
             except Exception as err:  # noqa: BLE001 - reported on the page, the other panels still show
                 out[panel.id] = {"rows": [], "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
     return out

@@ -98,6 +98,9 @@ def cmd_up(args: argparse.Namespace) -> int:
           f"topics created now: {', '.join(res.created_topics) or 'none (all existed)'}")  # fmt: skip
     if not args.no_db:
         print(f"Database: {redact_url(res.db_url)}" + (" (server started now)" if res.db_started else ""))
+        if res.preload:
+            print(f"  {res.preload}")
+        print(f"  schema created or checked: {res.db_backend}")
     print(f"jars: {'downloaded' if res.downloaded else 'cached, nothing downloaded'}; "
           f"ready in {res.seconds:.1f} s; state in {c.home / 'stack.json'}")  # fmt: skip
     return 0
@@ -172,6 +175,8 @@ def format_status(data: dict[str, Any]) -> str:
     lines.append(
         f"database: {db.get('url') or '-'} {'answers' if db['answers'] else 'DOES NOT ANSWER: ' + db['error']}"
     )
+    if "backend" in db:
+        lines.append(f"database backend: {db['backend']['text']}")
     lines.append("status: OK" if data["ok"] else "status: NOT OK")
     return "\n".join(lines)
 

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,28 @@ class UpResult:
     db_started: bool
     downloaded: bool
     seconds: float
+    db_backend: str = ""  # what init_schema chose, e.g. "TimescaleDB 2.28.3"
+    preload: str = ""  # what ensure_preloaded found or did
+
+
+def init_database(settings: Settings, url: str) -> str:
+    """The schema of every FLEAD table, created now (``Database.init_schema`` with the settings'
+    backend and policies), so a fresh stack's database is complete before any worker writes."""
+    from flead_app.io.db.store import BackendUnavailable, Database, DatabaseUnreachable
+
+    db = Database.from_settings(replace(settings, db_url=url))
+    try:
+        db.init_schema()
+    except (BackendUnavailable, DatabaseUnreachable) as exc:
+        raise StackError(f"cannot create the schema in {redact_url(url)}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - reported with the (password-free) reason
+        from flead_app.io.db.retry import describe_error
+
+        raise StackError(f"cannot create the schema in {redact_url(url)}: {describe_error(exc)}") from exc
+    finally:
+        db.close()
+    assert db.backend_info is not None
+    return db.backend_info.describe()
 
 
 def default_brokers(home: Path) -> int:
@@ -115,9 +137,13 @@ def up(brokers: int | None = None, with_db: bool = True, timeout: float = 180.0,
     fetch(cluster.version)  # before anything starts: a failed download leaves nothing behind
     pg: postgres.PgInfo | None = None
     started_nodes: list[int] = []
+    preload = backend = ""
     try:
         if with_db:
             pg = postgres.ensure_running(home, settings)
+            if pg.managed and pg.cluster is not None:
+                preload = postgres.ensure_preloaded(pg.cluster, settings.db_name).describe()
+            backend = init_database(settings, pg.url)
         started_nodes = cluster.up(timeout)
         plans = topic_plans(
             ClusterPlan(cluster.brokers, cluster.plan.port_base), flead_topics(settings), settings.partitions
@@ -139,7 +165,7 @@ def up(brokers: int | None = None, with_db: bool = True, timeout: float = 180.0,
     db_managed = True if pg and pg.managed else bool(previous.get("db_managed", False))
     write_state(home, stack_state(cluster, db_url, db_managed))
     return UpResult(cluster, started_nodes, created, db_url, bool(pg and pg.started), downloaded,
-                    time.monotonic() - t0)  # fmt: skip
+                    time.monotonic() - t0, backend, preload)  # fmt: skip
 
 
 def down(wipe: bool = False) -> dict[str, Any]:
@@ -170,7 +196,25 @@ def status(all_topics: bool = False) -> tuple[bool, dict[str, Any]]:
     db_url = settings.db_url or state.get("db_url", "")
     db = postgres.status(db_url)
     db["url"] = redact_url(db_url)
+    if db["answers"]:
+        db["backend"] = database_backend(settings, db_url)
     data = {"home": str(home), "kafka_version": cluster.version, "kafka": st.to_json(), "database": db}
     ok = st.ok and db["answers"]
     data["ok"] = ok
     return ok, data
+
+
+def database_backend(settings: Settings, url: str) -> dict[str, Any]:
+    """Which backend the database has: TimescaleDB and its version, or plain PostgreSQL and why."""
+    from flead_app.io.db.store import Database
+
+    db = Database(url, backend=settings.db_backend, connect_timeout_s=5)
+    try:
+        b = db.describe_backend()
+    except Exception as exc:  # noqa: BLE001 - status reports, it does not fail on this
+        from flead_app.io.db.retry import describe_error
+
+        return {"name": "unknown", "version": "", "reason": describe_error(exc), "text": f"unknown ({exc})"}
+    finally:
+        db.close()
+    return {"name": b.name, "version": b.version, "reason": b.reason, "text": b.describe()}

@@ -306,6 +306,114 @@ def ensure_running(home: Path | str, settings: Settings) -> PgInfo:
     return PgInfo(url, managed=True, started=started, cluster=cluster)
 
 
+TIMESCALEDB = "timescaledb"
+
+
+@dataclass(frozen=True)
+class Preload:
+    """What ``ensure_preloaded`` found and did."""
+
+    available: str  # TimescaleDB version of the installed files, "" when not installed
+    libraries: str  # shared_preload_libraries of the running server, afterwards
+    changed: bool  # this call added timescaledb to the configuration
+    restarted: bool  # this call restarted the server
+
+    def describe(self) -> str:
+        if not self.available:
+            return "TimescaleDB is not installed on this server: plain PostgreSQL (scripts/setup.sh builds it)"
+        if self.restarted:
+            how = "added to shared_preload_libraries" if self.changed else "configured earlier"
+            return f"TimescaleDB {self.available} preloaded ({how}; server restarted now)"
+        return f"TimescaleDB {self.available} preloaded"
+
+
+def parse_libraries(value: str) -> list[str]:
+    """``shared_preload_libraries`` as a list: ``"pg_stat_statements, 'timescaledb'"`` -> two names."""
+    return [name.strip().strip("'\"").strip() for name in value.split(",") if name.strip().strip("'\"").strip()]
+
+
+def preload_sql(libraries: list[str]) -> str:
+    """``ALTER SYSTEM`` that sets ``shared_preload_libraries`` to exactly these libraries."""
+    if not libraries:
+        return "ALTER SYSTEM RESET shared_preload_libraries;"
+    quoted = ", ".join("'" + lib.replace("'", "''") + "'" for lib in libraries)
+    return f"ALTER SYSTEM SET shared_preload_libraries = {quoted};"
+
+
+def _admin_value(cluster: PgCluster, sql: str) -> str:
+    proc = _psql_admin(cluster, sql)
+    if proc.returncode != 0:
+        raise StackError(f"cannot query PostgreSQL {cluster.version}/{cluster.name} as its superuser: "
+                         f"{proc.stderr.strip()}")  # fmt: skip
+    return proc.stdout.strip()
+
+
+def timescaledb_available(cluster: PgCluster) -> str:
+    """The version of the TimescaleDB files installed for this server, '' when none."""
+    return _admin_value(cluster, f"SELECT default_version FROM pg_available_extensions WHERE name = '{TIMESCALEDB}';")
+
+
+def configured_libraries(cluster: PgCluster) -> list[str]:
+    """``shared_preload_libraries`` as the configuration files set it (what the next start loads),
+    else as the server runs with it."""
+    configured = _admin_value(
+        cluster,
+        "SELECT setting FROM pg_file_settings WHERE name = 'shared_preload_libraries' ORDER BY seqno DESC LIMIT 1;",
+    )
+    if configured:
+        return parse_libraries(configured)
+    return parse_libraries(_admin_value(cluster, "SHOW shared_preload_libraries;"))
+
+
+def restart(cluster: PgCluster) -> PgCluster:
+    """``pg_ctlcluster V N restart`` (fast mode) and wait until it answers again."""
+    proc = _run(["pg_ctlcluster", cluster.version, cluster.name, "restart", "-m", "fast"])
+    if proc.returncode != 0:
+        raise StackError(
+            f"pg_ctlcluster {cluster.version} {cluster.name} restart failed: {(proc.stderr or proc.stdout).strip()}\n"
+            f"log: {cluster.log_file}\n{procs.tail(Path(cluster.log_file), 10) if cluster.log_file else ''}"
+        )
+    if not procs.poll(lambda: answers(cluster.port), READY_TIMEOUT_S, 0.2, 1.0):
+        raise StackError(f"PostgreSQL {cluster.version}/{cluster.name} does not answer after its restart; "
+                         f"log: {cluster.log_file}")  # fmt: skip
+    return local_cluster(cluster.version, cluster.name) or cluster
+
+
+def ensure_preloaded(cluster: PgCluster, database: str) -> Preload:
+    """When TimescaleDB's files are installed, make the server preload its library.
+
+    ``timescaledb`` is appended to the configured ``shared_preload_libraries`` (other libraries
+    stay) with ``ALTER SYSTEM`` (``postgresql.auto.conf`` in the data folder), and the server is
+    restarted, only when the running server does not preload it already. Sessions of other
+    databases are cut by the restart; the log says how many.
+    """
+    available = timescaledb_available(cluster)
+    running = _admin_value(cluster, "SHOW shared_preload_libraries;")
+    if not available or TIMESCALEDB in parse_libraries(running):
+        return Preload(available, running, changed=False, restarted=False)
+    configured = configured_libraries(cluster)
+    changed = TIMESCALEDB not in configured
+    if changed:
+        wanted = [*configured, TIMESCALEDB]
+        _admin_value(cluster, preload_sql(wanted))
+        log.info("PostgreSQL %s/%s: shared_preload_libraries = %s (was %s)", cluster.version, cluster.name,
+                 ", ".join(wanted), ", ".join(configured) or "empty")  # fmt: skip
+    others = other_sessions(cluster, database)
+    log.warning(
+        "restarting PostgreSQL %s/%s to preload TimescaleDB %s%s", cluster.version, cluster.name, available,
+        f" ({others} session(s) of other databases are disconnected)" if others else "",
+    )  # fmt: skip
+    cluster = restart(cluster)
+    running = _admin_value(cluster, "SHOW shared_preload_libraries;")
+    if TIMESCALEDB not in parse_libraries(running):
+        raise StackError(
+            f"PostgreSQL {cluster.version}/{cluster.name} still does not preload timescaledb after a restart "
+            f"(shared_preload_libraries = {running!r}); check {cluster.data_dir}/postgresql.auto.conf and "
+            f"the log {cluster.log_file}"
+        )
+    return Preload(available, running, changed=changed, restarted=True)
+
+
 def other_sessions(cluster: PgCluster, database: str) -> int:
     """Client sessions on databases other than ours (other stacks using the shared server)."""
     proc = _psql_admin(

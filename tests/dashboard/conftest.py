@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
+from flead_app.io.db.backend import PLAIN, Backend
 from flead_app.io.db.store import Database, sqlalchemy_url
 from flead_app.models import Anomaly, GlobalModel, LocalModelUpdate
 from flead_app.settings import load_settings
@@ -45,9 +46,26 @@ def base_db_url() -> str:
     return url
 
 
+@pytest.fixture(scope="module", params=["timescaledb", "postgresql"])
+def schema_backend(request) -> str:
+    """Every test of a module runs on TimescaleDB hypertables and on plain PostgreSQL tables."""
+    if request.param == "timescaledb" and load_settings().db_backend == "postgresql":
+        pytest.skip("FLEAD_DB_BACKEND=postgresql: this run does not use TimescaleDB")
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def make_schema(base_db_url) -> Iterator[Callable[[], str]]:
-    """Factory: a fresh schema with every FLEAD table; returns its URL. All are dropped at the end."""
+def render_backend(schema_backend) -> Backend | None:
+    """What the panels' time buckets are rendered for: on TimescaleDB what the runner finds in the
+    database (None: ``for_queries``), on plain tables ``date_bin`` (the database has the extension,
+    so asking it would give ``time_bucket``)."""
+    return None if schema_backend == "timescaledb" else PLAIN
+
+
+@pytest.fixture(scope="module")
+def make_schema(base_db_url, schema_backend) -> Iterator[Callable[[], str]]:
+    """Factory: a fresh schema with every FLEAD table on the module's backend; returns its URL. All
+    are dropped at the end."""
     admin = create_engine(sqlalchemy_url(base_db_url))
     made: list[str] = []
 
@@ -57,7 +75,7 @@ def make_schema(base_db_url) -> Iterator[Callable[[], str]]:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
         made.append(schema)
         url = url_with_schema(base_db_url, schema)
-        db = Database(url)
+        db = Database(url, backend=schema_backend)
         try:
             db.init_schema()
         finally:

@@ -124,6 +124,7 @@ def test_four_kraft_brokers_three_controllers_replication_three(config):
         assert env["FLEAD_KAFKA_BOOTSTRAP"].split(",") == internal
         assert str(env["FLEAD_REPLICATION_FACTOR"]) == "3"
         assert env["FLEAD_DB_URL"].startswith("postgresql://") and "@timescaledb:5432/" in env["FLEAD_DB_URL"]
+        assert env["FLEAD_DB_BACKEND"] == "timescaledb"  # the TimescaleDB image: without it, fail clearly
 
 
 def test_topics_are_created_with_replication_three(config):

@@ -49,7 +49,8 @@ def test_dashboard_json_matches_the_queries():
         assert panel["type"] == spec.type
         assert panel["datasource"] == {"type": grafana.DATASOURCE_TYPE, "uid": grafana.DATASOURCE_UID}
         (target,) = panel["targets"]
-        assert target["rawSql"] == spec.sql
+        assert target["rawSql"] == spec.sql_for(grafana.BACKEND)  # time buckets rendered for TimescaleDB
+        assert "$bucket(" not in target["rawSql"]
         assert target["datasource"]["uid"] == grafana.DATASOURCE_UID
         assert target["format"] == ("time_series" if spec.type == "timeseries" else "table")
         assert panel["fieldConfig"]["defaults"]["unit"] == spec.unit

@@ -97,3 +97,22 @@ def test_panel_validation():
         Panel(id="x", title="x", type="pie", sql="SELECT 1", columns=("v",))
     with pytest.raises(ValueError, match="units"):
         Panel(id="x", title="x", type="table", sql="SELECT 1", columns=("v",), column_units={"w": "short"})
+
+
+def test_time_buckets_are_rendered_for_the_backend():
+    from flead_app.dashboard.queries import render_buckets
+    from flead_app.io.db.backend import PLAIN, Backend
+
+    sql = "SELECT $bucket('1 minute', created_at) AS time, $bucket( '5 minutes' , t.detected_at ) FROM t"
+    assert render_buckets(sql, Backend("timescaledb", "2.28.3")) == (
+        "SELECT time_bucket(INTERVAL '1 minute', created_at) AS time, "
+        "time_bucket(INTERVAL '5 minutes', t.detected_at) FROM t"
+    )
+    assert render_buckets(sql, PLAIN) == (
+        "SELECT date_bin(INTERVAL '1 minute', created_at, TIMESTAMPTZ '2000-01-03 UTC') AS time, "
+        "date_bin(INTERVAL '5 minutes', t.detected_at, TIMESTAMPTZ '2000-01-03 UTC') FROM t"
+    )
+    for panel in PANELS:  # one definition per query; each rendering is a finished query
+        for backend in (Backend("timescaledb", "2.28.3"), PLAIN):
+            assert "$bucket" not in panel.sql_for(backend)
+            assert not re.search(r"(?<!:):[A-Za-z_]", panel.sql_for(backend))

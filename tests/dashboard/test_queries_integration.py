@@ -11,7 +11,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def results(sample_db, make_schema):
+def results(sample_db, make_schema, render_backend):
     from sqlalchemy import create_engine
 
     from flead_app.io.db.store import sqlalchemy_url
@@ -19,7 +19,7 @@ def results(sample_db, make_schema):
     url, expected = sample_db
     engine = create_engine(sqlalchemy_url(url))
     try:
-        yield run_all_queries(engine), expected
+        yield run_all_queries(engine, backend=render_backend), expected
     finally:
         engine.dispose()
 
@@ -83,18 +83,18 @@ def test_heldout_f1_pairs_each_global_version_with_the_nearest_baseline(results)
     assert rows["v2"]["central_f1"] == pytest.approx(0.64)  # none earlier: nearest later, v4
 
 
-def test_time_filter_follows_the_range(sample_db, engine_for):
+def test_time_filter_follows_the_range(sample_db, engine_for, render_backend):
     url, expected = sample_db
     engine = engine_for(url)
-    wide = run_all_queries(engine, 6 * 3600)
-    narrow = run_all_queries(engine, 10 * 60)
+    wide = run_all_queries(engine, 6 * 3600, backend=render_backend)
+    narrow = run_all_queries(engine, 10 * 60, backend=render_backend)
     assert sum(r["models"] for r in narrow["models_per_minute"]) < expected["local_models"]
     assert len(narrow["global_accuracy_trend"]) < len(wide["global_accuracy_trend"])
     assert narrow["total_local_models"] == wide["total_local_models"]  # totals ignore the range
 
 
-def test_empty_tables_give_zero_counts_and_no_rows(empty_db, engine_for):
-    out = run_all_queries(engine_for(empty_db))
+def test_empty_tables_give_zero_counts_and_no_rows(empty_db, engine_for, render_backend):
+    out = run_all_queries(engine_for(empty_db), backend=render_backend)
     assert out["total_local_models"] == [{"local_models": 0}]
     assert out["global_models"] == [{"global_models": 0}]
     assert out["active_devices"] == [{"active_devices": 0}]
@@ -102,12 +102,12 @@ def test_empty_tables_give_zero_counts_and_no_rows(empty_db, engine_for):
         assert out[pid] == [], pid
 
 
-def test_collect_reports_a_broken_panel_and_keeps_the_others(make_schema, engine_for):
+def test_collect_reports_a_broken_panel_and_keeps_the_others(make_schema, engine_for, render_backend):
     url = make_schema()
     engine = engine_for(url)
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE stream_analytics"))
-    out = collect(engine)
+    out = collect(engine, backend=render_backend)
     assert "stream_analytics" in out["broker_analytics"]["error"]
     assert out["total_local_models"] == {"rows": [{"local_models": 0}], "error": None}
     assert all(out[p.id]["error"] is None for p in PANELS if p.id != "broker_analytics")
@@ -134,3 +134,22 @@ def test_cli_query_prints_every_panel(sample_db, monkeypatch, capsys):
 
     out = json.loads(capsys.readouterr().out)
     assert list(out) == [p.id for p in PANELS] and out["global_models"] == [{"global_models": 12}]
+
+
+def test_the_backend_decides_the_time_buckets(sample_db, engine_for, schema_backend, render_backend):
+    """On TimescaleDB the runner finds the extension and buckets with time_bucket; date_bin with its
+    origin gives the very same rows, so the plain-PostgreSQL rendering shows the same panels."""
+    from flead_app.io.db.backend import PLAIN, for_queries
+
+    engine = engine_for(sample_db[0])
+    with engine.connect() as conn:
+        found = for_queries(conn)
+    if schema_backend == "timescaledb":
+        assert found.is_timescaledb and found.schema == "public"  # the extension is off the test's search path
+        assert '"public".time_bucket(' in PANELS_BY_ID["models_per_minute"].sql_for(found)
+    assert "date_bin(" in PANELS_BY_ID["models_per_minute"].sql_for(PLAIN)
+    bucketed = [p for p in PANELS if "$bucket(" in p.sql]
+    assert {p.id for p in bucketed} == {"models_per_minute", "anomalies_by_severity", "anomalies_by_broker"}
+    assert run_all_queries(engine, panels=tuple(bucketed)) == run_all_queries(
+        engine, panels=tuple(bucketed), backend=PLAIN
+    )

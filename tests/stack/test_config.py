@@ -49,6 +49,7 @@ def test_plan_rejects_bad_sizes():
 
 
 def test_port_base_from_the_settings(monkeypatch):
+    monkeypatch.delenv("FLEAD_KAFKA_PORT", raising=False)  # the default, not the port this run uses
     assert load_settings().kafka_port == 29092
     monkeypatch.setenv("FLEAD_KAFKA_PORT", "29192")
     assert load_settings().kafka_port == 29192

@@ -18,8 +18,11 @@ from sqlalchemy import Table, and_, create_engine, delete, func, literal_column,
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.pool import NullPool
 
+from flead_app.io.db import backend as backend_mod
 from flead_app.io.db import timescale
+from flead_app.io.db.backend import BackendUnavailable
 from flead_app.io.db.retry import WriteAborted, describe_error, write_with_retry
 from flead_app.io.db.rows import anomaly_row, global_model_row, local_model_row
 from flead_app.io.db.schema import metadata
@@ -29,6 +32,7 @@ from flead_app.settings import Settings, redact_url
 DEFAULTS = Settings()
 
 __all__ = [
+    "BackendUnavailable",
     "Database",
     "DatabaseUnreachable",
     "sqlalchemy_url",
@@ -73,11 +77,17 @@ class Database:
         retention_days: int = DEFAULTS.retention_days,
         compress_after_days: int = DEFAULTS.compress_after_days,
         chunk_hours: int = DEFAULTS.chunk_hours,
+        backend: str = DEFAULTS.db_backend,
     ) -> None:
         if not url:
             raise ValueError("no database URL: run `flead stack up` or set FLEAD_DB_URL")
+        if backend not in backend_mod.CHOICES:
+            raise ValueError(f"unknown database backend {backend!r}; choose one of {', '.join(backend_mod.CHOICES)}")
         self.url = url
-        self.backend: str | None = None
+        self.wanted_backend = backend
+        self.backend: str | None = None  # after init_schema: "timescaledb" | "postgresql"
+        self.backend_info: backend_mod.Backend | None = None
+        self._connect_timeout_s = int(connect_timeout_s)
         self._policy = (retention_days, compress_after_days, chunk_hours)
         # pre-ping replaces connections that died while the server restarted; the connect
         # timeout keeps an unreachable host from hanging a retry step for minutes
@@ -91,9 +101,10 @@ class Database:
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> Database:
-        """The settings' database, with their TimescaleDB chunk, compression and retention policies."""
+        """The settings' database and backend, with their TimescaleDB chunk, compression and retention policies."""
         return cls(
             settings.db_url,
+            backend=settings.db_backend,
             retention_days=settings.retention_days,
             compress_after_days=settings.compress_after_days,
             chunk_hours=settings.chunk_hours,
@@ -122,34 +133,44 @@ class Database:
     def init_schema(self) -> str:
         """Create every table of ``schema.metadata`` that is missing; return the backend in use.
 
-        With the TimescaleDB extension available the time-series tables become hypertables
-        with compression and retention policies ("timescaledb"); else they stay plain tables
-        with their time indexes ("postgresql"). Safe to run again and from several processes.
+        First the backend is decided on connections of its own (``backend.choose`` with the
+        wanted backend, ``FLEAD_DB_BACKEND``): the extension is created there when the server can
+        load it, and a server that cannot is found out without running anything that would kill
+        a connection. Then, in one transaction on a fresh connection, the tables and indexes are
+        created; with TimescaleDB the time-series tables become hypertables with compression and
+        retention policies ("timescaledb"), else they stay plain tables with their time indexes
+        ("postgresql"). Safe to run again and from several processes.
         """
         retention, compress, chunk = self._policy
+        probe = self._probe_engine()
+        try:
+            chosen = backend_mod.choose(probe, self.wanted_backend)
+        finally:
+            probe.dispose()
         with self.engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
-            ts_version = self._enable_timescale(conn)
             metadata.create_all(conn, checkfirst=True)
             for table in metadata.sorted_tables:
                 for index in table.indexes:  # tables made by an older schema get new indexes
                     index.create(conn, checkfirst=True)
             self._repair_identity(conn)
             self._add_missing_columns(conn)
-            if ts_version:
-                self._make_hypertables(conn, ts_version, retention, compress, chunk)
-        self.backend = "timescaledb" if ts_version else "postgresql"
-        if ts_version:
+            if chosen.is_timescaledb:
+                self._make_hypertables(conn, chosen, retention, compress, chunk)
+        self.backend_info = chosen
+        self.backend = chosen.name
+        if chosen.is_timescaledb:
             log.info(
                 "database %s: TimescaleDB %s, %d hypertables (chunks %d h, compress after %d d, keep %d d)",
-                self.safe_url, ts_version, len(timescale.hypertables()), chunk, compress, retention,
-            )
-        else:
+                self.safe_url, chosen.version, len(timescale.hypertables()), chunk, compress, retention,
+            )  # fmt: skip
+        elif not chosen.unusable:
             log.info(
-                "database %s: plain PostgreSQL tables with time indexes (TimescaleDB not available; "
-                "no compression or retention policies)",
-                self.safe_url,
-            )
+                "database %s: plain PostgreSQL tables with time indexes (%s; no compression or retention policies)",
+                self.safe_url, chosen.reason,
+            )  # fmt: skip
+        else:  # the server has TimescaleDB but cannot use it: say what to change, once
+            log.warning("database %s: using plain PostgreSQL tables: %s", self.safe_url, chosen.reason)
         return self.backend
 
     def reset_schema(self) -> list[str]:
@@ -160,23 +181,19 @@ class Database:
         self.init_schema()
         return [t.name for t in metadata.sorted_tables]
 
-    @staticmethod
-    def _enable_timescale(conn: Connection) -> str | None:
-        """The TimescaleDB version if the extension is (or can be) installed, else None."""
-        available = conn.execute(
-            text("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-        ).first()
-        if not available:
-            return None
+    def _probe_engine(self) -> Engine:
+        """Connections for the backend decision only, never pooled: one a refusal killed is not reused."""
+        return create_engine(
+            sqlalchemy_url(self.url), poolclass=NullPool, connect_args={"connect_timeout": self._connect_timeout_s}
+        )
+
+    def describe_backend(self) -> backend_mod.Backend:
+        """The backend this database has or would get, without creating anything."""
+        engine = self._probe_engine()
         try:
-            with conn.begin_nested():
-                conn.execute(text("CREATE EXTENSION IF NOT EXISTS timescaledb"))
-        except sa_exc.DBAPIError as err:
-            # typically: not in shared_preload_libraries, or no privilege to create it
-            log.warning("TimescaleDB is installed but cannot be enabled (%s); using plain PostgreSQL",
-                        describe_error(err))
-            return None
-        return conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")).scalar()
+            return backend_mod.describe(engine, self.wanted_backend)
+        finally:
+            engine.dispose()
 
     @staticmethod
     def _repair_identity(conn: Connection) -> None:
@@ -220,19 +237,10 @@ class Database:
                 conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN IF NOT EXISTS "{column.name}" {kind}'))
 
     @staticmethod
-    def _make_hypertables(conn: Connection, version: str, retention: int, compress: int, chunk: int) -> None:
-        # TimescaleDB's functions live in the extension's schema, which a search path set to the
-        # tables' own schema (one per test run, or a user's) does not include: add it, for this
-        # transaction only
-        ext_schema = conn.execute(
-            text("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'timescaledb'")
-        ).scalar()
-        conn.execute(
-            text("SELECT set_config('search_path', current_setting('search_path') || ', ' || :s, true)"),
-            {"s": ext_schema},
-        )
+    def _make_hypertables(conn: Connection, chosen: backend_mod.Backend, retention: int, compress: int,
+                          chunk: int) -> None:  # fmt: skip
         for table, column in timescale.hypertables().items():
-            conn.execute(text(timescale.hypertable_sql(table, column, chunk, version)))
+            conn.execute(text(timescale.hypertable_sql(table, column, chunk, chosen.version, chosen.schema)))
             enabled = conn.execute(
                 text(
                     "SELECT compression_enabled FROM timescaledb_information.hypertables "
@@ -242,7 +250,7 @@ class Database:
             ).scalar()
             if not enabled:
                 conn.execute(text(timescale.compression_settings_sql(table)))
-            for sql in timescale.policy_sql(table, compress, retention):
+            for sql in timescale.policy_sql(table, compress, retention, chosen.schema):
                 conn.execute(text(sql))
 
     # ------------------------------------------------------------------ writes
@@ -306,9 +314,7 @@ class Database:
         out: dict[str, int] = {}
         with self.engine.connect() as conn:
             present = set(
-                conn.execute(
-                    text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
-                ).scalars()
+                conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")).scalars()
             )
             for t in metadata.sorted_tables:
                 if t.name in present:

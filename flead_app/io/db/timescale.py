@@ -4,6 +4,10 @@ Pure: it only builds SQL text, so the statements are checked by tests on a machi
 TimescaleDB cannot be installed. Every statement is idempotent (``if_not_exists``), so
 ``init_schema`` may run at every worker start.
 
+The extension's functions are spelled with its schema when ``schema`` is given: the tests give
+each run a schema of its own as the only entry of the search path, and the extension lives in
+``public``.
+
 Compression needs every column of a unique constraint to be a ``segmentby`` or ``orderby``
 column (TimescaleDB refuses otherwise: "column ... must be used for segmenting or
 ordering"), so the settings below follow each table's natural key in ``schema.py``; a test
@@ -41,6 +45,10 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _fn(schema: str, name: str) -> str:
+    return f"{_q(schema)}.{name}" if schema else name
+
+
 def version_tuple(version: str) -> tuple[int, ...]:
     """``"2.14.2"`` -> ``(2, 14, 2)``; suffixes such as ``-dev`` are ignored."""
     out = []
@@ -52,7 +60,7 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def hypertable_sql(table: str, time_column: str, chunk_hours: int, ts_version: str) -> str:
+def hypertable_sql(table: str, time_column: str, chunk_hours: int, ts_version: str, schema: str = "") -> str:
     """``create_hypertable``: the ``by_range`` interface from 2.13, the older one before.
 
     ``migrate_data`` moves rows of a table that existed before TimescaleDB was installed;
@@ -61,11 +69,13 @@ def hypertable_sql(table: str, time_column: str, chunk_hours: int, ts_version: s
     interval = f"INTERVAL '{int(chunk_hours)} hours'"
     if version_tuple(ts_version) >= (2, 13):
         return (
-            f"SELECT create_hypertable({_lit(table)}, by_range({_lit(time_column)}, {interval}), "
+            f"SELECT {_fn(schema, 'create_hypertable')}({_lit(table)}, "
+            f"{_fn(schema, 'by_range')}({_lit(time_column)}, {interval}), "
             "create_default_indexes => FALSE, if_not_exists => TRUE, migrate_data => TRUE)"
         )
     return (
-        f"SELECT create_hypertable({_lit(table)}, {_lit(time_column)}, chunk_time_interval => {interval}, "
+        f"SELECT {_fn(schema, 'create_hypertable')}({_lit(table)}, {_lit(time_column)}, "
+        f"chunk_time_interval => {interval}, "
         "create_default_indexes => FALSE, if_not_exists => TRUE, migrate_data => TRUE)"
     )
 
@@ -80,15 +90,17 @@ def compression_settings_sql(table: str) -> str:
     return f"ALTER TABLE {_q(table)} SET ({', '.join(parts)})"
 
 
-def policy_sql(table: str, compress_after_days: int, retention_days: int) -> list[str]:
+def policy_sql(table: str, compress_after_days: int, retention_days: int, schema: str = "") -> list[str]:
     """Compression and retention jobs (TimescaleDB's background scheduler runs them)."""
     out = []
     if compress_after_days > 0:
         after = f"INTERVAL '{int(compress_after_days)} days'"
-        out.append(f"SELECT add_compression_policy({_lit(table)}, compress_after => {after}, if_not_exists => TRUE)")
+        fn = _fn(schema, "add_compression_policy")
+        out.append(f"SELECT {fn}({_lit(table)}, compress_after => {after}, if_not_exists => TRUE)")
     if retention_days > 0:
         after = f"INTERVAL '{int(retention_days)} days'"
-        out.append(f"SELECT add_retention_policy({_lit(table)}, drop_after => {after}, if_not_exists => TRUE)")
+        fn = _fn(schema, "add_retention_policy")
+        out.append(f"SELECT {fn}({_lit(table)}, drop_after => {after}, if_not_exists => TRUE)")
     return out
 
 

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from flead_app.io.db.store import Database, DatabaseUnreachable, write_with_retry
+from tests.io.conftest import NO_RETENTION, expected_backend
 
 pytestmark = pytest.mark.integration
 
@@ -23,11 +24,12 @@ def closed_port_url(url: str) -> str:
     return sqlalchemy_url(url).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
 
 
-def test_init_schema_twice_is_harmless(db_url, local_update):
-    db = Database(db_url)
-    assert db.init_schema() == "postgresql"  # TimescaleDB cannot be installed on this machine
+def test_init_schema_twice_is_harmless(db_url, backend, local_update):
+    db = Database(db_url, backend=backend, **NO_RETENTION)
+    want = expected_backend(backend)
+    assert db.init_schema() == want, db.backend_info
     db.insert_local_models([local_update()])
-    assert db.init_schema() == "postgresql"
+    assert db.init_schema() == want
     counts = db.count_rows()
     assert counts["local_models"] == 1
     assert set(counts) >= {"local_models", "federated_models", "anomalies", "model_evaluations",
@@ -102,7 +104,7 @@ def test_replace_rows_is_one_transaction(db):
 
 def test_write_with_retry_waits_for_the_database(db_url, caplog, local_update):
     """The first attempts hit a closed port (real refused connections), then the real server."""
-    real = Database(db_url)
+    real = Database(db_url, **NO_RETENTION)
     real.init_schema()
     down = Database(closed_port_url(db_url), connect_timeout_s=2)
     targets = iter([down, down, real])
