@@ -37,6 +37,7 @@ BASE_PATH = "/dashboard"
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_TYPES = {
     "chart.umd.min.js": "application/javascript",
+    "chartjs-adapter-date-fns.bundle.min.js": "application/javascript",
     "dashboard.js": "application/javascript",
     "dashboard.css": "text/css",
 }
@@ -127,6 +128,7 @@ def page_html(refresh_s: int = DEFAULT_REFRESH_S, range_s: int = DEFAULT_RANGE_S
 <main id="grid"></main>
 <script id="flead-config" type="application/json">{config_json}</script>
 <script src="{BASE_PATH}/static/chart.umd.min.js"></script>
+<script src="{BASE_PATH}/static/chartjs-adapter-date-fns.bundle.min.js"></script>
 <script src="{BASE_PATH}/static/dashboard.js"></script>
 </body>
 </html>

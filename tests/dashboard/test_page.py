@@ -56,17 +56,38 @@ def test_config_cannot_close_its_script_tag(monkeypatch):
     monkeypatch.setattr(page, "panel_specs", lambda: specs)
     html = page.page_html()
     assert "</script><script>alert(1)" not in html
-    assert html.count("</script>") == 3  # config, chart.js, dashboard.js
+    assert html.count("</script>") == 4  # config, chart.js, its date adapter, dashboard.js
 
 
 def test_static_files_are_a_fixed_list():
     body, ctype = page.static_file("chart.umd.min.js")
     assert body.startswith(b"/*!\n * Chart.js v4.6.1") and ctype == "application/javascript"
+    body, ctype = page.static_file("chartjs-adapter-date-fns.bundle.min.js")
+    assert body.startswith(b"/*!\n * chartjs-adapter-date-fns v3.0.0") and ctype == "application/javascript"
     assert page.static_file("dashboard.js")[1] == "application/javascript"
     assert page.static_file("dashboard.css")[1] == "text/css"
     for name in ("../page.py", "LICENSE.chart.js.md", "VENDORED.md", "", "/etc/passwd"):
         assert page.static_file(name) is None
     assert (page.STATIC_DIR / "LICENSE.chart.js.md").read_text().startswith("The MIT License")
+    assert (page.STATIC_DIR / "LICENSE.chartjs-adapter-date-fns.md").read_text().startswith("The MIT License")
+    assert "Sasha Koss" in (page.STATIC_DIR / "LICENSE.date-fns.md").read_text()
+
+
+def test_vendored_files_match_the_checksums_in_vendored_md():
+    import hashlib
+
+    notes = (page.STATIC_DIR / "VENDORED.md").read_text()
+    vendored = [name for name in page.STATIC_TYPES if name not in ("dashboard.js", "dashboard.css")]
+    assert vendored == ["chart.umd.min.js", "chartjs-adapter-date-fns.bundle.min.js"]
+    for name in vendored:
+        digest = hashlib.sha256((page.STATIC_DIR / name).read_bytes()).hexdigest()
+        assert f"`{name}`" in notes and digest in notes, name
+
+
+def test_the_adapter_loads_after_chart_js_and_before_the_page():
+    html = page.page_html()
+    order = [html.index(f"/dashboard/static/{name}") for name in page.STATIC_TYPES if name.endswith(".js")]
+    assert order == sorted(order)
 
 
 def test_json_values():
