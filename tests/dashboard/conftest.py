@@ -47,21 +47,18 @@ def base_db_url() -> str:
 
 @pytest.fixture(scope="module")
 def make_schema(base_db_url) -> Iterator[Callable[[], str]]:
-    """Factory: a fresh schema with every FLEAD table; returns its URL. All are dropped at the end."""
+    """Factory: a fresh schema with every FLEAD table (or none); returns its URL. All are dropped at the end."""
     admin = create_engine(sqlalchemy_url(base_db_url))
     made: list[str] = []
 
-    def make() -> str:
+    def make(tables: bool = True) -> str:
         schema = f"dash_{uuid.uuid4().hex[:12]}"
         with admin.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
         made.append(schema)
         url = url_with_schema(base_db_url, schema)
-        db = Database(url)
-        try:
-            db.init_schema()
-        finally:
-            db.close()
+        if tables:
+            init_schema(url)
         return url
 
     try:
@@ -71,6 +68,30 @@ def make_schema(base_db_url) -> Iterator[Callable[[], str]]:
             for schema in made:
                 conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+class PlainDatabase(Database):
+    """``Database`` that keeps plain PostgreSQL tables even where TimescaleDB is installed.
+
+    These fixtures keep several schemas of one database alive at once (a module's sample and
+    empty schemas). TimescaleDB is one extension per database, created into the first schema
+    on the search path, so a second schema could not find its functions (``by_range``) to make
+    hypertables. The panel queries are plain SELECTs, which read hypertables as tables; the
+    TimescaleDB path itself is tested in tests/io/db.
+    """
+
+    @staticmethod
+    def _enable_timescale(conn) -> None:  # noqa: ANN001 - the base class's signature
+        return None
+
+
+def init_schema(url: str) -> None:
+    """What a worker does when it starts: every FLEAD table."""
+    db = PlainDatabase(url)
+    try:
+        db.init_schema()
+    finally:
+        db.close()
 
 
 def insert_sample_rows(url: str, now: datetime) -> dict[str, object]:
