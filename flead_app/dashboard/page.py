@@ -89,6 +89,7 @@ def panel_specs() -> list[dict[str, Any]]:
             "series_column": p.series_column,
             "stacked": p.stacked,
             "bars": p.bars,
+            "bucket_s": p.bucket_s,
             "width": p.width,
             "height": p.height,
         }
@@ -121,6 +122,7 @@ def page_html(refresh_s: int = DEFAULT_REFRESH_S, range_s: int = DEFAULT_RANGE_S
   <div class="meta">
     <span>range: last {html.escape(_range_label(range_s))}</span>
     <span>refresh: {html.escape(refresh_text)}</span>
+    <span id="timezone"></span>
     <span id="updated">loading&hellip;</span>
   </div>
 </header>

@@ -50,6 +50,8 @@ class Panel:
     (time, series name, value) as Grafana's ``metric`` convention expects, else every other
     column is a series. For a barchart the first column is the category. ``column_units``
     overrides ``unit`` for single columns (a second axis on charts, cell format in tables).
+    ``bucket_s`` is the width of a bar's time bucket (``date_trunc('minute', ...)`` is 60), so a bar
+    covers its own bucket on a time axis.
     ``width`` and ``height`` are in Grafana grid units (24 columns wide).
     """
 
@@ -67,12 +69,15 @@ class Panel:
     width: int = 12
     height: int = 8
     decimals: int | None = None
+    bucket_s: int | None = None
 
     def __post_init__(self) -> None:
         if self.type not in PANEL_TYPES:
             raise ValueError(f"panel {self.id}: unknown type {self.type!r}")
         if self.type == "timeseries" and self.columns[0] != "time":
             raise ValueError(f"panel {self.id}: a timeseries returns `time` first")
+        if self.type == "timeseries" and self.bars and not self.bucket_s:
+            raise ValueError(f"panel {self.id}: bars on a time axis need the bucket width (bucket_s)")
         if self.series_column and self.series_column not in self.columns:
             raise ValueError(f"panel {self.id}: series column {self.series_column!r} not returned")
         unknown = set(self.column_units) - set(self.columns)
@@ -160,6 +165,7 @@ PANELS: tuple[Panel, ...] = (
         title="Model Training Rate (Per Minute)",
         type="timeseries",
         bars=True,
+        bucket_s=60,
         description="Local models trained in each minute of the time range.",
         sql=_sql("""
             SELECT date_trunc('minute', created_at) AS time, count(*) AS models
@@ -226,6 +232,7 @@ PANELS: tuple[Panel, ...] = (
         title="Anomalies per Minute by Severity",
         type="timeseries",
         bars=True,
+        bucket_s=60,
         stacked=True,
         description="Anomalies detected each minute (|z| > 2.5 warning, from 3.0 critical).",
         sql=_sql("""
@@ -246,6 +253,7 @@ PANELS: tuple[Panel, ...] = (
         type="timeseries",
         series_column="metric",
         bars=True,
+        bucket_s=60,
         stacked=True,
         description="Anomalies by the broker that led the device's partition when it was detected.",
         sql=_sql("""

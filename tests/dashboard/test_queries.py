@@ -60,6 +60,8 @@ def test_panel_is_well_formed(panel: Panel):
     expand_macros(panel.sql)  # does not raise
     if panel.type == "timeseries":
         assert "$__timeFilter(" in panel.sql, "a time series follows the dashboard's range"
+    if panel.bars and panel.type == "timeseries":
+        assert panel.bucket_s == 60 and "date_trunc('minute'" in panel.sql
 
 
 def test_time_filter_expands_to_a_concrete_interval():
@@ -97,3 +99,5 @@ def test_panel_validation():
         Panel(id="x", title="x", type="pie", sql="SELECT 1", columns=("v",))
     with pytest.raises(ValueError, match="units"):
         Panel(id="x", title="x", type="table", sql="SELECT 1", columns=("v",), column_units={"w": "short"})
+    with pytest.raises(ValueError, match="bucket"):
+        Panel(id="x", title="x", type="timeseries", sql="SELECT 1", columns=("time", "v"), bars=True)

@@ -1,7 +1,10 @@
 // FLEAD live dashboard: draws every panel of flead_app/dashboard/queries.py from /dashboard/data.
-// Plain browser JavaScript with the vendored Chart.js; no build step.
+// Plain browser JavaScript with the vendored Chart.js and its date-fns adapter; no build step.
 // Each panel element carries data-state ("loading", "data", "empty", "error") and data-rows,
-// which the browser test reads; document.body carries data-updates (successful refreshes).
+// which the browser test reads; document.body carries data-updates (successful refreshes) and
+// data-now (the right end of every time axis).
+// Time axes are Chart.js time scales spanning exactly the selected range (now - range .. now,
+// "now" being the server's generated_at), with round ticks in the viewer's local time.
 (function () {
   "use strict";
 
@@ -12,6 +15,17 @@
   var PALETTE = ["#5794f2", "#f2cc0c", "#73bf69", "#ff9830", "#b877d9", "#f2495c", "#8ab8ff", "#96d98d"];
   var SEVERITY = { warning: "#ff9830", critical: "#f2495c" };
   var ROW_PX = 36;
+  var MINUTE = 60000;
+  var HOUR = 3600000;
+  var DAY = 86400000;
+  var UNIT_MS = { minute: MINUTE, hour: HOUR, day: DAY };
+  // tick steps in the viewer's local time, smallest first: [count, unit]
+  var STEPS = [
+    [1, "minute"], [2, "minute"], [5, "minute"], [10, "minute"], [15, "minute"], [30, "minute"],
+    [1, "hour"], [2, "hour"], [3, "hour"], [6, "hour"], [12, "hour"],
+    [1, "day"], [2, "day"], [7, "day"], [14, "day"], [30, "day"],
+  ];
+  var LABEL_PX = 64; // room one "HH:mm" tick label needs
   var charts = {};
   var cards = {};
   var updates = 0;
@@ -32,6 +46,19 @@
     var d = new Date(ms);
     var t = pad(d.getHours()) + ":" + pad(d.getMinutes());
     return withDate ? d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " + t + ":" + pad(d.getSeconds()) : t;
+  }
+
+  function timezoneText() {
+    var off = -new Date().getTimezoneOffset();
+    var sign = off < 0 ? "-" : "+";
+    off = Math.abs(off);
+    var zone = "";
+    try {
+      zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "";
+    } catch (e) {
+      zone = "";
+    }
+    return "times: " + (zone ? zone + " " : "") + "UTC" + sign + pad(Math.floor(off / 60)) + ":" + pad(off % 60);
   }
 
   function formatValue(value, unit, decimals) {
@@ -140,10 +167,73 @@
     return SEVERITY[name] || PALETTE[i % PALETTE.length];
   }
 
-  // timeseries: wide (time, a, b...) or long (time, series name, value) -> Chart.js datasets of {x, y}
+  // ---------------------------------------------------------------- time axes
+  // the largest tick count that fits `px` pixels, at most 8, and the smallest round step giving it
+  function tickStep(rangeMs, px) {
+    var most = Math.max(2, Math.min(8, Math.floor(px / LABEL_PX)));
+    for (var i = 0; i < STEPS.length; i++) {
+      if (rangeMs / (STEPS[i][0] * UNIT_MS[STEPS[i][1]]) <= most) return STEPS[i];
+    }
+    return STEPS[STEPS.length - 1];
+  }
+
+  // ticks at round local times (every 15 min, every 3 h, ...) between min and max, both included;
+  // stepping with Date's local setters keeps them on the local clock across midnight and DST
+  function localTicks(min, max, step) {
+    var n = step[0];
+    var unit = step[1];
+    var d = new Date(min);
+    d.setSeconds(0, 0);
+    if (unit === "minute") d.setMinutes(Math.floor(d.getMinutes() / n) * n);
+    else if (unit === "hour") d.setHours(Math.floor(d.getHours() / n) * n, 0);
+    else d.setHours(0, 0);
+    var ticks = [];
+    for (var guard = 0; d.getTime() <= max && guard < 1000; guard++) {
+      var t = d.getTime();
+      if (t >= min) ticks.push({ value: t, major: unit !== "day" && d.getHours() === 0 && d.getMinutes() === 0 });
+      if (unit === "minute") d.setMinutes(d.getMinutes() + n);
+      else if (unit === "hour") d.setHours(d.getHours() + n);
+      else d.setDate(d.getDate() + n);
+    }
+    return ticks;
+  }
+
+  // x axis of every time series: exactly now - range .. now, whatever the rows cover
+  function timeAxis(panel, now, widthPx) {
+    var min = now - config.range_s * 1000;
+    var step = tickStep(now - min, widthPx);
+    return {
+      type: "time",
+      min: min,
+      max: now,
+      offset: false,
+      grid: { offset: false }, // a bar chart's default puts grid lines between ticks, half a step off
+      stacked: panel.stacked,
+      time: {
+        unit: step[1],
+        displayFormats: { minute: "HH:mm", hour: "HH:mm", day: "MMM d" },
+      },
+      ticks: {
+        source: "auto",
+        autoSkip: true,
+        maxRotation: 0,
+        major: { enabled: true },
+        font: function (ctx) {
+          return ctx.tick && ctx.tick.major ? { weight: "bold" } : undefined;
+        },
+      },
+      afterBuildTicks: function (scale) {
+        scale.ticks = localTicks(scale.min, scale.max, step);
+      },
+    };
+  }
+
+  // timeseries: wide (time, a, b...) or long (time, series name, value) -> Chart.js datasets of {x, y};
+  // a bar stands in the middle of its bucket, so it covers its own minute
   function timeDatasets(panel, rows) {
     var series = {};
     var order = [];
+    var shift = panel.bars ? (panel.bucket_s * 1000) / 2 : 0;
     function add(name, x, y) {
       if (!(name in series)) {
         series[name] = [];
@@ -152,7 +242,7 @@
       series[name].push({ x: x, y: y });
     }
     rows.forEach(function (row) {
-      var x = Date.parse(row.time);
+      var x = Date.parse(row.time) + shift;
       if (panel.series_column) {
         var valueCol = panel.columns.filter(function (c) {
           return c !== "time" && c !== panel.series_column;
@@ -175,14 +265,23 @@
         pointRadius: panel.bars ? 0 : 2,
         borderWidth: panel.bars ? 0 : 2,
         tension: 0.2,
-        barPercentage: 1.0,
-        categoryPercentage: 0.9,
+        grouped: false,
+        // one bucket wide on the time axis
+        barThickness: panel.bars
+          ? function (ctx) {
+              var x = ctx.chart.scales && ctx.chart.scales.x;
+              if (!x || !x.width) return 1;
+              var px = x.getPixelForValue(x.min + panel.bucket_s * 1000) - x.getPixelForValue(x.min);
+              return px >= 3 ? px - 1 : Math.max(1, px); // a pixel between neighbours when there is room
+            }
+          : undefined,
       };
     });
   }
 
-  function timeseriesConfig(panel, rows) {
-    var span = rows.length ? Date.parse(rows[rows.length - 1].time) - Date.parse(rows[0].time) : 0;
+  function timeseriesConfig(panel, rows, now) {
+    var widthPx = cards[panel.id].body.clientWidth || 600;
+    var shift = panel.bars ? (panel.bucket_s * 1000) / 2 : 0;
     return {
       type: panel.bars ? "bar" : "line",
       data: { datasets: timeDatasets(panel, rows) },
@@ -191,17 +290,7 @@
         parsing: true,
         interaction: { mode: "nearest", axis: "x", intersect: false },
         scales: {
-          x: {
-            type: "linear",
-            offset: panel.bars,
-            stacked: panel.stacked,
-            ticks: {
-              maxTicksLimit: 8,
-              callback: function (v) {
-                return formatTime(v, span > 86400000);
-              },
-            },
-          },
+          x: timeAxis(panel, now, widthPx),
           y: { beginAtZero: true, stacked: panel.stacked, ticks: axisTicks(panel.unit, allIntegers(panel, rows)) },
         },
         plugins: {
@@ -209,7 +298,11 @@
           tooltip: {
             callbacks: {
               title: function (items) {
-                return items.length ? formatTime(items[0].parsed.x, true) : "";
+                if (!items.length) return "";
+                var t = items[0].parsed.x - shift;
+                return panel.bars
+                  ? formatTime(t, true) + " \u2013 " + formatTime(t + panel.bucket_s * 1000, false)
+                  : formatTime(t, true);
               },
               label: function (item) {
                 return item.dataset.label + ": " + formatValue(item.parsed.y, panel.unit, panel.decimals);
@@ -279,7 +372,7 @@
     };
   }
 
-  function renderChart(panel, rows) {
+  function renderChart(panel, rows, now) {
     var c = cards[panel.id];
     if (!rows.length) {
       if (charts[panel.id]) {
@@ -289,7 +382,7 @@
       }
       return setState(panel, "empty", 0);
     }
-    var cfg = panel.type === "timeseries" ? timeseriesConfig(panel, rows) : barchartConfig(panel, rows);
+    var cfg = panel.type === "timeseries" ? timeseriesConfig(panel, rows, now) : barchartConfig(panel, rows);
     var chart = charts[panel.id];
     if (chart && chart.config.type === cfg.type) {
       chart.data = cfg.data;
@@ -305,13 +398,13 @@
     setState(panel, "data", rows.length);
   }
 
-  function render(panel, result) {
+  function render(panel, result, now) {
     if (!result) return setState(panel, "empty", 0);
     if (result.error) return setState(panel, "error", 0, result.error);
     var rows = result.rows || [];
     if (panel.type === "stat") return renderStat(panel, rows);
     if (panel.type === "table") return renderTable(panel, rows);
-    return renderChart(panel, rows);
+    return renderChart(panel, rows, now);
   }
 
   // ---------------------------------------------------------------- refresh loop
@@ -327,10 +420,12 @@
         return response.json();
       })
       .then(function (data) {
+        var now = Date.parse(data.generated_at);
+        document.body.dataset.now = String(now); // the right end of every time axis
         showBanner(data.error);
         config.panels.forEach(function (panel) {
           try {
-            render(panel, data.panels[panel.id]);
+            render(panel, data.panels[panel.id], now);
           } catch (err) {
             setState(panel, "error", 0, String(err));
             throw err;
@@ -338,7 +433,7 @@
         });
         updates += 1;
         document.body.dataset.updates = String(updates);
-        updated.textContent = "updated " + formatTime(Date.parse(data.generated_at), true);
+        updated.textContent = "updated " + formatTime(now, true);
       })
       .catch(function (err) {
         console.error("dashboard refresh failed:", err);
@@ -347,6 +442,7 @@
       });
   }
 
+  document.getElementById("timezone").textContent = timezoneText();
   config.panels.forEach(buildCard);
   refresh();
   if (config.refresh_s > 0) setInterval(refresh, config.refresh_s * 1000);
