@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 DEFAULT_RANGE_S = 6 * 3600
 """Range ``$__timeFilter`` covers in our runner; the Grafana dashboard's default is the same (now-6h)."""
@@ -388,20 +389,96 @@ def run_all_queries(
     return out
 
 
-def collect(engine: Engine, range_s: int = DEFAULT_RANGE_S, panels: tuple[Panel, ...] = PANELS) -> dict[str, dict]:
-    """Like ``run_all_queries`` but one failing panel reports its error instead of failing the page.
+MISSING_TABLE = "missing_table"
+UNAVAILABLE = "unavailable"
+LOGIN_REFUSED = "login_refused"
+QUERY_ERROR = "query_error"
 
-    Each panel runs in its own short read-only transaction, so an error (a table not created
-    yet, say) does not abort the others.
+_UNDEFINED_TABLE = "42P01"
+# the server is shutting down, crashed, starting up, or the database is not there (yet)
+_UNAVAILABLE_CODES = ("57P01", "57P02", "57P03", "3D000")
+_LOGIN_REFUSED = re.compile(r"authentication failed|pg_hba\.conf|role \S+ does not exist", re.I)
+_RELATION = re.compile(r'relation "([^"]+)" does not exist')
+_SECRETS = (
+    (re.compile(r"(\w+://[^:/@\s]*:)[^@\s]*@"), r"\1***@"),  # scheme://user:password@
+    (re.compile(r"(password\s*=\s*)\S+", re.I), r"\1***"),
+)
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached or went away mid-run; the page waits for it instead of failing."""
+
+
+def one_line(err: BaseException) -> str:
+    """An error as people should see it: the driver's first line, no SQL, no parameters, no password.
+
+    SQLAlchemy appends the statement and its parameters to its messages; psycopg2 puts the
+    offending SQL on the lines after the first (``LINE 3: FROM ...``). Only the first line of the
+    driver's own message is kept, with anything that looks like a password masked.
+    """
+    orig = getattr(err, "orig", None)
+    message = str(orig if orig is not None else err).strip()
+    line = message.splitlines()[0].strip() if message else ""
+    line = re.sub(r"^(ERROR|FATAL):\s+", "", line)
+    for pattern, repl in _SECRETS:
+        line = pattern.sub(repl, line)
+    name = type(orig if orig is not None else err).__name__
+    return f"{name}: {line[:200]}" if line else name
+
+
+def classify(err: BaseException) -> str:
+    """What a failed panel query means for the page: ``MISSING_TABLE``, ``UNAVAILABLE``,
+    ``LOGIN_REFUSED`` or ``QUERY_ERROR`` (a real error, shown on its panel)."""
+    if isinstance(err, DatabaseUnavailable):
+        return UNAVAILABLE
+    if not isinstance(err, DBAPIError):
+        return QUERY_ERROR
+    code = getattr(err.orig, "pgcode", None)
+    if code == _UNDEFINED_TABLE:
+        return MISSING_TABLE
+    if err.connection_invalidated or (code and (code.startswith("08") or code in _UNAVAILABLE_CODES)):
+        return UNAVAILABLE
+    if code is None and isinstance(err, OperationalError):  # libpq's own: refused, timed out, closed, login
+        return LOGIN_REFUSED if _LOGIN_REFUSED.search(str(err.orig)) else UNAVAILABLE
+    return QUERY_ERROR
+
+
+def missing_relation(err: BaseException) -> str | None:
+    """The table an undefined-table error names (``relation "x" does not exist``)."""
+    m = _RELATION.search(str(getattr(err, "orig", err)))
+    return m.group(1) if m else None
+
+
+def collect(engine: Engine, range_s: int = DEFAULT_RANGE_S, panels: tuple[Panel, ...] = PANELS) -> dict[str, dict]:
+    """Like ``run_all_queries`` but one failing panel reports what happened instead of failing the page.
+
+    Each panel runs in its own short read-only transaction, so an error does not abort the
+    others. A panel's result is ``{"rows", "error", "missing_table"}``: a table that does not
+    exist yet (a database the worker has not initialised) is not an error, the panel simply
+    has no rows and ``missing_table`` names the table; ``error`` is a real failure in one line
+    (``one_line``). When the database cannot be reached, or goes away between panels, this
+    raises ``DatabaseUnavailable`` (or the login error) instead of reporting it once per panel.
     """
     out: dict[str, dict] = {}
-    with engine.connect() as conn:
+    try:
+        conn = engine.connect()
+    except Exception as err:
+        if classify(err) == UNAVAILABLE:
+            raise DatabaseUnavailable(one_line(err)) from err
+        raise
+    with conn:
         for panel in panels:
             try:
                 with conn.begin():
                     conn.execute(text("SET TRANSACTION READ ONLY"))
                     conn.execute(text("SET LOCAL statement_timeout = 10000"))
-                    out[panel.id] = {"rows": run_panel(conn, panel, range_s), "error": None}
+                    out[panel.id] = {"rows": run_panel(conn, panel, range_s), "error": None, "missing_table": None}
             except Exception as err:  # noqa: BLE001 - reported on the page, the other panels still show
-                out[panel.id] = {"rows": [], "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+                kind = classify(err)
+                if kind == UNAVAILABLE:
+                    raise DatabaseUnavailable(one_line(err)) from err
+                if kind == MISSING_TABLE:
+                    out[panel.id] = {"rows": [], "error": None, "missing_table": missing_relation(err) or "?"}
+                else:
+                    out[panel.id] = {"rows": [], "error": one_line(err), "missing_table": None}
     return out

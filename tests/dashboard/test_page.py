@@ -102,7 +102,52 @@ def test_without_a_database_the_data_endpoint_says_so():
     source = page.DataSource(db_url="")
     payload = asyncio.run(source.payload(3600))
     assert payload["error"].startswith("no database configured") and payload["panels"] == {}
-    assert payload["range_s"] == 3600
+    assert payload["range_s"] == 3600 and payload["state"] == page.NO_DATABASE
+
+
+def test_a_database_that_does_not_answer_is_waited_for_calmly():
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    source = page.DataSource(db_url=f"postgresql://flead:hunter2@127.0.0.1:{port}/flead")
+    try:
+        payload = source.query(3600)
+    finally:
+        source.close()
+    assert payload["state"] == page.WAITING_FOR_DATABASE and payload["error"] is None
+    assert payload["notice"].startswith("Waiting for the database (") and "hunter2" not in payload["notice"]
+    assert "\n" not in payload["notice"] and payload["panels"] == {}
+
+
+def _result(rows=(), error=None, missing=None):
+    return {"rows": list(rows), "error": error, "missing_table": missing}
+
+
+def test_page_state_of_a_database_without_tables_then_empty_then_with_rows():
+    ids = [p.id for p in PANELS]
+    no_tables = {pid: _result(missing="local_models") for pid in ids}
+    state, notice, missing = page.page_state(no_tables)
+    assert state == page.WAITING_FOR_TABLES and missing == ["local_models"]
+    assert notice == (
+        "Waiting for the first rows: the database has no FLEAD tables yet (a worker creates them when it starts)."
+    )
+    some = {**{pid: _result() for pid in ids}, "broker_analytics": _result(missing="stream_analytics")}
+    assert page.page_state(some)[:2] == (
+        page.WAITING_FOR_TABLES,
+        "Waiting for the first rows: not created yet: stream_analytics.",
+    )
+    empty = {pid: _result([{"n": 0}] if pid == "total_local_models" else []) for pid in ids}
+    assert page.page_state(empty) == (
+        page.WAITING_FOR_ROWS,
+        "Waiting for the first rows: the tables exist but hold nothing yet.",
+        [],
+    )
+    first = {**empty, "total_local_models": _result([{"local_models": 1}])}
+    assert page.page_state(first) == (page.READY, None, [])
+    broken = {**empty, "top_devices": _result(error="UndefinedColumn: column x does not exist")}
+    assert page.page_state(broken) == (page.READY, None, [])  # the panel shows its error; no notice hides it
 
 
 def test_standalone_app_routes():

@@ -2,10 +2,11 @@
 
 Checks what a person would: every panel drawn with data (or "no data yet" on an empty
 database), the stat values right, time axes that span the chosen range with increasing ticks
-at the right local times and bars at their own minute, auto-refresh redrawing, and no console
-error, uncaught exception or failed load. The browser runs in Asia/Kolkata (UTC+05:30): a tick
-placed in UTC, or in whole hours of UTC, would read wrong there. Screenshots go to ./artifacts/
-(kept by CI).
+at the right local times and bars at their own minute, the first seconds of a demo (no tables,
+then tables, then rows) without a single error on the page, a database that goes away and
+comes back, auto-refresh, and no console error, uncaught exception or failed load. The
+browser runs in Asia/Kolkata (UTC+05:30): a tick placed in UTC, or in whole hours of UTC, would
+read wrong there. Screenshots go to ./artifacts/ (kept by CI).
 """
 
 from __future__ import annotations
@@ -15,20 +16,24 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from contextlib import contextmanager
-from datetime import datetime
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import create_engine
 
 from flead_app.dashboard.queries import DEFAULT_RANGE_S, PANELS, PANELS_BY_ID, run_all_queries
-from flead_app.io.db.store import sqlalchemy_url
+from flead_app.io.db.store import Database, sqlalchemy_url
+from flead_app.models import Anomaly, GlobalModel, LocalModelUpdate
 
 from .cdp import Browser
+from .conftest import _iso, init_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -42,6 +47,10 @@ PANEL_STATES = """JSON.stringify(Array.from(document.querySelectorAll('.panel'))
   id: p.dataset.panel, state: p.dataset.state, rows: Number(p.dataset.rows),
   text: p.innerText, canvas: !!p.querySelector('canvas'),
 })))"""
+
+PAGE = """JSON.stringify({state: document.body.dataset.pageState || '', now: Number(document.body.dataset.now || 0),
+  updates: Number(document.body.dataset.updates || 0), banner: document.getElementById('banner').hidden ? null :
+  {kind: document.getElementById('banner').dataset.kind, text: document.getElementById('banner').innerText}})"""
 
 # each time axis as Chart.js holds it, and every bar or point with the pixel it was drawn at
 AXES = """JSON.stringify(Array.from(document.querySelectorAll('.panel-timeseries canvas')).map(c => {
@@ -116,6 +125,22 @@ async def load(browser: Browser, url: str, min_updates: int = 1) -> list[dict]:
     return json.loads(await browser.evaluate(PANEL_STATES))
 
 
+async def page(browser: Browser) -> dict:
+    return json.loads(await browser.evaluate(PAGE))
+
+
+async def next_update(browser: Browser, timeout: float = 30) -> dict:
+    """Wait for the page's next refresh; its page-level state."""
+    seen = (await page(browser))["updates"]
+    await browser.wait_for(f"Number(document.body.dataset.updates || 0) > {seen}", timeout)
+    return await page(browser)
+
+
+async def wait_for_state(browser: Browser, state: str, timeout: float = 40) -> dict:
+    await browser.wait_for(f"document.body.dataset.pageState === {json.dumps(state)}", timeout)
+    return await page(browser)
+
+
 def local(ms: float) -> datetime:
     return datetime.fromtimestamp(ms / 1000, ZoneInfo(TZ))
 
@@ -167,7 +192,7 @@ def check_marks_at_their_time(axis: dict, rows: list[dict], bucket_s: int | None
 
 async def check_axes(browser: Browser, db_url: str, range_s: int, expect_marks: set[str]) -> list[dict]:
     axes = json.loads(await browser.evaluate(AXES))
-    now_ms = await browser.evaluate("Number(document.body.dataset.now)")
+    now_ms = (await page(browser))["now"]
     engine = create_engine(sqlalchemy_url(db_url))
     try:
         rows = run_all_queries(engine, range_s)
@@ -203,7 +228,7 @@ def test_page_with_data(sample_db):
                 assert str(expected["active_devices"]) in by_id["active_devices"]["text"]
                 assert f"{expected['latest_accuracy'] * 100:.1f}%" in by_id["latest_global_accuracy"]["text"]
                 assert str(expected["global_models"]) in by_id["recent_federated_models"]["text"]
-                assert await browser.evaluate("document.getElementById('banner').hidden") is True
+                assert (await page(browser))["banner"] is None
 
                 # time axes: exactly the last 6 hours, round local ticks, every bar and point at its time
                 axes = await check_axes(browser, url, DEFAULT_RANGE_S, {p.id for p in TIME_PANELS})
@@ -241,6 +266,11 @@ def test_page_on_an_empty_database_says_no_data_yet(empty_db):
                     else:
                         assert p["state"] == "empty", p
                         assert "no data yet" in p["text"], p
+                banner = (await page(browser))["banner"]
+                assert banner == {
+                    "kind": "notice",
+                    "text": "Waiting for the first rows: the tables exist but hold nothing yet.",
+                }
                 await browser.screenshot(ARTIFACTS / "dashboard-empty.png")
                 assert browser.errors == [], browser.errors
         finally:
@@ -249,21 +279,259 @@ def test_page_on_an_empty_database_says_no_data_yet(empty_db):
     asyncio.run(drive())
 
 
-def test_page_without_a_database_shows_a_banner_not_an_error():
-    """The database down (nothing listens on the port): the page says so and keeps retrying."""
+class ErrorWatch:
+    """Polls the page every 100 ms while a test changes the database: any panel error, any red banner."""
+
+    def __init__(self, browser: Browser) -> None:
+        self.browser = browser
+        self.seen: list[str] = []
+        self.samples = 0
+        self._task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        while True:
+            with suppress(RuntimeError):
+                panels = json.loads(await self.browser.evaluate(PANEL_STATES))
+                state = await page(self.browser)
+                self.samples += 1
+                for p in panels:
+                    if p["state"] == "error" or "failed" in p["text"] or "Error" in p["text"]:
+                        self.seen.append(f"{p['id']}: {p['text']!r}")
+                if state["banner"] and state["banner"]["kind"] != "notice":
+                    self.seen.append(f"banner: {state['banner']}")
+            await asyncio.sleep(0.1)
+
+    def __enter__(self) -> ErrorWatch:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+def first_rows(url: str, at: datetime) -> None:
+    """What the first seconds of a demo write: one local model, one global version, one anomaly."""
+    db = Database(url)
+    try:
+        update = LocalModelUpdate(
+            device_id="device_7",
+            model_version=1,
+            global_version=0,
+            weights=[0.1, -0.05, 0.2, 0.01],
+            bias=-2.0,
+            accuracy=1.0,
+            loss=0.3,
+            samples=7,
+            timestamp=_iso(at),
+            partition=3,
+        )
+        glob = GlobalModel(
+            global_version=1,
+            aggregation_round=1,
+            weights=[0.1, -0.05, 0.2, 0.01],
+            bias=-2.0,
+            accuracy=1.0,
+            num_devices=1,
+            samples=7,
+            num_updates=1,
+            mean_staleness=0.0,
+            timestamp=_iso(at + timedelta(seconds=5)),
+            contributors=["device_7"],
+        )
+        anomaly = Anomaly(
+            device_id="device_7",
+            partition=3,
+            broker_id=1,
+            value=44.0,
+            z_score=3.2,
+            severity="critical",
+            timestamp=_iso(at),
+            detected_at=_iso(at + timedelta(seconds=1)),
+            label=1,
+        )
+        assert db.insert_local_models([update]) == 1
+        assert db.insert_global_models([glob]) == 1
+        assert db.insert_anomalies([anomaly]) == 1
+    finally:
+        db.close()
+
+
+def test_the_first_seconds_of_a_demo(make_schema):
+    """No FLEAD tables, then the schema, then the first rows: never an error on the page."""
+    url = make_schema(tables=False)
+
+    async def drive() -> None:
+        browser = await start_browser()
+        try:
+            with dashboard_server(url) as base:
+                panels = await load(browser, base + "/dashboard?refresh=5")
+                with ErrorWatch(browser) as watch:
+                    # 1. the database answers but holds no FLEAD table: one calm notice, every panel quiet
+                    state = await page(browser)
+                    assert state["state"] == "waiting_for_tables", state
+                    assert state["banner"] == {
+                        "kind": "notice",
+                        "text": "Waiting for the first rows: the database has no FLEAD tables yet "
+                        "(a worker creates them when it starts).",
+                    }
+                    for p in panels:
+                        assert p["state"] == "empty" and "no data yet" in p["text"], p
+                    await browser.screenshot(ARTIFACTS / "dashboard-no-tables.png")
+
+                    # 2. a worker starts and creates the schema: counts of 0, the rest "no data yet"
+                    init_schema(url)
+                    state = await wait_for_state(browser, "waiting_for_rows")
+                    assert state["banner"]["kind"] == "notice" and "hold nothing yet" in state["banner"]["text"]
+                    panels = json.loads(await browser.evaluate(PANEL_STATES))
+                    for p in panels:
+                        expected = "data" if p["id"] in COUNT_STATS else "empty"
+                        assert p["state"] == expected, p
+
+                    # 3. the first rows: drawn, the only bar at its own minute, no notice any more
+                    at = (datetime.now(UTC) - timedelta(minutes=3)).replace(second=20, microsecond=0)
+                    first_rows(url, at)
+                    state = await wait_for_state(browser, "ready")
+                    assert state["banner"] is None
+                    panels = {p["id"]: p for p in json.loads(await browser.evaluate(PANEL_STATES))}
+                    assert panels["total_local_models"]["text"].strip().endswith("1")
+                    for pid in ("models_per_minute", "global_accuracy_trend", "anomalies_by_severity", "top_devices"):
+                        assert panels[pid]["state"] == "data" and panels[pid]["canvas"], panels[pid]
+                    axes = await check_axes(browser, url, DEFAULT_RANGE_S, {p.id for p in TIME_PANELS})
+                    bars = {a["panel"]: a for a in axes}["models_per_minute"]
+                    (bar,) = bars["marks"]
+                    minute = at.replace(second=0).timestamp() * 1000
+                    assert bar["t"] == minute + 30_000
+                    before = [t for t in bars["ticks"] if t["value"] <= minute]
+                    after = [t for t in bars["ticks"] if t["value"] > minute]
+                    assert before[-1]["px"] < bar["px"] and (not after or bar["px"] < after[0]["px"])
+                    # the tick left of it starts the local hour the bar falls in
+                    assert local(before[-1]["value"]) == local(minute).replace(minute=0), (before[-1], minute)
+
+                    await browser.screenshot(ARTIFACTS / "dashboard-first-rows.png")
+                assert watch.samples > 20 and watch.seen == [], watch.seen
+                assert browser.errors == [], browser.errors
+        finally:
+            await browser.close()
+
+    asyncio.run(drive())
+
+
+def test_page_without_a_database_waits_calmly():
+    """The database down (nothing listens on the port): one calm notice, the page keeps retrying."""
     dead = f"postgresql://nobody:nothing@127.0.0.1:{free_port()}/none"
 
     async def drive() -> None:
         browser = await start_browser()
         try:
             with dashboard_server(dead) as base:
-                await load(browser, base + "/dashboard")
-                banner = await browser.evaluate("document.getElementById('banner').innerText")
-                assert "database unavailable" in banner
-                states = {p["state"] for p in await load(browser, base + "/dashboard")}
-                assert states == {"empty"}
+                panels = await load(browser, base + "/dashboard")
+                state = await page(browser)
+                assert state["state"] == "waiting_for_database"
+                assert state["banner"]["kind"] == "notice"
+                assert state["banner"]["text"].startswith("Waiting for the database (")
+                assert "nothing" not in state["banner"]["text"]  # the password
+                assert {p["state"] for p in panels} == {"empty"}
+                assert not any("failed" in p["text"] for p in panels)
                 assert browser.errors == [], browser.errors
         finally:
             await browser.close()
 
     asyncio.run(drive())
+
+
+class Proxy:
+    """A TCP proxy in front of PostgreSQL that can be cut and restored, as a database restart looks.
+
+    It runs its own event loop in a thread: the test's loop blocks while the server starts.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = free_port()
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="pg-proxy", daemon=True)
+        self.thread.start()
+
+    def _call(self, coro) -> None:  # noqa: ANN001 - a coroutine
+        asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def start(self) -> Proxy:
+        async def listen() -> None:
+            self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+        self._call(listen())
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        """Stop listening and drop every connection (the server's pooled ones too)."""
+
+        async def close() -> None:
+            if self.server is not None:
+                self.server.close()
+                self.server = None
+            for w in self.writers:
+                w.close()
+            self.writers.clear()
+
+        self._call(close())
+
+    def stop(self) -> None:
+        self.cut()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_a_database_restart_keeps_the_panels_and_says_so(sample_db):
+    url, expected = sample_db
+    parts = urlsplit(url)
+    proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    proxied = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[0] + f"@127.0.0.1:{proxy.port}"))
+
+    async def drive() -> None:
+        browser = await start_browser()
+        try:
+            with dashboard_server(proxied) as base:
+                panels = await load(browser, base + "/dashboard?refresh=5")
+                assert {p["state"] for p in panels} == {"data"}
+                with ErrorWatch(browser) as watch:
+                    proxy.cut()
+                    state = await wait_for_state(browser, "waiting_for_database")
+                    assert state["banner"]["kind"] == "notice", state
+                    assert state["banner"]["text"].startswith("Waiting for the database ("), state
+                    assert "Showing the data of" in state["banner"]["text"], state
+                    kept = json.loads(await browser.evaluate(PANEL_STATES))
+                    assert [p["state"] for p in kept] == ["data"] * len(PANELS)
+                    assert f"{expected['local_models']:,}" in kept[0]["text"]
+                    await browser.screenshot(ARTIFACTS / "dashboard-database-away.png")
+                    proxy.start()
+                    state = await wait_for_state(browser, "ready")
+                    assert state["banner"] is None
+                assert watch.seen == [], watch.seen
+                assert browser.errors == [], browser.errors
+        finally:
+            await browser.close()
+
+    try:
+        asyncio.run(drive())
+    finally:
+        proxy.stop()

@@ -101,3 +101,50 @@ def test_panel_validation():
         Panel(id="x", title="x", type="table", sql="SELECT 1", columns=("v",), column_units={"w": "short"})
     with pytest.raises(ValueError, match="bucket"):
         Panel(id="x", title="x", type="timeseries", sql="SELECT 1", columns=("time", "v"), bars=True)
+
+
+def test_errors_are_one_line_without_sql_or_password():
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from flead_app.dashboard.queries import one_line
+
+    class Driver(Exception):
+        pgcode = "42703"
+
+    err = ProgrammingError(
+        "SELECT secret_column FROM local_models",
+        {},
+        Driver('ERROR:  column "secret_column" does not exist\nLINE 1: SELECT secret_column FROM local_models\n'),
+    )
+    assert one_line(err) == 'Driver: column "secret_column" does not exist'
+    dsn = OperationalError("", {}, Exception("could not connect to postgresql://flead:hunter2@db:5432/flead"))
+    assert "hunter2" not in one_line(dsn) and "flead:***@db" in one_line(dsn)
+    assert "hunter2" not in one_line(Exception("password=hunter2 host=db"))
+
+
+def test_errors_are_classified_for_the_page():
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from flead_app.dashboard.queries import (
+        LOGIN_REFUSED,
+        MISSING_TABLE,
+        QUERY_ERROR,
+        UNAVAILABLE,
+        classify,
+        missing_relation,
+    )
+
+    def driver(code, message):
+        return type("Driver", (Exception,), {"pgcode": code})(message)
+
+    missing = ProgrammingError("q", {}, driver("42P01", 'relation "local_models" does not exist'))
+    assert classify(missing) == MISSING_TABLE and missing_relation(missing) == "local_models"
+    assert classify(ProgrammingError("q", {}, driver("42703", "column x does not exist"))) == QUERY_ERROR
+    assert classify(OperationalError("q", {}, driver("57014", "canceling statement due to statement timeout"))) == (
+        QUERY_ERROR
+    )
+    assert classify(OperationalError("q", {}, driver("57P01", "terminating connection"))) == UNAVAILABLE
+    assert classify(OperationalError("q", {}, driver(None, "connection refused"))) == UNAVAILABLE
+    refused = OperationalError("q", {}, driver(None, 'FATAL:  password authentication failed for user "flead"'))
+    assert classify(refused) == LOGIN_REFUSED
+    assert classify(ValueError("not the database")) == QUERY_ERROR

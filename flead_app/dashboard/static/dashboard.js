@@ -1,8 +1,9 @@
 // FLEAD live dashboard: draws every panel of flead_app/dashboard/queries.py from /dashboard/data.
 // Plain browser JavaScript with the vendored Chart.js and its date-fns adapter; no build step.
 // Each panel element carries data-state ("loading", "data", "empty", "error") and data-rows,
-// which the browser test reads; document.body carries data-updates (successful refreshes) and
-// data-now (the right end of every time axis).
+// which the browser test reads; document.body carries data-updates (successful refreshes),
+// data-now (the right end of every time axis) and data-page-state (the data endpoint's state:
+// ready, waiting_for_rows, waiting_for_tables, waiting_for_database, ...).
 // Time axes are Chart.js time scales spanning exactly the selected range (now - range .. now,
 // "now" being the server's generated_at), with round ticks in the viewer's local time.
 (function () {
@@ -29,6 +30,7 @@
   var charts = {};
   var cards = {};
   var updates = 0;
+  var lastGood = null; // generated_at of the last payload drawn from a reachable database
 
   if (window.Chart) {
     Chart.defaults.color = "#ccccdc";
@@ -408,9 +410,15 @@
   }
 
   // ---------------------------------------------------------------- refresh loop
-  function showBanner(text) {
+  // kind "notice": calm, the normal first seconds or a database restarting; "error": something to fix
+  function showBanner(text, kind) {
     banner.hidden = !text;
     banner.textContent = text || "";
+    banner.dataset.kind = text ? kind : "";
+  }
+
+  function retryText() {
+    return config.refresh_s > 0 ? " Retrying every " + config.refresh_s + " s." : " Reload the page to retry.";
   }
 
   function refresh() {
@@ -421,23 +429,32 @@
       })
       .then(function (data) {
         var now = Date.parse(data.generated_at);
-        document.body.dataset.now = String(now); // the right end of every time axis
-        showBanner(data.error);
-        config.panels.forEach(function (panel) {
-          try {
-            render(panel, data.panels[panel.id], now);
-          } catch (err) {
-            setState(panel, "error", 0, String(err));
-            throw err;
-          }
-        });
+        // the database went away after the page had drawn it: keep the panels, say how old they are
+        var keep = data.state === "waiting_for_database" && lastGood !== null;
+        document.body.dataset.pageState = data.state || "";
+        if (data.error) showBanner(data.error, "error");
+        else if (keep) showBanner(data.notice + " Showing the data of " + formatTime(lastGood, true) + ".", "notice");
+        else showBanner(data.notice, "notice");
+        if (!keep) {
+          document.body.dataset.now = String(now); // the right end of every time axis
+          config.panels.forEach(function (panel) {
+            try {
+              render(panel, data.panels[panel.id], now);
+            } catch (err) {
+              // a bug of this page, not of the data: say so on the panel and in the console
+              console.error("panel " + panel.id + " failed to draw:", err);
+              setState(panel, "error", 0, "the page could not draw it (" + err.message + ")");
+            }
+          });
+          if (!data.error && data.state !== "waiting_for_database") lastGood = now;
+        }
         updates += 1;
         document.body.dataset.updates = String(updates);
-        updated.textContent = "updated " + formatTime(now, true);
+        updated.textContent = (keep ? "checked " : "updated ") + formatTime(now, true);
       })
       .catch(function (err) {
         console.error("dashboard refresh failed:", err);
-        showBanner("cannot load data: " + err.message + " (retrying)");
+        showBanner("The page's server does not answer (" + err.message + ")." + retryText(), "notice");
         document.body.dataset.failures = String(Number(document.body.dataset.failures || 0) + 1);
       });
   }
