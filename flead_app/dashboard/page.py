@@ -97,6 +97,8 @@ def panel_specs() -> list[dict[str, Any]]:
             "description": p.description,
             "columns": list(p.columns),
             "units": {c: p.unit_of(c) for c in p.columns},
+            "labels": {c: p.label_of(c) for c in p.columns},
+            "empty_text": p.empty_text,
             "unit": p.unit,
             "decimals": p.decimals,
             "series_column": p.series_column,

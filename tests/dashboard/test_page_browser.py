@@ -1,12 +1,12 @@
 """The live page in headless Chromium, served by ``flead dashboard serve`` over a real database.
 
 Checks what a person would: every panel drawn with data (or "no data yet" on an empty
-database), the stat values right, time axes that span the chosen range with increasing ticks
-at the right local times and bars at their own minute, the first seconds of a demo (no tables,
-then tables, then rows) without a single error on the page, a database that goes away and
-comes back, auto-refresh, and no console error, uncaught exception or failed load. The
-browser runs in Asia/Kolkata (UTC+05:30): a tick placed in UTC, or in whole hours of UTC, would
-read wrong there. Screenshots go to ./artifacts/ (kept by CI).
+database), the headline and stat values right, time axes that span the chosen range with
+increasing ticks at the right local times and bars at their own minute, the first seconds of
+a demo (no tables, then tables, then rows) without a single error on the page, a database
+that goes away and comes back, auto-refresh, and no console error, uncaught exception or
+failed load. The browser runs in Asia/Kolkata (UTC+05:30): a tick placed in UTC, or in whole
+hours of UTC, would read wrong there. Screenshots go to ./artifacts/ (kept by CI).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from flead_app.io.db.store import Database, sqlalchemy_url
 from flead_app.models import Anomaly, GlobalModel, LocalModelUpdate
 
 from .cdp import Browser
-from .conftest import _iso, init_schema
+from .conftest import _iso, _summary, init_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -63,11 +63,6 @@ AXES = """JSON.stringify(Array.from(document.querySelectorAll('.panel-timeseries
       ({t: ds.data[j].x, y: ds.data[j].y, px: el.x, width: el.width || 0}))),
   };
 }))"""
-
-PANEL_STATES = """JSON.stringify(Array.from(document.querySelectorAll('.panel')).map(p => ({
-  id: p.dataset.panel, state: p.dataset.state, rows: Number(p.dataset.rows),
-  text: p.innerText, canvas: !!p.querySelector('canvas'),
-})))"""
 
 
 def free_port() -> int:
@@ -226,8 +221,22 @@ def test_page_with_data(sample_db):
                 assert f"{expected['local_models']:,}" in by_id["total_local_models"]["text"]
                 assert str(expected["global_models"]) in by_id["global_models"]["text"]
                 assert str(expected["active_devices"]) in by_id["active_devices"]["text"]
-                assert f"{expected['latest_accuracy'] * 100:.1f}%" in by_id["latest_global_accuracy"]["text"]
+                assert f"{expected['latest_accuracy'] * 100:.1f}%" in by_id["round_accuracy"]["text"]
+                assert "Round Accuracy (Before Training)" in by_id["round_accuracy"]["text"]
                 assert str(expected["global_models"]) in by_id["recent_federated_models"]["text"]
+
+                # the headline: held-out detection of the newest evaluated version, its split named
+                head = expected["headline"]
+                lines = by_id["detection_headline"]["text"].splitlines()
+                for value, label in (
+                    (head["version"], "global version"),
+                    (head["split"], "held-out split"),
+                    (f"{head['event_recall'] * 100:.1f}%", "event recall"),
+                    (f"{head['false_alarms_per_1000_normal']:.1f}", "false alarms / 1,000 normal readings"),
+                    (f"{head['f1'] * 100:.1f}%", "F1"),
+                ):
+                    assert lines[lines.index(label) - 1] == value, (label, lines)
+                assert panels[0]["id"] == "detection_headline"
                 assert (await page(browser))["banner"] is None
 
                 # time axes: exactly the last 6 hours, round local ticks, every bar and point at its time
@@ -265,7 +274,8 @@ def test_page_on_an_empty_database_says_no_data_yet(empty_db):
                         assert p["state"] == "data" and p["text"].strip().endswith("0"), p
                     else:
                         assert p["state"] == "empty", p
-                        assert "no data yet" in p["text"], p
+                        assert PANELS_BY_ID[p["id"]].empty_text in p["text"], p
+                assert "not evaluated yet" in panels[0]["text"]
                 banner = (await page(browser))["banner"]
                 assert banner == {
                     "kind": "notice",
@@ -358,7 +368,7 @@ def first_rows(url: str, at: datetime) -> None:
 
 
 def test_the_first_seconds_of_a_demo(make_schema):
-    """No FLEAD tables, then the schema, then the first rows: never an error on the page."""
+    """No FLEAD tables, then the schema, then the first rows, then the first evaluation: never an error."""
     url = make_schema(tables=False)
 
     async def drive() -> None:
@@ -376,7 +386,7 @@ def test_the_first_seconds_of_a_demo(make_schema):
                         "(a worker creates them when it starts).",
                     }
                     for p in panels:
-                        assert p["state"] == "empty" and "no data yet" in p["text"], p
+                        assert p["state"] == "empty" and PANELS_BY_ID[p["id"]].empty_text in p["text"], p
                     await browser.screenshot(ARTIFACTS / "dashboard-no-tables.png")
 
                     # 2. a worker starts and creates the schema: counts of 0, the rest "no data yet"
@@ -395,8 +405,10 @@ def test_the_first_seconds_of_a_demo(make_schema):
                     assert state["banner"] is None
                     panels = {p["id"]: p for p in json.loads(await browser.evaluate(PANEL_STATES))}
                     assert panels["total_local_models"]["text"].strip().endswith("1")
-                    for pid in ("models_per_minute", "global_accuracy_trend", "anomalies_by_severity", "top_devices"):
+                    for pid in ("models_per_minute", "round_accuracy_trend", "anomalies_by_severity", "top_devices"):
                         assert panels[pid]["state"] == "data" and panels[pid]["canvas"], panels[pid]
+                    assert panels["detection_headline"]["state"] == "empty"
+                    assert "not evaluated yet" in panels["detection_headline"]["text"]
                     axes = await check_axes(browser, url, DEFAULT_RANGE_S, {p.id for p in TIME_PANELS})
                     bars = {a["panel"]: a for a in axes}["models_per_minute"]
                     (bar,) = bars["marks"]
@@ -408,6 +420,25 @@ def test_the_first_seconds_of_a_demo(make_schema):
                     # the tick left of it starts the local hour the bar falls in
                     assert local(before[-1]["value"]) == local(minute).replace(minute=0), (before[-1], minute)
 
+                    # 4. the first evaluation: the headline, the split named; the most telling split wins
+                    db = Database(url)
+                    try:
+                        now = datetime.now(UTC)
+                        db.insert_rows("evaluation_summaries", [_summary("global", 1, 0.5, now)])
+                        await wait_for_state(browser, "ready")
+                        await browser.wait_for(
+                            "document.getElementById('panel-detection_headline').dataset.state === 'data'", 30
+                        )
+                        text = await browser.evaluate("document.getElementById('panel-detection_headline').innerText")
+                        assert "holdout\nheld-out split" in text and "50.0%\nF1" in text, text
+                        db.insert_rows("evaluation_summaries", [_summary("global", 1, 0.42, now, split="devices")])
+                        await browser.wait_for(
+                            "document.getElementById('panel-detection_headline').innerText.includes('devices')", 30
+                        )
+                        text = await browser.evaluate("document.getElementById('panel-detection_headline').innerText")
+                        assert "devices\nheld-out split" in text and "42.0%\nF1" in text, text
+                    finally:
+                        db.close()
                     await browser.screenshot(ARTIFACTS / "dashboard-first-rows.png")
                 assert watch.samples > 20 and watch.seen == [], watch.seen
                 assert browser.errors == [], browser.errors
@@ -521,7 +552,7 @@ def test_a_database_restart_keeps_the_panels_and_says_so(sample_db):
                     assert "Showing the data of" in state["banner"]["text"], state
                     kept = json.loads(await browser.evaluate(PANEL_STATES))
                     assert [p["state"] for p in kept] == ["data"] * len(PANELS)
-                    assert f"{expected['local_models']:,}" in kept[0]["text"]
+                    assert f"{expected['local_models']:,}" in kept[1]["text"]
                     await browser.screenshot(ARTIFACTS / "dashboard-database-away.png")
                     proxy.start()
                     state = await wait_for_state(browser, "ready")

@@ -8,6 +8,7 @@ import pytest
 
 from flead_app.dashboard.queries import (
     DEFAULT_RANGE_S,
+    HEADLINE_SPLITS,
     PANEL_TYPES,
     PANELS,
     PANELS_BY_ID,
@@ -16,21 +17,45 @@ from flead_app.dashboard.queries import (
     expand_macros,
 )
 
-# the description's GRAFANA section, in its order
+# the description's GRAFANA section, in its order ("latest global accuracy" and its trend are the
+# round accuracy, measured before training, and say so)
 DESCRIPTION_PANELS = [
     ("total_local_models", "stat"),
     ("global_models", "stat"),
     ("active_devices", "stat"),
-    ("latest_global_accuracy", "stat"),
+    ("round_accuracy", "stat"),
     ("models_per_minute", "timeseries"),
-    ("global_accuracy_trend", "timeseries"),
+    ("round_accuracy_trend", "timeseries"),
     ("top_devices", "barchart"),
     ("recent_federated_models", "table"),
 ]
 
 
-def test_the_descriptions_eight_panels_come_first_in_its_order():
-    assert [(p.id, p.type) for p in PANELS[:8]] == DESCRIPTION_PANELS
+def test_the_headline_comes_first_then_the_descriptions_eight_panels_in_its_order():
+    assert PANELS[0].id == "detection_headline"
+    assert [(p.id, p.type) for p in PANELS[1:9]] == DESCRIPTION_PANELS
+
+
+def test_the_headline_is_held_out_detection_with_its_split_named():
+    head = PANELS_BY_ID["detection_headline"]
+    assert head.columns == ("version", "split", "event_recall", "false_alarms_per_1000_normal", "f1")
+    assert head.empty_text == "not evaluated yet"
+    assert "evaluation_summaries" in head.sql and "model_kind = 'global'" in head.sql
+    assert HEADLINE_SPLITS == ("devices", "readings", "holdout")
+    assert "split IN ('devices', 'readings', 'holdout')" in head.sql
+    assert "CASE split WHEN 'devices' THEN 1 WHEN 'readings' THEN 2 WHEN 'holdout' THEN 3 END" in head.sql
+    # per normal reading, whatever the stored false_alarms_per_1000 divides by (today: all readings)
+    assert "CAST(1000 * fp AS double precision) / nullif(fp + tn, 0)" in head.sql
+    for column in head.columns:
+        assert head.label_of(column) != column or column == "split"
+
+
+def test_round_accuracy_is_named_for_what_it_is():
+    for pid in ("round_accuracy", "round_accuracy_trend"):
+        panel = PANELS_BY_ID[pid]
+        assert "Round Accuracy" in panel.title and "Before Training" in panel.title
+        assert "before training" in panel.description
+    assert not any(p.title.startswith("Latest Global Accuracy") for p in PANELS)
 
 
 def test_the_extra_panels_exist():
@@ -99,6 +124,8 @@ def test_panel_validation():
         Panel(id="x", title="x", type="pie", sql="SELECT 1", columns=("v",))
     with pytest.raises(ValueError, match="units"):
         Panel(id="x", title="x", type="table", sql="SELECT 1", columns=("v",), column_units={"w": "short"})
+    with pytest.raises(ValueError, match="labels"):
+        Panel(id="x", title="x", type="table", sql="SELECT 1", columns=("v",), column_labels={"w": "W"})
     with pytest.raises(ValueError, match="bucket"):
         Panel(id="x", title="x", type="timeseries", sql="SELECT 1", columns=("time", "v"), bars=True)
 

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 
-from flead_app.dashboard.queries import PANELS, PANELS_BY_ID, DatabaseUnavailable, collect, run_all_queries
+from flead_app.dashboard.queries import (
+    PANELS,
+    PANELS_BY_ID,
+    DatabaseUnavailable,
+    collect,
+    run_all_queries,
+)
+from flead_app.io.db.store import Database
+
+from .conftest import _summary
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +53,7 @@ def test_stat_panels(results):
     assert out["total_local_models"] == [{"local_models": expected["local_models"]}]
     assert out["global_models"] == [{"global_models": expected["global_models"]}]
     assert out["active_devices"] == [{"active_devices": expected["active_devices"]}]
-    assert out["latest_global_accuracy"][0]["accuracy"] == pytest.approx(expected["latest_accuracy"])
+    assert out["round_accuracy"][0]["round_accuracy"] == pytest.approx(expected["latest_accuracy"])
 
 
 def test_time_series_cover_every_row(results):
@@ -50,9 +61,9 @@ def test_time_series_cover_every_row(results):
     assert sum(r["models"] for r in out["models_per_minute"]) == expected["local_models"]
     times = [r["time"] for r in out["models_per_minute"]]
     assert times == sorted(times) and len(set(times)) == len(times)
-    trend = out["global_accuracy_trend"]
+    trend = out["round_accuracy_trend"]
     assert len(trend) == expected["global_models"]
-    assert [r["accuracy"] for r in trend] == sorted(r["accuracy"] for r in trend)  # the sample rises
+    assert [r["round_accuracy"] for r in trend] == sorted(r["round_accuracy"] for r in trend)  # the sample rises
     sev = out["anomalies_by_severity"]
     assert sum(r["warning"] for r in sev) == expected["warnings"]
     assert sum(r["critical"] for r in sev) == expected["criticals"]
@@ -65,7 +76,7 @@ def test_tables_and_bars(results):
     out, expected = results
     top = out["top_devices"]
     assert [(r["device_id"], r["models_trained"]) for r in top] == expected["top_devices"]
-    assert all(0 < r["avg_accuracy"] < 1 for r in top)
+    assert all(0 < r["avg_round_accuracy"] < 1 for r in top)
     recent = out["recent_federated_models"]
     assert [r["version"] for r in recent] == list(range(expected["global_models"], expected["global_models"] - 10, -1))
     brokers = out["broker_analytics"]
@@ -90,7 +101,7 @@ def test_time_filter_follows_the_range(sample_db, engine_for):
     wide = run_all_queries(engine, 6 * 3600)
     narrow = run_all_queries(engine, 10 * 60)
     assert sum(r["models"] for r in narrow["models_per_minute"]) < expected["local_models"]
-    assert len(narrow["global_accuracy_trend"]) < len(wide["global_accuracy_trend"])
+    assert len(narrow["round_accuracy_trend"]) < len(wide["round_accuracy_trend"])
     assert narrow["total_local_models"] == wide["total_local_models"]  # totals ignore the range
 
 
@@ -100,7 +111,7 @@ def test_empty_tables_give_zero_counts_and_no_rows(empty_db, engine_for):
     assert out["global_models"] == [{"global_models": 0}]
     assert out["active_devices"] == [{"active_devices": 0}]
     for pid in set(PANELS_BY_ID) - {"total_local_models", "global_models", "active_devices"}:
-        assert out[pid] == [], pid
+        assert out[pid] == [], pid  # the headline's "not evaluated yet"
 
 
 def test_a_table_not_created_yet_is_no_error_for_its_panel(make_schema, engine_for):
@@ -119,7 +130,7 @@ def test_a_database_without_flead_tables_has_every_panel_waiting(make_schema, en
     out = collect(engine)
     tables = {p.id: r["missing_table"] for p, r in zip(PANELS, out.values(), strict=True)}
     assert all(r["rows"] == [] and r["error"] is None for r in out.values())
-    assert tables["total_local_models"] == "local_models" and tables["heldout_f1"] == "evaluation_summaries"
+    assert tables["total_local_models"] == "local_models" and tables["detection_headline"] == "evaluation_summaries"
     assert (
         tables["active_devices"] in ("local_models", "anomalies") and tables["broker_analytics"] == "stream_analytics"
     )
@@ -149,6 +160,47 @@ def test_an_unreachable_database_is_one_exception_not_one_error_per_panel(engine
     with pytest.raises(DatabaseUnavailable) as err:
         collect(engine)
     assert "Connection refused" in str(err.value) and "hunter2" not in str(err.value)
+
+
+def test_the_headline_is_the_newest_evaluated_global_version(results):
+    out, expected = results
+    (row,) = out["detection_headline"]
+    head = expected["headline"]
+    assert row["version"] == head["version"] and row["split"] == head["split"]
+    for key in ("event_recall", "false_alarms_per_1000_normal", "f1"):
+        assert row[key] == pytest.approx(head[key]), key
+
+
+def test_the_headline_prefers_held_out_devices_then_readings_then_holdout(make_schema, engine_for):
+    url = make_schema()
+    db = Database(url)
+    now = datetime.now(UTC)
+
+    def summary(kind: str, version: int, split: str, f1: float, fp: int = 10, tn: int = 3900) -> dict:
+        return {**_summary(kind, version, f1, now, split=split), "fp": fp, "tn": tn}
+
+    def headline() -> dict | None:
+        rows = collect(engine_for(url), panels=(PANELS_BY_ID["detection_headline"],))["detection_headline"]["rows"]
+        return rows[0] if rows else None
+
+    try:
+        assert headline() is None  # "not evaluated yet" on the page
+        db.insert_rows("evaluation_summaries", [summary("global", 3, "holdout_device_mean", 0.9)])
+        db.insert_rows("evaluation_summaries", [summary("global", 3, "prequential", 0.9)])
+        db.insert_rows("evaluation_summaries", [summary("central", 5, "devices", 0.9)])
+        assert headline() is None  # neither is a held-out split of global versions
+        db.insert_rows("evaluation_summaries", [summary("global", 3, "holdout", 0.31, fp=3, tn=997)])
+        assert headline()["split"] == "holdout" and headline()["false_alarms_per_1000_normal"] == pytest.approx(3.0)
+        db.insert_rows("evaluation_summaries", [summary("global", 3, "readings", 0.32)])
+        assert (headline()["version"], headline()["split"]) == ("v3", "readings")
+        db.insert_rows("evaluation_summaries", [summary("global", 3, "devices", 0.33, fp=0, tn=0)])
+        got = headline()
+        assert (got["version"], got["split"], got["f1"]) == ("v3", "devices", pytest.approx(0.33))
+        assert got["false_alarms_per_1000_normal"] is None  # no normal reading: unknown, not 0 or an error
+        db.insert_rows("evaluation_summaries", [summary("global", 4, "holdout", 0.5)])
+        assert (headline()["version"], headline()["split"]) == ("v4", "holdout")  # the newest version first
+    finally:
+        db.close()
 
 
 def test_queries_run_read_only(sample_db, engine_for):

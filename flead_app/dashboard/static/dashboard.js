@@ -98,7 +98,7 @@
     body.className = "body";
     var empty = document.createElement("div");
     empty.className = "empty";
-    empty.textContent = "no data yet";
+    empty.textContent = panel.empty_text;
     card.appendChild(title);
     card.appendChild(body);
     card.appendChild(empty);
@@ -110,7 +110,7 @@
     var c = cards[panel.id];
     c.el.dataset.state = state;
     c.el.dataset.rows = String(rows);
-    c.empty.textContent = state === "error" ? "query failed: " + message : "no data yet";
+    c.empty.textContent = state === "error" ? "query failed: " + message : panel.empty_text;
     c.empty.style.display = state === "data" ? "none" : "flex";
     c.body.style.visibility = state === "data" ? "visible" : "hidden";
   }
@@ -122,10 +122,31 @@
     var value = rows.length ? rows[0][col] : null;
     if (value === null || value === undefined) return setState(panel, "empty", 0);
     c.body.innerHTML = "";
-    var v = document.createElement("div");
-    v.className = "stat";
-    v.textContent = formatValue(value, panel.units[col], panel.decimals);
-    c.body.appendChild(v);
+    if (panel.columns.length === 1) {
+      var v = document.createElement("div");
+      v.className = "stat";
+      v.textContent = formatValue(value, panel.units[col], panel.decimals);
+      c.body.appendChild(v);
+    } else {
+      // several values of one row, each under its label (the headline)
+      var list = document.createElement("div");
+      list.className = "stats";
+      panel.columns.forEach(function (name) {
+        var item = document.createElement("div");
+        item.className = "stat-item";
+        item.dataset.column = name;
+        var val = document.createElement("div");
+        val.className = typeof rows[0][name] === "number" ? "stat-value" : "stat-value stat-text";
+        val.textContent = formatValue(rows[0][name], panel.units[name], panel.decimals);
+        var label = document.createElement("div");
+        label.className = "stat-label";
+        label.textContent = panel.labels[name];
+        item.appendChild(val);
+        item.appendChild(label);
+        list.appendChild(item);
+      });
+      c.body.appendChild(list);
+    }
     setState(panel, "data", rows.length);
   }
 
@@ -136,7 +157,7 @@
     var head = table.createTHead().insertRow();
     panel.columns.forEach(function (col) {
       var th = document.createElement("th");
-      th.textContent = col.replace(/_/g, " ");
+      th.textContent = panel.labels[col];
       head.appendChild(th);
     });
     var tbody = table.createTBody();
@@ -259,7 +280,7 @@
     return order.map(function (name, i) {
       var color = seriesColor(name, i);
       return {
-        label: name,
+        label: panel.series_column ? name : panel.labels[name] || name,
         data: series[name],
         borderColor: color,
         backgroundColor: panel.bars ? color : color + "33",
@@ -323,7 +344,7 @@
       var unit = panel.units[col];
       var color = PALETTE[i % PALETTE.length];
       return {
-        label: col.replace(/_/g, " "),
+        label: panel.labels[col],
         data: rows.map(function (r) {
           return r[col];
         }),
@@ -400,6 +421,7 @@
     setState(panel, "data", rows.length);
   }
 
+  // a table not created yet is not an error: the panel has no rows, the page notice says why
   function render(panel, result, now) {
     if (!result) return setState(panel, "empty", 0);
     if (result.error) return setState(panel, "error", 0, result.error);
