@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 
+from flead_app.dashboard import grafana
 from flead_app.dashboard.queries import (
     PANELS,
     PANELS_BY_ID,
     DatabaseUnavailable,
     collect,
+    expand_macros,
     run_all_queries,
 )
 from flead_app.io.db.store import Database
@@ -20,6 +24,8 @@ from flead_app.io.db.store import Database
 from .conftest import _summary
 
 pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +207,22 @@ def test_the_headline_prefers_held_out_devices_then_readings_then_holdout(make_s
         assert (headline()["version"], headline()["split"]) == ("v4", "holdout")  # the newest version first
     finally:
         db.close()
+
+
+def test_every_exported_grafana_query_runs_against_the_database(sample_db, engine_for):
+    """The committed dashboard JSON's own SQL (not queries.py's), as Grafana would run it."""
+    dash = json.loads((REPO / "grafana" / grafana.DASHBOARD_FILE).read_text())
+    by_title = {p.title: p for p in PANELS}
+    with engine_for(sample_db[0]).connect() as conn, conn.begin():
+        conn.execute(text("SET TRANSACTION READ ONLY"))
+        for panel in dash["panels"]:
+            spec = by_title[panel["title"]]
+            (target,) = panel["targets"]
+            assert target["datasource"]["uid"] == grafana.DATASOURCE_UID
+            result = conn.execute(text(expand_macros(target["rawSql"])))
+            assert tuple(result.keys()) == spec.columns, spec.id
+            assert result.all(), f"{spec.id}: no rows"
+    assert len(dash["panels"]) == len(PANELS)
 
 
 def test_queries_run_read_only(sample_db, engine_for):
