@@ -369,6 +369,7 @@ PANELS: tuple[Panel, ...] = (
             ORDER BY g.model_version
         """),
         columns=("version", "global_f1", "local_f1", "central_f1"),
+        column_labels={"global_f1": "global F1", "local_f1": "local-only F1", "central_f1": "central F1"},
         unit="percentunit",
         decimals=1,
     ),

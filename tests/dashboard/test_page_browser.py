@@ -237,6 +237,8 @@ def test_page_with_data(sample_db):
                 ):
                     assert lines[lines.index(label) - 1] == value, (label, lines)
                 assert panels[0]["id"] == "detection_headline"
+                zone = await browser.evaluate("document.getElementById('timezone').innerText")
+                assert zone.startswith("times: Asia/") and zone.endswith("UTC+05:30"), zone  # Kolkata or Calcutta
                 assert (await page(browser))["banner"] is None
 
                 # time axes: exactly the last 6 hours, round local ticks, every bar and point at its time

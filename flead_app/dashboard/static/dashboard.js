@@ -60,6 +60,7 @@
     } catch (e) {
       zone = "";
     }
+    if (off === 0 && /^(Etc\/)?(UTC|UCT|Universal|Zulu)$/.test(zone)) return "times: UTC";
     return "times: " + (zone ? zone + " " : "") + "UTC" + sign + pad(Math.floor(off / 60)) + ":" + pad(off % 60);
   }
 
