@@ -1,13 +1,17 @@
 """The built-in live page: handlers shared by the Faust worker's web server and a standalone server.
 
-The page is static HTML plus ``static/dashboard.js`` and a vendored Chart.js (no build step at
-run time); it asks ``/dashboard/data`` for every panel's rows and redraws every 30 s
-(``?refresh=SECONDS``, 0 stops it; ``?range=6h`` sets what ``$__timeFilter`` covers). The data
-endpoint runs the queries of ``queries.PANELS`` in a thread, since SQLAlchemy is synchronous
-and the worker's event loop must not wait on the database.
+The page is static HTML plus ``static/dashboard.js``, a vendored Chart.js and its date adapter
+(no build step at run time); it asks ``/dashboard/data`` for every panel's rows and redraws every
+30 s (``?refresh=SECONDS``, 0 stops it; ``?range=6h`` sets what ``$__timeFilter`` covers and
+what the time axes span). The data endpoint runs the queries of ``queries.PANELS`` in a thread,
+since SQLAlchemy is synchronous and the worker's event loop must not wait on the database.
 
-``flead_app.dashboard.web`` registers these on the worker (the real path); ``make_app`` builds a
-small aiohttp application with the same handlers for ``flead dashboard serve`` and the tests.
+Its payload says what the page as a whole is waiting for (``state`` and one calm ``notice``):
+a database that does not answer, tables not created yet, tables without rows. Those are the
+first seconds of every demo, not errors; only real query errors reach a panel, in one line.
+
+``flead_app.web`` registers these on the worker (the real path); ``make_app`` builds a small
+aiohttp application with the same handlers for ``flead dashboard serve`` and the tests.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
-from flead_app.dashboard.queries import DEFAULT_RANGE_S, PANELS, collect
+from flead_app.dashboard.queries import DEFAULT_RANGE_S, PANELS, PANELS_BY_ID, DatabaseUnavailable, collect, one_line
 from flead_app.io.db.store import sqlalchemy_url
 from flead_app.settings import load_settings, redact_url
 
@@ -37,6 +41,7 @@ BASE_PATH = "/dashboard"
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_TYPES = {
     "chart.umd.min.js": "application/javascript",
+    "chartjs-adapter-date-fns.bundle.min.js": "application/javascript",
     "dashboard.js": "application/javascript",
     "dashboard.css": "text/css",
 }
@@ -44,6 +49,15 @@ DEFAULT_REFRESH_S = 30
 MIN_REFRESH_S = 5
 MAX_RANGE_S = 90 * 86400
 CACHE_S = 2.0
+CONNECT_TIMEOUT_S = 5
+
+# what /dashboard/data says about the page as a whole
+READY = "ready"
+WAITING_FOR_ROWS = "waiting_for_rows"
+WAITING_FOR_TABLES = "waiting_for_tables"
+WAITING_FOR_DATABASE = "waiting_for_database"
+NO_DATABASE = "no_database"
+ERROR = "error"
 
 _RANGE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _RANGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -83,11 +97,14 @@ def panel_specs() -> list[dict[str, Any]]:
             "description": p.description,
             "columns": list(p.columns),
             "units": {c: p.unit_of(c) for c in p.columns},
+            "labels": {c: p.label_of(c) for c in p.columns},
+            "empty_text": p.empty_text,
             "unit": p.unit,
             "decimals": p.decimals,
             "series_column": p.series_column,
             "stacked": p.stacked,
             "bars": p.bars,
+            "bucket_s": p.bucket_s,
             "width": p.width,
             "height": p.height,
         }
@@ -120,6 +137,7 @@ def page_html(refresh_s: int = DEFAULT_REFRESH_S, range_s: int = DEFAULT_RANGE_S
   <div class="meta">
     <span>range: last {html.escape(_range_label(range_s))}</span>
     <span>refresh: {html.escape(refresh_text)}</span>
+    <span id="timezone"></span>
     <span id="updated">loading&hellip;</span>
   </div>
 </header>
@@ -127,6 +145,7 @@ def page_html(refresh_s: int = DEFAULT_REFRESH_S, range_s: int = DEFAULT_RANGE_S
 <main id="grid"></main>
 <script id="flead-config" type="application/json">{config_json}</script>
 <script src="{BASE_PATH}/static/chart.umd.min.js"></script>
+<script src="{BASE_PATH}/static/chartjs-adapter-date-fns.bundle.min.js"></script>
 <script src="{BASE_PATH}/static/dashboard.js"></script>
 </body>
 </html>
@@ -146,6 +165,38 @@ def static_file(name: str) -> tuple[bytes, str] | None:
     if ctype is None:
         return None
     return (STATIC_DIR / name).read_bytes(), ctype
+
+
+def _has_data(panel_id: str, rows: list[dict[str, Any]]) -> bool:
+    """Rows that say something: a count of 0 is a row, but not yet a first row."""
+    if not rows:
+        return False
+    if PANELS_BY_ID[panel_id].type == "stat":
+        return any(v not in (0, None) for row in rows for v in row.values())
+    return True
+
+
+def page_state(panels: Mapping[str, Mapping[str, Any]]) -> tuple[str, str | None, list[str]]:
+    """(state, calm notice or None, missing tables) of a reachable database, from every panel's result.
+
+    Tables not there yet (a database the worker has not initialised) and tables without rows are
+    the normal first seconds of a demo: the page says so once instead of per panel.
+    """
+    missing = sorted({r["missing_table"] for r in panels.values() if r.get("missing_table")})
+    if missing:
+        if all(r.get("missing_table") for r in panels.values()):
+            notice = (
+                "Waiting for the first rows: the database has no FLEAD tables yet "
+                "(a worker creates them when it starts)."
+            )
+        else:
+            notice = f"Waiting for the first rows: not created yet: {', '.join(missing)}."
+        return WAITING_FOR_TABLES, notice, missing
+    if not any(_has_data(pid, r["rows"]) for pid, r in panels.items() if not r.get("error")):
+        if any(r.get("error") for r in panels.values()):
+            return READY, None, []
+        return WAITING_FOR_ROWS, "Waiting for the first rows: the tables exist but hold nothing yet.", []
+    return READY, None, []
 
 
 def jsonable(value: Any) -> Any:
@@ -181,24 +232,50 @@ class DataSource:
             if not url:
                 return None
             log.info("dashboard reads %s", redact_url(url))
-            self._engine = create_engine(sqlalchemy_url(url), pool_size=2, max_overflow=2, pool_pre_ping=True)
+            self._engine = create_engine(
+                sqlalchemy_url(url),
+                pool_size=2,
+                max_overflow=2,
+                pool_pre_ping=True,
+                # a database host that does not answer would otherwise hold every page request
+                connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+            )
         return self._engine
 
     def query(self, range_s: int) -> dict[str, Any]:
-        """Synchronous: the payload of ``/dashboard/data``."""
+        """Synchronous: the payload of ``/dashboard/data`` (see ``page_state`` for ``state`` and ``notice``)."""
         engine = self.engine()
-        base = {"generated_at": jsonable(dt.datetime.now(dt.UTC)), "range_s": range_s}
+        base = {"generated_at": jsonable(dt.datetime.now(dt.UTC)), "range_s": range_s, "missing_tables": []}
         if engine is None:
-            return {**base, "error": "no database configured (FLEAD_DB_URL or `flead stack up`)", "panels": {}}
+            return {
+                **base,
+                "state": NO_DATABASE,
+                "notice": None,
+                "error": "no database configured (FLEAD_DB_URL or `flead stack up`)",
+                "panels": {},
+            }
         try:
             results = collect(engine, range_s)
-        except Exception as err:  # noqa: BLE001 - database down: the page says so and retries
-            return {**base, "error": f"database unavailable: {type(err).__name__}", "panels": {}}
+        except DatabaseUnavailable as err:  # down, restarting, not created yet: the page waits and retries
+            return {
+                **base,
+                "state": WAITING_FOR_DATABASE,
+                "notice": f"Waiting for the database ({err}). The page keeps retrying.",
+                "error": None,
+                "panels": {},
+            }
+        except Exception as err:  # noqa: BLE001 - a login refused, say: one line for the page, no traceback
+            return {**base, "state": ERROR, "notice": None, "error": f"database: {one_line(err)}", "panels": {}}
         panels = {
-            pid: {"rows": [{k: jsonable(v) for k, v in row.items()} for row in r["rows"]], "error": r["error"]}
+            pid: {
+                "rows": [{k: jsonable(v) for k, v in row.items()} for row in r["rows"]],
+                "error": r["error"],
+                "missing_table": r["missing_table"],
+            }
             for pid, r in results.items()
         }
-        return {**base, "error": None, "panels": panels}
+        state, notice, missing = page_state(panels)
+        return {**base, "state": state, "notice": notice, "error": None, "missing_tables": missing, "panels": panels}
 
     async def payload(self, range_s: int) -> dict[str, Any]:
         """The same, off the event loop, shared by requests arriving within ``CACHE_S``."""

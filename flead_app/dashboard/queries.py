@@ -34,6 +34,7 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from flead_app.io.db.backend import Backend, for_queries
 
@@ -42,6 +43,13 @@ DEFAULT_RANGE_S = 6 * 3600
 
 HELDOUT_SPLIT = "holdout"
 """``evaluation_summaries.split`` of the readings no model trained on (the Spark evaluation writes it)."""
+
+HEADLINE_SPLITS = ("devices", "readings", HELDOUT_SPLIT)
+"""Held-out splits the headline reads, most telling first: ``devices`` (whole devices no model
+trained on) and ``readings`` (readings held out of training) are the new evaluation protocol's;
+``holdout`` (readings held out by a hash of device and timestamp) is what the Spark evaluation
+writes today. ``holdout_device_mean`` (a per-device mean over the same readings) and
+``prequential`` (scored on the stream before training) are not held-out splits of their own."""
 
 PANEL_TYPES = ("stat", "timeseries", "table", "barchart")
 
@@ -64,6 +72,10 @@ class Panel:
     (time, series name, value) as Grafana's ``metric`` convention expects, else every other
     column is a series. For a barchart the first column is the category. ``column_units``
     overrides ``unit`` for single columns (a second axis on charts, cell format in tables).
+    ``bucket_s`` is the width of a bar's time bucket (``$bucket('1 minute', ...)`` is 60), so a bar
+    covers its own bucket on a time axis. ``column_labels`` names columns for people (a stat with
+    several columns shows each as label and value). ``empty_text`` is what the panel says when the
+    query returns no rows.
     ``width`` and ``height`` are in Grafana grid units (24 columns wide).
     """
 
@@ -81,17 +93,22 @@ class Panel:
     width: int = 12
     height: int = 8
     decimals: int | None = None
+    column_labels: Mapping[str, str] = field(default_factory=dict)
+    empty_text: str = "no data yet"
+    bucket_s: int | None = None
 
     def __post_init__(self) -> None:
         if self.type not in PANEL_TYPES:
             raise ValueError(f"panel {self.id}: unknown type {self.type!r}")
         if self.type == "timeseries" and self.columns[0] != "time":
             raise ValueError(f"panel {self.id}: a timeseries returns `time` first")
+        if self.type == "timeseries" and self.bars and not self.bucket_s:
+            raise ValueError(f"panel {self.id}: bars on a time axis need the bucket width (bucket_s)")
         if self.series_column and self.series_column not in self.columns:
             raise ValueError(f"panel {self.id}: series column {self.series_column!r} not returned")
-        unknown = set(self.column_units) - set(self.columns)
+        unknown = (set(self.column_units) | set(self.column_labels)) - set(self.columns)
         if unknown:
-            raise ValueError(f"panel {self.id}: units for columns it does not return: {sorted(unknown)}")
+            raise ValueError(f"panel {self.id}: units or labels for columns it does not return: {sorted(unknown)}")
 
     def unit_of(self, column: str) -> str:
         return self.column_units.get(column, self.unit)
@@ -99,6 +116,9 @@ class Panel:
     def sql_for(self, backend: Backend) -> str:
         """The query as it runs on ``backend`` (time buckets rendered)."""
         return render_buckets(self.sql, backend)
+
+    def label_of(self, column: str) -> str:
+        return self.column_labels.get(column, column.replace("_", " "))
 
 
 def _sql(text_: str) -> str:
@@ -108,7 +128,50 @@ def _sql(text_: str) -> str:
     return "\n".join(line[indent:] for line in lines).strip()
 
 
+def _split_rank(column: str) -> str:
+    """SQL ranking ``HEADLINE_SPLITS`` in order of preference (1 = most telling)."""
+    whens = " ".join(f"WHEN '{split}' THEN {i}" for i, split in enumerate(HEADLINE_SPLITS, 1))
+    return f"CASE {column} {whens} END"
+
+
 PANELS: tuple[Panel, ...] = (
+    # --- the headline: does detection work? -----------------------------------------------------
+    Panel(
+        id="detection_headline",
+        title="Detection on Held-out Data (Latest Evaluated Global Version)",
+        type="stat",
+        width=24,
+        height=4,
+        description=(
+            "The newest global version the Spark evaluation has scored, on readings no model trained on: "
+            "event recall (labelled anomaly windows with at least one alarm), false alarms per 1,000 normal "
+            "readings (1000 * fp / (fp + tn), from the split's confusion counts) and point-wise F1. The split "
+            "is named beside the numbers: "
+            "'devices' = whole devices no model trained on, 'readings' = readings held out of training, "
+            "'holdout' = readings held out by a hash of device and timestamp. The most telling split "
+            "evaluated for that version is shown (devices, then readings, then holdout)."
+        ),
+        sql=_sql(f"""
+            SELECT 'v' || model_version AS version, split, event_recall,
+                   CAST(1000 * fp AS double precision) / nullif(fp + tn, 0) AS false_alarms_per_1000_normal, f1
+            FROM evaluation_summaries
+            WHERE model_kind = 'global' AND split IN ({", ".join(f"'{s}'" for s in HEADLINE_SPLITS)})
+            ORDER BY model_version DESC, {_split_rank("split")}
+            LIMIT 1
+        """),
+        columns=("version", "split", "event_recall", "false_alarms_per_1000_normal", "f1"),
+        unit="short",
+        column_units={"event_recall": "percentunit", "f1": "percentunit"},
+        column_labels={
+            "version": "global version",
+            "split": "held-out split",
+            "event_recall": "event recall",
+            "false_alarms_per_1000_normal": "false alarms / 1,000 normal readings",
+            "f1": "F1",
+        },
+        decimals=1,
+        empty_text="not evaluated yet",
+    ),
     # --- the description's eight panels --------------------------------------------------------
     Panel(
         id="total_local_models",
@@ -157,19 +220,24 @@ PANELS: tuple[Panel, ...] = (
         unit="short",
     ),
     Panel(
-        id="latest_global_accuracy",
-        title="Latest Global Accuracy",
+        id="round_accuracy",
+        title="Round Accuracy (Before Training)",
         type="stat",
         width=6,
         height=4,
-        description="Sample-weighted training accuracy of the newest global version (held-out F1 is below).",
+        description=(
+            "Of the newest global version: the sample-weighted mean accuracy of the local rounds it averaged, "
+            "each measured on that round's own readings (up to 50, a handful in a demo) before training on "
+            "them. Rounds are mostly normal readings, so this is near 100% even for a model that never "
+            "raises an alarm; whether detection works is the held-out headline above."
+        ),
         sql=_sql("""
-            SELECT accuracy
+            SELECT accuracy AS round_accuracy
             FROM federated_models
             ORDER BY created_at DESC, global_version DESC
             LIMIT 1
         """),
-        columns=("accuracy",),
+        columns=("round_accuracy",),
         unit="percentunit",
         decimals=1,
     ),
@@ -178,6 +246,7 @@ PANELS: tuple[Panel, ...] = (
         title="Model Training Rate (Per Minute)",
         type="timeseries",
         bars=True,
+        bucket_s=60,
         description="Local models trained in each minute of the time range.",
         sql=_sql("""
             SELECT $bucket('1 minute', created_at) AS time, count(*) AS models
@@ -190,17 +259,20 @@ PANELS: tuple[Panel, ...] = (
         unit="short",
     ),
     Panel(
-        id="global_accuracy_trend",
-        title="Global Model Accuracy Trend",
+        id="round_accuracy_trend",
+        title="Round Accuracy Trend (Before Training)",
         type="timeseries",
-        description="Accuracy of each global version as it was created.",
+        description=(
+            "Each global version's round accuracy as it was created: its local rounds' accuracy on their own "
+            "readings before training (not held out; see the headline for held-out detection)."
+        ),
         sql=_sql("""
-            SELECT created_at AS time, accuracy
+            SELECT created_at AS time, accuracy AS round_accuracy
             FROM federated_models
             WHERE $__timeFilter(created_at)
             ORDER BY created_at
         """),
-        columns=("time", "accuracy"),
+        columns=("time", "round_accuracy"),
         unit="percentunit",
         decimals=1,
     ),
@@ -209,34 +281,37 @@ PANELS: tuple[Panel, ...] = (
         title="Top Devices by Training Count",
         type="barchart",
         height=9,
-        description="The ten devices that trained most often, with their mean local accuracy.",
+        description=(
+            "The ten devices that trained most often, with the mean accuracy of their rounds "
+            "(each on the round's own readings, before training)."
+        ),
         sql=_sql("""
-            SELECT device_id, count(*) AS models_trained, avg(accuracy) AS avg_accuracy
+            SELECT device_id, count(*) AS models_trained, avg(accuracy) AS avg_round_accuracy
             FROM local_models
             GROUP BY device_id
             ORDER BY models_trained DESC, device_id
             LIMIT 10
         """),
-        columns=("device_id", "models_trained", "avg_accuracy"),
+        columns=("device_id", "models_trained", "avg_round_accuracy"),
         unit="short",
-        column_units={"avg_accuracy": "percentunit"},
+        column_units={"avg_round_accuracy": "percentunit"},
     ),
     Panel(
         id="recent_federated_models",
         title="Recent Federated Models",
         type="table",
         height=9,
-        description="The last ten global versions.",
+        description="The last ten global versions; round accuracy as in the panel above (before training).",
         sql=_sql("""
             SELECT global_version AS version, aggregation_round AS round, num_devices AS devices,
-                   accuracy, created_at
+                   accuracy AS round_accuracy, created_at
             FROM federated_models
             ORDER BY created_at DESC, global_version DESC
             LIMIT 10
         """),
-        columns=("version", "round", "devices", "accuracy", "created_at"),
+        columns=("version", "round", "devices", "round_accuracy", "created_at"),
         unit="short",
-        column_units={"accuracy": "percentunit", "created_at": "dateTimeAsIso"},
+        column_units={"round_accuracy": "percentunit", "created_at": "dateTimeAsIso"},
     ),
     # --- beyond the description ---------------------------------------------------------------
     Panel(
@@ -244,6 +319,7 @@ PANELS: tuple[Panel, ...] = (
         title="Anomalies per Minute by Severity",
         type="timeseries",
         bars=True,
+        bucket_s=60,
         stacked=True,
         description="Anomalies detected each minute (|z| > 2.5 warning, from 3.0 critical).",
         sql=_sql("""
@@ -264,6 +340,7 @@ PANELS: tuple[Panel, ...] = (
         type="timeseries",
         series_column="metric",
         bars=True,
+        bucket_s=60,
         stacked=True,
         description="Anomalies by the broker that led the device's partition when it was detected.",
         sql=_sql("""
@@ -310,6 +387,7 @@ PANELS: tuple[Panel, ...] = (
             ORDER BY g.model_version
         """),
         columns=("version", "global_f1", "local_f1", "central_f1"),
+        column_labels={"global_f1": "global F1", "local_f1": "local-only F1", "central_f1": "central F1"},
         unit="percentunit",
         decimals=1,
     ),
@@ -406,16 +484,86 @@ def run_all_queries(
     return out
 
 
+MISSING_TABLE = "missing_table"
+UNAVAILABLE = "unavailable"
+LOGIN_REFUSED = "login_refused"
+QUERY_ERROR = "query_error"
+
+_UNDEFINED_TABLE = "42P01"
+# the server is shutting down, crashed, starting up, or the database is not there (yet)
+_UNAVAILABLE_CODES = ("57P01", "57P02", "57P03", "3D000")
+_LOGIN_REFUSED = re.compile(r"authentication failed|pg_hba\.conf|role \S+ does not exist", re.I)
+_RELATION = re.compile(r'relation "([^"]+)" does not exist')
+_SECRETS = (
+    (re.compile(r"(\w+://[^:/@\s]*:)[^@\s]*@"), r"\1***@"),  # scheme://user:password@
+    (re.compile(r"(password\s*=\s*)\S+", re.I), r"\1***"),
+)
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached or went away mid-run; the page waits for it instead of failing."""
+
+
+def one_line(err: BaseException) -> str:
+    """An error as people should see it: the driver's first line, no SQL, no parameters, no password.
+
+    SQLAlchemy appends the statement and its parameters to its messages; psycopg2 puts the
+    offending SQL on the lines after the first (``LINE 3: FROM ...``). Only the first line of the
+    driver's own message is kept, with anything that looks like a password masked.
+    """
+    orig = getattr(err, "orig", None)
+    message = str(orig if orig is not None else err).strip()
+    line = message.splitlines()[0].strip() if message else ""
+    line = re.sub(r"^(ERROR|FATAL):\s+", "", line)
+    for pattern, repl in _SECRETS:
+        line = pattern.sub(repl, line)
+    name = type(orig if orig is not None else err).__name__
+    return f"{name}: {line[:200]}" if line else name
+
+
+def classify(err: BaseException) -> str:
+    """What a failed panel query means for the page: ``MISSING_TABLE``, ``UNAVAILABLE``,
+    ``LOGIN_REFUSED`` or ``QUERY_ERROR`` (a real error, shown on its panel)."""
+    if isinstance(err, DatabaseUnavailable):
+        return UNAVAILABLE
+    if not isinstance(err, DBAPIError):
+        return QUERY_ERROR
+    code = getattr(err.orig, "pgcode", None)
+    if code == _UNDEFINED_TABLE:
+        return MISSING_TABLE
+    if err.connection_invalidated or (code and (code.startswith("08") or code in _UNAVAILABLE_CODES)):
+        return UNAVAILABLE
+    if code is None and isinstance(err, OperationalError):  # libpq's own: refused, timed out, closed, login
+        return LOGIN_REFUSED if _LOGIN_REFUSED.search(str(err.orig)) else UNAVAILABLE
+    return QUERY_ERROR
+
+
+def missing_relation(err: BaseException) -> str | None:
+    """The table an undefined-table error names (``relation "x" does not exist``)."""
+    m = _RELATION.search(str(getattr(err, "orig", err)))
+    return m.group(1) if m else None
+
+
 def collect(
     engine: Engine, range_s: int = DEFAULT_RANGE_S, panels: tuple[Panel, ...] = PANELS, backend: Backend | None = None
 ) -> dict[str, dict]:
-    """Like ``run_all_queries`` but one failing panel reports its error instead of failing the page.
+    """Like ``run_all_queries`` but one failing panel reports what happened instead of failing the page.
 
-    Each panel runs in its own short read-only transaction, so an error (a table not created
-    yet, say) does not abort the others.
+    Each panel runs in its own short read-only transaction, so an error does not abort the
+    others. A panel's result is ``{"rows", "error", "missing_table"}``: a table that does not
+    exist yet (a database the worker has not initialised) is not an error, the panel simply
+    has no rows and ``missing_table`` names the table; ``error`` is a real failure in one line
+    (``one_line``). When the database cannot be reached, or goes away between panels, this
+    raises ``DatabaseUnavailable`` (or the login error) instead of reporting it once per panel.
     """
     out: dict[str, dict] = {}
-    with engine.connect() as conn:
+    try:
+        conn = engine.connect()
+    except Exception as err:
+        if classify(err) == UNAVAILABLE:
+            raise DatabaseUnavailable(one_line(err)) from err
+        raise
+    with conn:
         if backend is None:
             with conn.begin():
                 backend = for_queries(conn)
@@ -424,7 +572,15 @@ def collect(
                 with conn.begin():
                     conn.execute(text("SET TRANSACTION READ ONLY"))
                     conn.execute(text("SET LOCAL statement_timeout = 10000"))
-                    out[panel.id] = {"rows": run_panel(conn, panel, range_s, backend), "error": None}
+                    out[panel.id] = {
+                        "rows": run_panel(conn, panel, range_s, backend), "error": None, "missing_table": None,
+                    }  # fmt: skip
             except Exception as err:  # noqa: BLE001 - reported on the page, the other panels still show
-                out[panel.id] = {"rows": [], "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+                kind = classify(err)
+                if kind == UNAVAILABLE:
+                    raise DatabaseUnavailable(one_line(err)) from err
+                if kind == MISSING_TABLE:
+                    out[panel.id] = {"rows": [], "error": None, "missing_table": missing_relation(err) or "?"}
+                else:
+                    out[panel.id] = {"rows": [], "error": one_line(err), "missing_table": None}
     return out

@@ -125,6 +125,10 @@ class Browser:
             raise RuntimeError(f"{method}: {reply['error']}")
         return reply.get("result", {})
 
+    async def set_timezone(self, timezone_id: str) -> None:
+        """Make the page's local time an IANA zone (``Asia/Kolkata``), whatever the machine's is."""
+        await self.send("Emulation.setTimezoneOverride", timezoneId=timezone_id)
+
     async def navigate(self, url: str) -> None:
         await self.send("Page.navigate", url=url)
 

@@ -63,23 +63,20 @@ def render_backend(schema_backend) -> Backend | None:
 
 
 @pytest.fixture(scope="module")
-def make_schema(base_db_url, schema_backend) -> Iterator[Callable[[], str]]:
-    """Factory: a fresh schema with every FLEAD table on the module's backend; returns its URL. All
-    are dropped at the end."""
+def make_schema(base_db_url, schema_backend) -> Iterator[Callable[..., str]]:
+    """Factory: a fresh schema with every FLEAD table on the module's backend (or none); returns its
+    URL. All are dropped at the end."""
     admin = create_engine(sqlalchemy_url(base_db_url))
     made: list[str] = []
 
-    def make() -> str:
+    def make(tables: bool = True) -> str:
         schema = f"dash_{uuid.uuid4().hex[:12]}"
         with admin.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
         made.append(schema)
         url = url_with_schema(base_db_url, schema)
-        db = Database(url, backend=schema_backend)
-        try:
-            db.init_schema()
-        finally:
-            db.close()
+        if tables:
+            init_schema(url, schema_backend)
         return url
 
     try:
@@ -89,6 +86,15 @@ def make_schema(base_db_url, schema_backend) -> Iterator[Callable[[], str]]:
             for schema in made:
                 conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+def init_schema(url: str, backend: str = "postgresql") -> None:
+    """What a worker does when it starts: every FLEAD table, on ``backend``."""
+    db = Database(url, backend=backend)
+    try:
+        db.init_schema()
+    finally:
+        db.close()
 
 
 def insert_sample_rows(url: str, now: datetime) -> dict[str, object]:
@@ -196,6 +202,14 @@ def insert_sample_rows(url: str, now: datetime) -> dict[str, object]:
         "active_devices": DEVICES,
         "latest_accuracy": globals_[-1].accuracy,
         "top_devices": top,
+        # the headline: newest evaluated global version, split holdout (the only held-out split in the sample)
+        "headline": {
+            "version": f"v{GLOBAL_VERSIONS}",
+            "split": "holdout",
+            "event_recall": 0.7,
+            "false_alarms_per_1000_normal": 1000.0 * 10 / (10 + 3900),
+            "f1": round(0.40 + 0.03 * GLOBAL_VERSIONS, 4),
+        },
         "anomalies": len(anomalies_),
         "warnings": sum(a.severity == "warning" for a in anomalies_),
         "criticals": sum(a.severity == "critical" for a in anomalies_),

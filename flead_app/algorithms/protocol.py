@@ -1,0 +1,221 @@
+"""The held-out evaluation protocol: three splits, every model scored on the same readings.
+
+Splits (``SPLITS``):
+
+* ``readings``: the readings held out by a stable hash of (device, timestamp)
+  (``FLEAD_HOLDOUT_PERCENT``), on the devices that train. No model trained on them, but their
+  neighbours in time did.
+* ``devices``: every labelled reading of the held-out devices (``FLEAD_HOLDOUT_DEVICE_PERCENT``,
+  a stable hash of the device id), which never train any model, local or central: what a
+  federated model is for is devices it has not seen. Local-only models cannot score them.
+* ``prequential``: every labelled reading of every device, scored by the newest global version
+  that existed when the reading arrived (event time): test-then-train over the whole stream, as
+  streaming learners are judged. The central model, trained once on the whole stream, cannot be
+  scored this way; the local-only models can (each as it was when the reading arrived).
+
+Models (``MODELS``): ``global`` (a FedAvg version), ``central`` (logistic regression fitted on
+the pooled training readings), ``local`` (each device's own model), ``zrule`` (the description's
+|z| > threshold, as the worker publishes it) and ``random`` (alarms drawn at random at the global
+model's false-alarm rate on the same split: event recall means little without it, since NAB's
+windows are long). A model's probabilities become alarms by a threshold and a refractory period
+(``Decision``, ``alarms_from``): after an alarm a device raises no other for that many readings,
+so an incident raises one alarm. Metrics are ``metrics.model_metrics``: one series per device.
+
+>>> lab = np.array([0] * 20 + [1] * 5 + [0] * 5, dtype=np.int8)
+>>> z = np.where(lab, 4.0, 0.1)
+>>> s = DeviceSeries("d", lab, np.c_[lab * 4.0], z, np.arange(30.0), np.zeros(30, bool), device_heldout=True)
+>>> v = VersionModel(1, LinearModel(np.array([2.0]), -4.0), Decision(0.5), created_at=0.0)
+>>> r = evaluate([s], {"devices"}, v, [v], central=None, zrule=Decision(2.5), seed=0)
+>>> r["devices"]["global"].event_recall, r["devices"]["local"]
+(1.0, None)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flead_app.algorithms.metrics import ModelMetrics, model_metrics
+from flead_app.algorithms.sgd import LinearModel, predict_proba
+
+SPLITS = ("readings", "devices", "prequential")
+MODELS = ("global", "central", "local", "zrule", "random")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How scores become alarms: at or above ``threshold``, then at most one per ``refractory`` readings.
+
+    >>> alarms_from(np.array([0.9, 0.9, 0.1, 0.9, 0.9]), Decision(0.5, refractory=3)).tolist()
+    [True, False, False, True, False]
+    """
+
+    threshold: float = 0.5
+    refractory: int = 0
+
+
+def alarms_from(scores: np.ndarray, decision: Decision, thresholds: np.ndarray | None = None) -> np.ndarray:
+    """The alarms one device raises, in order (``thresholds``: one per reading, else ``decision``'s).
+
+    >>> alarms_from(np.array([0.2, 0.6, 0.6]), Decision(0.9), thresholds=np.array([0.1, 0.5, 0.7])).tolist()
+    [True, True, False]
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    limit = decision.threshold if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    candidates = scores >= limit
+    if decision.refractory <= 1:
+        return candidates
+    out = np.zeros(scores.shape[0], dtype=bool)
+    last = -decision.refractory
+    for i in np.flatnonzero(candidates).tolist():
+        if i - last >= decision.refractory:
+            out[i] = True
+            last = i
+    return out
+
+
+@dataclass(frozen=True)
+class DeviceSeries:
+    """A device's scored, labelled readings in arrival order, as the worker saw them."""
+
+    device_id: str
+    labels: np.ndarray  # int8 0/1
+    features: np.ndarray  # (n, features): the same for every model
+    z: np.ndarray  # the z-rule's statistic
+    arrived_at: np.ndarray  # event time of the message that carried each reading
+    heldout: np.ndarray  # bool: held out by the readings split
+    device_heldout: bool  # the device is held out (never trains)
+    local_proba: np.ndarray | None = None  # the device's own model as it was when each reading arrived
+    local_final: LinearModel | None = None  # its model at the end (scores the readings split)
+    local_decision: Decision = field(default_factory=Decision)
+
+
+@dataclass(frozen=True)
+class VersionModel:
+    """A model as the protocol applies it: weights, bias, its decision, and when it existed."""
+
+    version: int
+    model: LinearModel
+    decision: Decision
+    created_at: float = 0.0  # event time at which it was published (prequential)
+
+    def proba(self, features: np.ndarray) -> np.ndarray:
+        return predict_proba(self.model, features)
+
+
+def _in_split(s: DeviceSeries, split: str) -> np.ndarray | None:
+    """Which of the series' readings the split evaluates (None: the device is not in the split)."""
+    if split == "readings":
+        return None if s.device_heldout else s.heldout
+    if split == "devices":
+        return np.ones(s.labels.shape[0], dtype=bool) if s.device_heldout else None
+    if split == "prequential":
+        return np.ones(s.labels.shape[0], dtype=bool)
+    raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+
+
+def prequential_proba(features: np.ndarray, arrived_at: np.ndarray, versions: Sequence[VersionModel]):
+    """Each reading scored by the newest version published before it arrived (version 0 before any);
+    returns (probabilities, the threshold that version's decision applies).
+
+    >>> v1 = VersionModel(1, LinearModel(np.array([1.0]), 0.0), Decision(0.7), created_at=10.0)
+    >>> v0 = VersionModel(0, LinearModel(np.array([0.0]), 0.0), Decision(0.5))
+    >>> p, t = prequential_proba(np.array([[2.0], [2.0]]), np.array([5.0, 15.0]), [v0, v1])
+    >>> p.round(3).tolist(), t.tolist()
+    ([0.5, 0.881], [0.5, 0.7])
+    """
+    ordered = sorted(versions, key=lambda v: (v.created_at, v.version))
+    times = np.array([v.created_at for v in ordered])
+    which = np.searchsorted(times, np.asarray(arrived_at, dtype=np.float64), side="right") - 1
+    which = np.maximum(which, 0)
+    proba = np.empty(features.shape[0])
+    thresholds = np.empty(features.shape[0])
+    for k in np.unique(which).tolist():
+        at = which == k
+        proba[at] = ordered[k].proba(features[at])
+        thresholds[at] = ordered[k].decision.threshold
+    return proba, thresholds
+
+
+def evaluate(
+    series: Sequence[DeviceSeries],
+    splits: Collection[str],
+    latest: VersionModel,
+    versions: Sequence[VersionModel],
+    central: VersionModel | None,
+    zrule: Decision,
+    seed: int = 0,
+    probation_percent: float | None = None,
+) -> dict[str, dict[str, ModelMetrics | None]]:
+    """{split: {model: metrics}} for the latest global version and every baseline on each split.
+
+    ``versions`` (every published version, with its time) serve the prequential split; the
+    others score ``latest``. A model that cannot score a split is None there.
+    """
+    kw = {} if probation_percent is None else {"probation_percent": probation_percent}
+    out: dict[str, dict[str, ModelMetrics | None]] = {}
+    for split in splits:
+        picked = [(s, m) for s in series if (m := _in_split(s, split)) is not None and m.any()]
+        if not picked:
+            out[split] = dict.fromkeys(MODELS)
+            continue
+        labels = [s.labels[m] for s, m in picked]
+        results: dict[str, ModelMetrics | None] = {}
+        glob_scores, glob_alarms = [], []
+        for s, m in picked:
+            if split == "prequential":
+                p, t = prequential_proba(s.features, s.arrived_at, versions or [latest])
+                a = alarms_from(p, latest.decision, thresholds=t)
+            else:
+                p = latest.proba(s.features)
+                a = alarms_from(p, latest.decision)
+            glob_scores.append(p[m])
+            glob_alarms.append(a[m])
+        results["global"] = model_metrics(labels, glob_scores, glob_alarms, **kw)
+        if central is not None and split != "prequential":
+            ps = [central.proba(s.features) for s, _ in picked]
+            results["central"] = model_metrics(
+                labels, [p[m] for p, (_, m) in zip(ps, picked, strict=True)],
+                [alarms_from(p, central.decision)[m] for p, (_, m) in zip(ps, picked, strict=True)], **kw,
+            )  # fmt: skip
+        else:
+            results["central"] = None
+        results["local"] = _local(picked, split, labels, kw)
+        zs = [np.abs(s.z) for s, _ in picked]
+        results["zrule"] = model_metrics(
+            labels, [z[m] for z, (_, m) in zip(zs, picked, strict=True)],
+            [alarms_from(z, Decision(np.nextafter(zrule.threshold, np.inf), zrule.refractory))[m]
+             for z, (_, m) in zip(zs, picked, strict=True)], **kw,
+        )  # fmt: skip
+        results["random"] = _random(picked, labels, results["global"], seed, kw)
+        out[split] = results
+    return out
+
+
+def _local(picked: list, split: str, labels: list, kw: Mapping) -> ModelMetrics | None:
+    if split == "devices":
+        return None  # held-out devices never train: they have no model of their own
+    scores, alarms = [], []
+    for s, m in picked:
+        if split == "readings":
+            if s.local_final is None:
+                return None
+            p = predict_proba(s.local_final, s.features)
+        else:
+            if s.local_proba is None:
+                return None
+            p = s.local_proba
+        scores.append(p[m])
+        alarms.append(alarms_from(p, s.local_decision)[m])
+    return model_metrics(labels, scores, alarms, **kw)
+
+
+def _random(picked: list, labels: list, global_metrics: ModelMetrics, seed: int, kw: Mapping) -> ModelMetrics:
+    """Alarms at random, at the global model's rate of false alarms per normal reading on this split."""
+    rate = global_metrics.false_alarms_per_1000 / 1000.0
+    rng = np.random.default_rng(seed)
+    scores = [rng.random(lab.shape[0]) for lab in labels]
+    alarms = [sc < rate for sc in scores]
+    return model_metrics(labels, scores, alarms, **kw)
