@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "flead_app.dashboard.cli",
     "flead_app.spark_support.cli",
     "flead_app.demo",
+    "flead_app.replay_eval",
     "flead_app.bench",
 ]
 

@@ -71,7 +71,7 @@ def _flead(*args: str, check: bool = True, log: Path | None = None) -> subproces
             out.close()
 
 
-def drain(settings: Settings, timeout: float) -> bool:
+def drain(settings: Settings, timeout: float, say=say) -> bool:  # noqa: ANN001 - the caller's printer
     """Wait until every consumer group of the pipeline has committed everything on its topics;
     False on timeout (then the lags left are printed once)."""
     topics = [settings.topic_readings, settings.topic_local_updates, settings.topic_anomalies,
@@ -88,7 +88,7 @@ def drain(settings: Settings, timeout: float) -> bool:
     return False
 
 
-def train_pending(worker: WorkerProcess) -> None:
+def train_pending(worker: WorkerProcess, say=say) -> None:  # noqa: ANN001 - the caller's printer
     """Have every device train on the readings it holds since its last round, as it would at
     its next reading or once quiet for FLEAD_TRAIN_INTERVAL_S: the last minute reaches a model."""
     request = urllib.request.Request(f"{worker.url}/flead/train-pending/", method="POST", data=b"")

@@ -157,27 +157,27 @@ def render_text(report: dict[str, Any]) -> str:
     if ev is None:
         lines.append("  not evaluated yet (flead spark evaluate)")
     else:
+        head = report.get("headline")
+        if head:
+            lines.append(
+                f"  detection (global v{head['model_version']}, held-out {head['split']}): event recall "
+                f"{_fmt_num(head['event_recall'], 2)}, false alarms {_fmt_num(head['false_alarms_per_1000'], 2)} "
+                f"per 1,000 normal readings, F1 {_fmt_num(head['f1'])}"
+            )
         ht = report.get("heldout_trend")
         if ht:
             lines.append(
-                "  held-out F1 by global version: "
+                f"  held-out F1 by global version ({ht['split']}): "
                 + ", ".join(f"v{p['global_version']} {_fmt_num(p['f1'])}" for p in ht["series"])
             )
             lines.append(
-                f"  first v{ht['first']['global_version']} F1 {_fmt_num(ht['first']['f1'])} (accuracy "
-                f"{_fmt_num(ht['first']['accuracy'], 4)}), latest v{ht['latest']['global_version']} F1 "
-                f"{_fmt_num(ht['latest']['f1'])} (accuracy {_fmt_num(ht['latest']['accuracy'], 4)}); "
-                f"{ht['versions_beating_first']} of {ht['versions']} evaluated versions beat the first"
+                f"  first v{ht['first']['global_version']} F1 {_fmt_num(ht['first']['f1'])}, latest "
+                f"v{ht['latest']['global_version']} F1 {_fmt_num(ht['latest']['f1'])}, best "
+                f"v{ht['best']['global_version']} F1 {_fmt_num(ht['best']['f1'])}; "
+                f"{ht['versions_beating_first']} of {ht['versions']} evaluated versions beat the first; "
+                f"stability (worst second-half F1 / best) {_fmt_num(ht.get('stability'), 2)}"
             )
-        lines.append(f"  latest evaluated global version: v{ev['global_version']}")
-        lines += _table(
-            ["model", "split", "samples", "accuracy", "precision", "recall", "f1", "roc_auc", "event_recall",
-             "false_alarms/1000", "evaluated_at"],
-            [[f"{r['model_kind']} v{r['model_version']}", r["split"], _fmt_num(r["samples"]),
-              _fmt_num(r["accuracy"]), _fmt_num(r["precision"]), _fmt_num(r["recall"]), _fmt_num(r["f1"]),
-              _fmt_num(r["roc_auc"]), _fmt_num(r["event_recall"]), _fmt_num(r["false_alarms_per_1000"], 2),
-              _fmt_time(r["evaluated_at"])] for r in ev["rows"]],
-        )
+        lines.append(render_splits(ev["splits"], ev["global_version"], None))
     lines.append("")
 
     tr = report["training"]
@@ -257,8 +257,9 @@ def collect_database(db: Any, now: datetime | None = None) -> dict[str, Any]:
         out["global_models"] = [dict(r) for r in rows]
         out["global_trend"] = _global_trend(conn, federated_models)
 
-        out["evaluation"] = _evaluation(conn, evaluation_summaries)
-        out["heldout_trend"] = _heldout_trend(conn, evaluation_summaries)
+        out["evaluation"] = evaluation_section(conn)
+        out["heldout_trend"] = heldout_trend_of(conn, evaluation_summaries)
+        out["headline"] = headline(conn)
 
         count, first, last = conn.execute(
             select(func.count(), func.min(local_models.c.created_at), func.max(local_models.c.created_at))
@@ -336,17 +337,26 @@ def heldout_trend(points: list[tuple[int, float, float]], shown: int = HELDOUT_P
     }
 
 
-def _heldout_trend(conn: Any, t: Any) -> dict[str, Any] | None:
-    rows = conn.execute(
-        select(t.c.model_version, t.c.f1, t.c.accuracy)
-        .where(t.c.model_kind == "global", t.c.split == "holdout", t.c.f1.is_not(None))
-        .order_by(t.c.model_version)
-    ).all()
-    return heldout_trend([(int(v), float(f1), float(acc)) for v, f1, acc in rows])
+def heldout_trend_of(conn: Any, t: Any) -> dict[str, Any] | None:
+    """F1 of every evaluated global version on the most telling split that has them."""
+    for split in HEADLINE_SPLITS:
+        rows = conn.execute(
+            select(t.c.model_version, t.c.f1, t.c.accuracy)
+            .where(t.c.model_kind == "global", t.c.split == split, t.c.f1.is_not(None))
+            .order_by(t.c.model_version)
+        ).all()
+        if rows:
+            trend = heldout_trend([(int(v), float(f1), float(acc)) for v, f1, acc in rows])
+            assert trend is not None
+            second = [f1 for _, f1, _ in rows[len(rows) // 2 :]]
+            best = trend["best"]["f1"]
+            trend["stability"] = (min(second) / best) if best and len(rows) > 1 else None
+            return {"split": split, **trend}
+    return None
 
 
 #: the split a headline names, most telling first: devices no model trained on, then readings
-HEADLINE_SPLITS = ("devices", "readings", "holdout")
+HEADLINE_SPLITS = ("devices", "readings", "prequential")
 
 
 def headline(conn: Any) -> dict[str, Any] | None:
@@ -392,29 +402,59 @@ def global_version_count(settings: Any) -> int:
         db.close()
 
 
-def _evaluation(conn: Any, t: Any) -> dict[str, Any] | None:
-    """The latest evaluated global version (all its splits) and, per baseline kind, that
-    kind's newest evaluation on the same splits."""
-    version = conn.execute(select(func.max(t.c.model_version)).where(t.c.model_kind == "global")).scalar()
+#: the metrics of a split x model table, in reporting order
+SPLIT_METRICS = (
+    "f1", "precision", "recall", "roc_auc", "pr_auc", "event_recall", "false_alarms_per_1000", "delay_median",
+    "nab_standard", "nab_low_fp", "nab_low_fn",
+)  # fmt: skip
+SPLIT_ORDER = ("readings", "devices", "prequential")
+MODEL_ORDER = ("global", "central", "local", "zrule", "random")
+
+
+def evaluation_section(conn: Any) -> dict[str, Any] | None:
+    """The newest evaluated global version and every baseline beside it, on every split:
+    ``{"global_version": v, "evaluated_at": t, "splits": {split: {model: {metric: value} | None}}}``."""
+    from flead_app.io.db.schema import evaluation_summaries as t
+
+    version = conn.execute(
+        select(func.max(t.c.model_version)).where(t.c.model_kind == "global", t.c.split.in_(SPLIT_ORDER))
+    ).scalar()
     if version is None:
         return None
-    cols = [t.c.model_kind, t.c.model_version, t.c.split, t.c.samples, t.c.accuracy, t.c.precision, t.c.recall,
-            t.c.f1, t.c.roc_auc, t.c.event_recall, t.c.false_alarms_per_1000, t.c.evaluated_at]
-    rows = [dict(r) for r in conn.execute(
-        select(*cols).where(t.c.model_kind == "global", t.c.model_version == version).order_by(t.c.split)
-    ).mappings()]
-    splits = [r["split"] for r in rows]
-    baselines = conn.execute(
-        select(*cols).where(t.c.model_kind != "global", t.c.split.in_(splits))
-        .order_by(t.c.model_kind, t.c.split, desc(t.c.evaluated_at), desc(t.c.model_version))
-    ).mappings().all()
-    seen = set()
-    for r in baselines:
-        key = (r["model_kind"], r["split"])
-        if key not in seen:
-            seen.add(key)
-            rows.append(dict(r))
-    return {"global_version": int(version), "rows": rows}
+    rows = conn.execute(select(t).where(t.c.model_version == version)).mappings().all()
+    splits: dict[str, dict[str, dict[str, Any] | None]] = {
+        split: dict.fromkeys(MODEL_ORDER) for split in SPLIT_ORDER
+    }
+    evaluated_at = None
+    for r in rows:
+        if r["split"] in splits and r["model_kind"] in MODEL_ORDER:
+            splits[r["split"]][r["model_kind"]] = {m: r[m] for m in SPLIT_METRICS}
+            evaluated_at = max(evaluated_at or r["evaluated_at"], r["evaluated_at"])
+    return {"global_version": int(version), "evaluated_at": evaluated_at, "splits": splits}
+
+
+def render_splits(splits: dict[str, dict[str, dict[str, Any] | None]], version: int | None,
+                  stability: float | None) -> str:  # fmt: skip
+    """One table per split: a row per model, a column per metric ("-": the model cannot score it)."""
+    short = {"false_alarms_per_1000": "FA/1000", "delay_median": "delay", "nab_standard": "NAB std",
+             "nab_low_fp": "NAB lowFP", "nab_low_fn": "NAB lowFN", "event_recall": "events",
+             "precision": "prec", "roc_auc": "ROC-AUC", "pr_auc": "PR-AUC"}  # fmt: skip
+    lines = []
+    title = {"readings": "held-out readings", "devices": "held-out devices", "prequential": "prequential"}
+    for split in SPLIT_ORDER:
+        models = splits.get(split) or {}
+        lines.append(f"  {title[split]} ({split}), global v{version}:")
+        rows = []
+        for kind in MODEL_ORDER:
+            m = models.get(kind)
+            rows.append([kind] + (["-"] * len(SPLIT_METRICS) if m is None else [
+                _fmt_num(m.get(k), 1 if k.startswith(("nab", "delay")) else 2 if k == "false_alarms_per_1000" else 3)
+                for k in SPLIT_METRICS
+            ]))  # fmt: skip
+        lines += _table(["model", *(short.get(k, k) for k in SPLIT_METRICS)], rows, indent="    ")
+    if stability is not None:
+        lines.append(f"  stability over the evaluated versions (worst second-half F1 / best): {stability:.2f}")
+    return "\n".join(lines)
 
 
 def latest_snapshot(db: Any) -> tuple[datetime | None, list[dict[str, Any]]]:

@@ -165,6 +165,10 @@ class Settings:
     holdout_percent: float = field(
         default=20.0, metadata={"help": "Share of readings (stable hash) no model trains on: the evaluation set"}
     )
+    holdout_device_percent: float = field(
+        default=20.0,
+        metadata={"help": "Share of devices (stable hash of the id) none of whose readings trains any model"},
+    )
     # --- federated aggregation ----------------------------------------------------------
     fedavg_buffer: int = field(default=20, metadata={"help": "Local updates per global version"})
     fedavg_timeout_s: float = field(default=120.0, metadata={"help": "Aggregate a partial buffer after this long"})

@@ -64,7 +64,12 @@ def pipeline_env(stack):
     create_topics(list(names.values()))
     # Tests count global versions exactly: a partial flush of a slow-filling buffer (the
     # 120 s default timer, reachable on a loaded CI machine) would add one.
-    return {**names, "FLEAD_APP_ID": run, "FLEAD_WEB_PORT": str(free_port()), "FLEAD_FEDAVG_TIMEOUT_S": "3600"}
+    # Pipeline tests count rounds per device exactly: every device trains (the held-out devices of the
+    # evaluation's devices split would train nothing).
+    return {
+        **names, "FLEAD_APP_ID": run, "FLEAD_WEB_PORT": str(free_port()), "FLEAD_FEDAVG_TIMEOUT_S": "3600",
+        "FLEAD_HOLDOUT_DEVICE_PERCENT": "0",
+    }  # fmt: skip
 
 
 def url_with_schema(url: str, schema: str) -> str:

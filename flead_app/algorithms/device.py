@@ -24,7 +24,7 @@ from the same initial model. Accuracy and loss of a round are measured on the ro
 >>> cfg = DeviceConfig(min_history=3, train_every=5)
 >>> msg = DeviceMessage(received_at=100.0, timestamps=np.arange(6.0), values=np.array([1.0, 1.1, 0.9, 1.0, 9.0, 1.0]),
 ...                     labels=np.array([0, 0, 0, 0, 1, 0], dtype=np.int8))
->>> out = step(DeviceState(), [msg], initial_global(cfg), "device_1", cfg)
+>>> out = step(DeviceState(), [msg], initial_global(cfg), "device_0", cfg)
 >>> [(a.reading, a.rule, a.severity) for a in out.alarms]
 [(4, 'zrule', 'critical')]
 >>> [(u.model_version, u.base_global_version) for u in out.updates], out.state.readings
@@ -40,7 +40,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from flead_app.algorithms.detection import NUM_FEATURES, DetectorState, Scored, score_batch, severity
-from flead_app.algorithms.holdout import holdout_mask
+from flead_app.algorithms.holdout import device_held_out, holdout_mask
+from flead_app.algorithms.protocol import Decision
 from flead_app.algorithms.running_stats import RunningStats
 from flead_app.algorithms.sgd import (
     DEFAULT_LEARNING_RATE,
@@ -63,6 +64,7 @@ class DeviceConfig:
     learning_rate: float = DEFAULT_LEARNING_RATE
     local_epochs: int = 1
     holdout_percent: float = 20.0
+    holdout_device_percent: float = 20.0  # devices (by a hash of the id) none of whose readings trains
     prior_anomaly_rate: float = DEFAULT_PRIOR_RATE  # the initial model predicts this for every reading
     alarm_rule: str = "zrule"  # which rule raises alarms: the z-rule, or the model's probability
     alarm_probability: float = 0.5  # the model rule alarms at or above this probability
@@ -426,11 +428,15 @@ def step(
     updates: list[RoundResult] = []
     scores: list[MessageScores | None] = []
     phase = round_phase(device_id, cfg)
+    whole_device = device_held_out(device_id, cfg.holdout_device_percent)
     for k, msg in enumerate(messages):
         if msg.train_now:
             scores.append(None)
         else:
-            holdout = holdout_mask(device_id, msg.timestamps, cfg.holdout_percent)
+            if whole_device:
+                holdout = np.ones(msg.values.shape[0], dtype=bool)
+            else:
+                holdout = holdout_mask(device_id, msg.timestamps, cfg.holdout_percent)
             state, scored = ingest(state, msg.values, msg.labels, msg.received_at, cfg, holdout, phase)
             model = current_model(state, cfg) if global_params is None else global_params.model
             proba = predict_proba(model, scored.features)
@@ -449,3 +455,41 @@ def step(
             if result is not None:
                 updates.append(replace(result, message=k))
     return StepResult(state, tuple(alarms), tuple(updates), tuple(scores))
+
+
+def training_targets(labels: np.ndarray, cfg: DeviceConfig) -> np.ndarray:
+    """What a model trained on a device's whole labelled history learns, per reading (-1: left out).
+
+    The evaluation's central model learns this from the pooled training readings, so that it
+    and the devices' rounds learn the same target. This learner learns the labels as they are.
+
+    >>> training_targets(np.array([0, 1, -1], dtype=np.int8), DeviceConfig()).tolist()
+    [0, 1, -1]
+    """
+    return np.asarray(labels, dtype=np.int8)
+
+
+def decision_rule(normal_logits: np.ndarray, cfg: DeviceConfig) -> tuple[float, float, Decision]:
+    """(loc, scale, decision) of a model whose logits on its normal training readings are given:
+    how the evaluation judges a model trained outside the fleet (central, local-only) by the rule
+    the fleet's models follow. This learner alarms at ``alarm_probability`` on the plain logit.
+
+    >>> decision_rule(np.zeros(3), DeviceConfig(alarm_probability=0.5))
+    (0.0, 1.0, Decision(threshold=0.0, refractory=0))
+    """
+    p = cfg.alarm_probability
+    return 0.0, 1.0, Decision(float(np.log(p / (1.0 - p))), 0)
+
+
+def published_decision(
+    threshold: float | None, loc: float | None, scale: float | None, cfg: DeviceConfig
+) -> tuple[float, float, Decision]:
+    """(loc, scale, decision) of a global version from what it published; versions that publish no
+    threshold are judged by ``decision_rule``.
+
+    >>> published_decision(None, None, None, DeviceConfig())[2].threshold
+    0.0
+    """
+    if threshold is None:
+        return decision_rule(np.empty(0), cfg)
+    return float(loc or 0.0), float(scale or 1.0), Decision(float(threshold), 0)

@@ -1,4 +1,4 @@
-"""Which readings no model may train on: the held-out split every evaluation uses.
+"""Which readings and devices no model may train on: the held-out splits every evaluation uses.
 
 A reading is held out when a stable hash of (device_id, timestamp in ms) falls below
 ``percent`` of 100. The rule needs no coordination: the worker applies it before buffering a
@@ -28,3 +28,18 @@ def holdout_mask(device_id: str, timestamps_s: np.ndarray, percent: float = 20.0
     millis = np.rint(np.asarray(timestamps_s, dtype=np.float64) * 1000.0).astype(np.int64)
     buckets = np.fromiter((zlib.crc32(prefix + str(ms).encode()) % 10_000 for ms in millis.tolist()), np.int64)
     return buckets < int(round(percent * 100))
+
+
+def device_held_out(device_id: str, percent: float = 20.0) -> bool:
+    """Whether ``device_id`` is one of the held-out devices (a stable ``percent`` of all): none of
+    its readings trains any model, local or central, so the global model can be judged on devices
+    it has never seen.
+
+    >>> device_held_out("device_0"), device_held_out("device_1"), device_held_out("device_1", 0.0)
+    (False, True, False)
+    >>> sum(device_held_out(f"device_{i}") for i in range(10_000)) / 10_000
+    0.197
+    """
+    if percent <= 0:
+        return False
+    return zlib.crc32(device_id.encode()) % 10_000 < int(round(percent * 100))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -601,9 +601,12 @@ class ModelMetrics:
     nab_standard: float | None
     nab_low_fp: float | None
     nab_low_fn: float | None
+    #: samples, tp, fp, fn, tn, windows, detected: what the figures were computed from
+    counts: Mapping[str, int] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, float | None]:
-        return asdict(self)
+        """The eleven reported metrics (not the counts), under their reporting names."""
+        return {k: v for k, v in asdict(self).items() if k != "counts"}
 
 
 def model_metrics(
@@ -654,4 +657,8 @@ def model_metrics(
         nab_standard=nab["standard"],
         nab_low_fp=nab["low_fp"],
         nab_low_fn=nab["low_fn"],
+        counts={
+            "samples": int(labels.shape[0]), "tp": tp, "fp": fp, "fn": fn, "tn": int((~alarms & ~labels).sum()),
+            "windows": windows, "detected": len(delays),
+        },  # fmt: skip
     )

@@ -17,14 +17,17 @@ Models (``MODELS``): ``global`` (a FedAvg version), ``central`` (logistic regres
 the pooled training readings), ``local`` (each device's own model), ``zrule`` (the description's
 |z| > threshold, as the worker publishes it) and ``random`` (alarms drawn at random at the global
 model's false-alarm rate on the same split: event recall means little without it, since NAB's
-windows are long). A model's probabilities become alarms by a threshold and a refractory period
-(``Decision``, ``alarms_from``): after an alarm a device raises no other for that many readings,
-so an incident raises one alarm. Metrics are ``metrics.model_metrics``: one series per device.
+windows are long). A model scores a reading by its standardised logit, (w . x + b - loc) / scale
+(``VersionModel.score``; loc 0 and scale 1 is the plain logit), and the scores become alarms by a
+threshold and a refractory period (``Decision``, ``alarms_from``): after an alarm a device raises
+no other for that many readings, so an incident raises one alarm. Ranking metrics (ROC-AUC,
+PR-AUC) do not depend on the standardisation. Metrics are ``metrics.model_metrics``: one series
+per device.
 
 >>> lab = np.array([0] * 20 + [1] * 5 + [0] * 5, dtype=np.int8)
 >>> z = np.where(lab, 4.0, 0.1)
 >>> s = DeviceSeries("d", lab, np.c_[lab * 4.0], z, np.arange(30.0), np.zeros(30, bool), device_heldout=True)
->>> v = VersionModel(1, LinearModel(np.array([2.0]), -4.0), Decision(0.5), created_at=0.0)
+>>> v = VersionModel(1, LinearModel(np.array([2.0]), -4.0), Decision(0.0), created_at=0.0)
 >>> r = evaluate([s], {"devices"}, v, [v], central=None, zrule=Decision(2.5), seed=0)
 >>> r["devices"]["global"].event_recall, r["devices"]["local"]
 (1.0, None)
@@ -33,12 +36,12 @@ so an incident raises one alarm. Metrics are ``metrics.model_metrics``: one seri
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from flead_app.algorithms.metrics import ModelMetrics, model_metrics
-from flead_app.algorithms.sgd import LinearModel, predict_proba
+from flead_app.algorithms.sgd import LinearModel
 
 SPLITS = ("readings", "devices", "prequential")
 MODELS = ("global", "central", "local", "zrule", "random")
@@ -77,6 +80,27 @@ def alarms_from(scores: np.ndarray, decision: Decision, thresholds: np.ndarray |
 
 
 @dataclass(frozen=True)
+class VersionModel:
+    """A model as the protocol applies it: weights, bias, the standardisation of its score, its
+    decision on that score, and when it existed.
+
+    >>> VersionModel(1, LinearModel(np.array([1.0]), -1.0), Decision(0.0), loc=1.0, scale=2.0).score(np.array([[5.0]]))
+    array([1.5])
+    """
+
+    version: int
+    model: LinearModel
+    decision: Decision
+    created_at: float = 0.0  # event time at which it was published (prequential)
+    loc: float = 0.0
+    scale: float = 1.0
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        logit = np.asarray(features, dtype=np.float64) @ self.model.weights + self.model.bias
+        return (logit - self.loc) / self.scale
+
+
+@dataclass(frozen=True)
 class DeviceSeries:
     """A device's scored, labelled readings in arrival order, as the worker saw them."""
 
@@ -87,22 +111,12 @@ class DeviceSeries:
     arrived_at: np.ndarray  # event time of the message that carried each reading
     heldout: np.ndarray  # bool: held out by the readings split
     device_heldout: bool  # the device is held out (never trains)
-    local_proba: np.ndarray | None = None  # the device's own model as it was when each reading arrived
-    local_final: LinearModel | None = None  # its model at the end (scores the readings split)
-    local_decision: Decision = field(default_factory=Decision)
-
-
-@dataclass(frozen=True)
-class VersionModel:
-    """A model as the protocol applies it: weights, bias, its decision, and when it existed."""
-
-    version: int
-    model: LinearModel
-    decision: Decision
-    created_at: float = 0.0  # event time at which it was published (prequential)
-
-    def proba(self, features: np.ndarray) -> np.ndarray:
-        return predict_proba(self.model, features)
+    #: the device's own model's scores, as it was when each reading arrived (prequential) and at the
+    #: end (readings split), standardised like ``local_decision`` expects; None: no local model
+    local_causal: np.ndarray | None = None
+    local_final: np.ndarray | None = None
+    local_decision: Decision | None = None
+    timestamps: np.ndarray | None = None  # the readings' own times (epoch seconds), for the record
 
 
 def _in_split(s: DeviceSeries, split: str) -> np.ndarray | None:
@@ -116,27 +130,27 @@ def _in_split(s: DeviceSeries, split: str) -> np.ndarray | None:
     raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
 
 
-def prequential_proba(features: np.ndarray, arrived_at: np.ndarray, versions: Sequence[VersionModel]):
-    """Each reading scored by the newest version published before it arrived (version 0 before any);
-    returns (probabilities, the threshold that version's decision applies).
+def prequential_scores(features: np.ndarray, arrived_at: np.ndarray, versions: Sequence[VersionModel]):
+    """Each reading scored by the newest version published before it arrived (the first one before
+    any); returns (scores, the threshold that version's decision applies).
 
     >>> v1 = VersionModel(1, LinearModel(np.array([1.0]), 0.0), Decision(0.7), created_at=10.0)
     >>> v0 = VersionModel(0, LinearModel(np.array([0.0]), 0.0), Decision(0.5))
-    >>> p, t = prequential_proba(np.array([[2.0], [2.0]]), np.array([5.0, 15.0]), [v0, v1])
-    >>> p.round(3).tolist(), t.tolist()
-    ([0.5, 0.881], [0.5, 0.7])
+    >>> s, t = prequential_scores(np.array([[2.0], [2.0]]), np.array([5.0, 15.0]), [v0, v1])
+    >>> s.tolist(), t.tolist()
+    ([0.0, 2.0], [0.5, 0.7])
     """
     ordered = sorted(versions, key=lambda v: (v.created_at, v.version))
     times = np.array([v.created_at for v in ordered])
     which = np.searchsorted(times, np.asarray(arrived_at, dtype=np.float64), side="right") - 1
     which = np.maximum(which, 0)
-    proba = np.empty(features.shape[0])
+    scores = np.empty(features.shape[0])
     thresholds = np.empty(features.shape[0])
     for k in np.unique(which).tolist():
         at = which == k
-        proba[at] = ordered[k].proba(features[at])
+        scores[at] = ordered[k].score(features[at])
         thresholds[at] = ordered[k].decision.threshold
-    return proba, thresholds
+    return scores, thresholds
 
 
 def evaluate(
@@ -166,16 +180,16 @@ def evaluate(
         glob_scores, glob_alarms = [], []
         for s, m in picked:
             if split == "prequential":
-                p, t = prequential_proba(s.features, s.arrived_at, versions or [latest])
+                p, t = prequential_scores(s.features, s.arrived_at, versions or [latest])
                 a = alarms_from(p, latest.decision, thresholds=t)
             else:
-                p = latest.proba(s.features)
+                p = latest.score(s.features)
                 a = alarms_from(p, latest.decision)
             glob_scores.append(p[m])
             glob_alarms.append(a[m])
         results["global"] = model_metrics(labels, glob_scores, glob_alarms, **kw)
         if central is not None and split != "prequential":
-            ps = [central.proba(s.features) for s, _ in picked]
+            ps = [central.score(s.features) for s, _ in picked]
             results["central"] = model_metrics(
                 labels, [p[m] for p, (_, m) in zip(ps, picked, strict=True)],
                 [alarms_from(p, central.decision)[m] for p, (_, m) in zip(ps, picked, strict=True)], **kw,
@@ -199,14 +213,9 @@ def _local(picked: list, split: str, labels: list, kw: Mapping) -> ModelMetrics 
         return None  # held-out devices never train: they have no model of their own
     scores, alarms = [], []
     for s, m in picked:
-        if split == "readings":
-            if s.local_final is None:
-                return None
-            p = predict_proba(s.local_final, s.features)
-        else:
-            if s.local_proba is None:
-                return None
-            p = s.local_proba
+        p = s.local_final if split == "readings" else s.local_causal
+        if p is None or s.local_decision is None:
+            return None
         scores.append(p[m])
         alarms.append(alarms_from(p, s.local_decision)[m])
     return model_metrics(labels, scores, alarms, **kw)

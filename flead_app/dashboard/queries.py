@@ -41,15 +41,14 @@ from flead_app.io.db.backend import Backend, for_queries
 DEFAULT_RANGE_S = 6 * 3600
 """Range ``$__timeFilter`` covers in our runner; the Grafana dashboard's default is the same (now-6h)."""
 
-HELDOUT_SPLIT = "holdout"
-"""``evaluation_summaries.split`` of the readings no model trained on (the Spark evaluation writes it)."""
+HELDOUT_SPLIT = "readings"
+"""``evaluation_summaries.split`` on which global, local-only and central models can all be
+compared: readings held out of training by a hash of device and timestamp."""
 
-HEADLINE_SPLITS = ("devices", "readings", HELDOUT_SPLIT)
-"""Held-out splits the headline reads, most telling first: ``devices`` (whole devices no model
-trained on) and ``readings`` (readings held out of training) are the new evaluation protocol's;
-``holdout`` (readings held out by a hash of device and timestamp) is what the Spark evaluation
-writes today. ``holdout_device_mean`` (a per-device mean over the same readings) and
-``prequential`` (scored on the stream before training) are not held-out splits of their own."""
+HEADLINE_SPLITS = ("devices", "readings", "prequential")
+"""Splits the headline reads, most telling first: ``devices`` (whole devices no model trained on),
+``readings`` (readings held out of training), ``prequential`` (every reading scored by the version
+that existed when it arrived, before anything trained on it)."""
 
 PANEL_TYPES = ("stat", "timeseries", "table", "barchart")
 
@@ -147,9 +146,10 @@ PANELS: tuple[Panel, ...] = (
             "event recall (labelled anomaly windows with at least one alarm), false alarms per 1,000 normal "
             "readings (1000 * fp / (fp + tn), from the split's confusion counts) and point-wise F1. The split "
             "is named beside the numbers: "
-            "'devices' = whole devices no model trained on, 'readings' = readings held out of training, "
-            "'holdout' = readings held out by a hash of device and timestamp. The most telling split "
-            "evaluated for that version is shown (devices, then readings, then holdout)."
+            "'devices' = whole devices no model trained on, 'readings' = readings held out of training by a hash "
+            "of device and timestamp, 'prequential' = every reading scored by the version that existed when it "
+            "arrived. The most telling split evaluated for that version is shown (devices, then readings, then "
+            "prequential)."
         ),
         sql=_sql(f"""
             SELECT 'v' || model_version AS version, split, event_recall,
@@ -361,7 +361,8 @@ PANELS: tuple[Panel, ...] = (
         type="barchart",
         height=9,
         description=(
-            "F1 on readings no model trained on, for the last 20 global versions. Baselines (local-only models, "
+            "F1 on readings held out of training (the readings split), for the last 20 global versions. "
+            "Baselines (local-only models, "
             "one centrally trained model) are evaluated once per run, at the newest global version: each bar "
             "shows the baseline evaluated at that version, else the nearest earlier one, else the nearest later one."
         ),

@@ -195,18 +195,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             spark.stop()
     finally:
         db.close()
-    out = asdict(res)
+    out = {k: v for k, v in asdict(res).items() if k != "run"}
     out["messages"] = dict(res.messages)
+    out["results"] = results_json(res.run) if res.run else {}
     if not res.versions:
         _print(out, args.json, f"nothing evaluated: {res.reason}")
         return EXIT_NO_DATA if res.reason.startswith("no labelled") else 0
     text = (
-        f"evaluated global versions {res.versions} (skipped, bad weights: {res.skipped_versions or 'none'}) and the "
-        f"local/central baselines at version {res.baseline_version} on {res.heldout} held-out readings "
-        f"({res.training} training readings); {res.summary_rows} summary and {res.sample_rows} sample rows written"
+        f"evaluated global versions {res.versions} "
+        f"(skipped, weights of another model: {res.skipped_versions or 'none'}); "
+        f"v{res.latest} and the baselines on the readings, devices and prequential splits of {res.readings:,} "
+        f"labelled readings of {res.devices} devices ({res.training:,} trained the central model); "
+        f"{res.summary_rows} summary rows written\n" + render_results(res.run)
     )
     _print(out, args.json, text)
     return 0
+
+
+def results_json(run) -> dict:  # noqa: ANN001 - evaluation.RunResult
+    """{split: {model: {metric: value}}} of the latest version's evaluation (None where a model cannot score)."""
+    return {
+        split: {kind: (m.to_dict() if m is not None else None) for kind, m in by_model.items()}
+        for split, by_model in run.results.items()
+    }
+
+
+def render_results(run) -> str:  # noqa: ANN001 - evaluation.RunResult
+    """The split x model table of the latest version's evaluation, as text."""
+    from flead_app.report import render_splits
+
+    return render_splits(results_json(run), run.latest, run.stability)
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
@@ -245,12 +263,13 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from flead_app.io.db.store import Database
+    from flead_app.report import evaluation_section, jsonable
     from flead_app.settings import load_settings
-    from flead_app.spark_support.summary import evaluation_summary
 
     db = Database.from_settings(load_settings())
     try:
-        print(json.dumps(evaluation_summary(db.engine), indent=1, default=str))
+        with db.engine.connect() as conn:
+            print(json.dumps(jsonable(evaluation_section(conn)), indent=1))
     finally:
         db.close()
     return 0

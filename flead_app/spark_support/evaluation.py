@@ -1,35 +1,18 @@
-"""Held-out evaluation of the global models and of two baselines, as pure numpy.
+"""Held-out evaluation as pure numpy: replay each device as the worker processed it, then the protocol.
 
-The evaluation set. Every device's whole history in Kafka is replayed in offset order through
-the worker's own state machine (``algorithms.device.step``), so each reading gets exactly the
-features the worker computed for it. A reading is evaluated when it was scored (enough
-history), carries a label, and is held out by the stable hash rule (``algorithms.holdout``):
-the worker never buffers such a reading for training, so no global model, no local-only model
-and not the central model below has trained on it.
+Every device's whole history in Kafka is replayed in offset order through the worker's own
+step, local-only (``device.step(..., global_params=None)``), so each reading gets exactly the
+features, z and held-out flags the worker computed for it, and the device's own model as it was
+when the reading arrived (the local-only baseline, causally) and at the end. The Spark job
+(``jobs.evaluate_job``) runs ``replay_device`` on executors, fits the central model on the pooled
+training readings of the devices that train, and calls ``run_evaluation`` in the driver, which
+scores global versions and every baseline on the three splits of ``algorithms.protocol``
+(held-out readings, held-out devices, prequential) and turns the results into table rows.
 
-The models compared on the same evaluation set:
-
-* ``global``: every FedAvg version, ``p = sigmoid(w . x + b)`` with the weights in federated_models.
-* ``local``: each device's local-only model, trained exactly as the worker trains when no global
-  model ever arrives: SGD from zeros over the device's own non-held-out labelled readings, in
-  the worker's rounds (every ``train_every`` readings or ``train_interval_s`` of event time, and
-  at its control records), with its ``learning_rate`` and ``local_epochs``, plus a last round on
-  what is left at the end of the history.
-* ``central``: one logistic regression fitted on the pooled non-held-out readings of all devices
-  (what a server that received all raw data would train; fitted by Spark MLlib in the job).
-
-Baselines are evaluated once per evaluation run and stored with ``model_version`` = the newest
-global version that run evaluated, so each baseline row sits beside the global version it was
-compared with.
-
-Metrics (alarm = p >= 0.5): point-wise accuracy, precision, recall, F1, ROC-AUC and confusion
-counts over all evaluated readings pooled (split ``holdout``); event recall counts labelled
-windows (runs of label 1 in a device's full history) that contain at least one evaluated reading,
-and a window is detected when an alarm falls on one of its evaluated readings; false alarms
-are alarms on evaluated label-0 readings, per 1,000 evaluated readings. Split
-``holdout_device_mean`` holds the unweighted mean of the same metrics over devices that have at
-least one evaluated positive reading (ROC-AUC over those with both classes), so one large
-device cannot dominate the comparison with the local-only models.
+One decision rule judges every model (``device.decision_rule``: the standardisation of a model's
+score and its alarm threshold, from its normal training readings; ``device.published_decision``
+for a global version, from what it published), and every model is applied with the device's
+refractory period, so the comparison is of models, not of thresholds.
 """
 
 from __future__ import annotations
@@ -38,322 +21,303 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
-from flead_app.algorithms.detection import NUM_FEATURES
-from flead_app.algorithms.device import DeviceConfig, DeviceMessage, DeviceState, current_model, step, train_round
-from flead_app.algorithms.metrics import Scores, classification_scores, label_windows
-from flead_app.algorithms.sgd import LinearModel, predict_proba
+from flead_app.algorithms.device import (
+    DeviceConfig,
+    DeviceMessage,
+    DeviceState,
+    current_model,
+    decision_rule,
+    published_decision,
+    step,
+    train_round,
+    training_targets,
+)
+from flead_app.algorithms.holdout import device_held_out
+from flead_app.algorithms.metrics import ModelMetrics
+from flead_app.algorithms.protocol import MODELS, SPLITS, Decision, DeviceSeries, VersionModel, evaluate
+from flead_app.algorithms.sgd import LinearModel
 
-THRESHOLD = 0.5
-SPLIT_POOLED = "holdout"
-SPLIT_DEVICE_MEAN = "holdout_device_mean"
-KIND_GLOBAL, KIND_LOCAL, KIND_CENTRAL = "global", "local", "central"
+KIND_GLOBAL, KIND_LOCAL, KIND_CENTRAL, KIND_ZRULE, KIND_RANDOM = MODELS[0], MODELS[2], MODELS[1], MODELS[3], MODELS[4]
+SPLIT_READINGS, SPLIT_DEVICES, SPLIT_PREQUENTIAL = SPLITS
+#: the splits on which every evaluated global version is scored (the trend by version)
+VERSION_SPLITS = (SPLIT_READINGS, SPLIT_DEVICES)
 
 # what replay_device needs of a message: (partition, offset, kafka_ts_s, control, timestamps, values, labels)
 MessageTuple = tuple[int, int, float, bool, Sequence[float], Sequence[float], Sequence[int]]
+#: one row per scored, labelled reading; the device's local decision rides on each of its rows
+ROW_FIXED = (
+    "device_id", "device_heldout", "heldout", "seq", "arrived_at", "label", "target", "z", "local_causal",
+    "local_final", "local_loc", "local_scale", "local_threshold", "ts",
+)  # fmt: skip
 
 
-@dataclass(frozen=True)
-class DeviceHistory:
-    """A device's evaluable readings (scored and labelled), in offset order, and its local-only model."""
-
-    device_id: str
-    timestamps: np.ndarray
-    labels: np.ndarray  # int8, 0/1
-    features: np.ndarray  # (n, NUM_FEATURES)
-    heldout: np.ndarray  # bool
-    window_ids: np.ndarray  # index of the labelled window in the full history, -1 outside
-    local_model: LinearModel
-    readings: int  # every reading replayed, labelled or not
-    local_rounds: int
+def feature_names(n: int) -> tuple[str, ...]:
+    return tuple(f"f{i}" for i in range(n))
 
 
-def window_ids(labels: np.ndarray) -> np.ndarray:
-    """Per reading, the index of its run of label 1 (0, 1, ...), or -1; unknown labels end a run."""
-    labels = np.asarray(labels)
-    ids = np.full(labels.shape[0], -1, dtype=np.int64)
-    for k, (start, end) in enumerate(label_windows((labels == 1).astype(np.int8))):
-        ids[start:end] = k
-    return ids
+def replay_device(device_id: str, messages: Iterable[MessageTuple], cfg: DeviceConfig) -> list[tuple]:
+    """Replay one device's messages in (partition, offset) order, as the worker processed them;
+    one row per scored, labelled reading (``ROW_FIXED`` then the features).
 
-
-def replay_device(device_id: str, messages: Iterable[MessageTuple], cfg: DeviceConfig) -> DeviceHistory:
-    """Replay one device's messages in (partition, offset) order, as the worker processed them.
-
-    The worker decides on event time (the record's Kafka timestamp) and trains when
-    ``round_due`` says so, on readings and on the control records that request a round,
-    so replaying the same records with the same clock gives the same local rounds.
+    The worker decides on event time (the record's Kafka timestamp) and trains when its rounds
+    are due, on readings and on the control records that request a round, so replaying the same
+    records with the same clock gives the same local rounds; what it has not trained yet at the
+    end counts in the device's final local model.
     """
     ordered = sorted(messages, key=lambda m: (m[0], m[1]))
+    held_device = device_held_out(device_id, cfg.holdout_device_percent)
     state = DeviceState()
-    stamps, labs, feats, scored_parts, held = [], [], [], [], []
-    rounds = 0
+    parts: list[tuple] = []
     for _, _, now, control, ts, values, labels in ordered:
         msg = DeviceMessage(
             now, np.asarray(ts, dtype=np.float64), np.asarray(values, dtype=np.float64),
             np.asarray(labels, dtype=np.int8), train_now=control,
         )  # fmt: skip
         out = step(state, [msg], None, device_id, cfg)
-        state, rounds = out.state, rounds + len(out.updates)
-        seen = out.scores[0]
-        if seen is not None:
-            stamps.append(msg.timestamps)
-            labs.append(msg.labels)
-            feats.append(seen.features)
-            scored_parts.append(seen.scored)
-            held.append(seen.heldout)
-    if state.buffer_labels.shape[0]:  # what the worker has not trained yet still counts
-        state, result = train_round(state, state.last_round_at, cfg, None)
-        rounds += result is not None
-    if not stamps:
-        empty = np.empty(0)
-        return DeviceHistory(
-            device_id, empty, np.empty(0, np.int8), np.empty((0, NUM_FEATURES)), np.empty(0, bool),
-            np.empty(0, np.int64), current_model(state, cfg), 0, rounds,
-        )  # fmt: skip
-    all_ts = np.concatenate(stamps)
-    all_labels = np.concatenate(labs)
-    all_feats = np.concatenate(feats)
-    scored_mask = np.concatenate(scored_parts)
-    all_held = np.concatenate(held)
-    windows = window_ids(all_labels)
-    keep = scored_mask & (all_labels >= 0)
-    return DeviceHistory(
-        device_id=device_id,
-        timestamps=all_ts[keep],
-        labels=all_labels[keep],
-        features=all_feats[keep],
-        heldout=all_held[keep],
-        window_ids=windows[keep],
-        local_model=current_model(state, cfg),
-        readings=int(all_ts.shape[0]),
-        local_rounds=rounds,
-    )
-
-
-def history_rows(h: DeviceHistory) -> list[tuple]:
-    """Flat rows for Spark: (device_id, heldout, window_id, ts, label, f0..f3, local_p)."""
-    local_p = predict_proba(h.local_model, h.features) if h.labels.shape[0] else np.empty(0)
-    return [
-        (h.device_id, bool(hold), int(w), float(t), int(y), *map(float, f), float(p))
-        for hold, w, t, y, f, p in zip(
-            h.heldout, h.window_ids, h.timestamps, h.labels, h.features.tolist(), local_p, strict=True
-        )
-    ]
-
-
-ROW_FIELDS = ("device_id", "heldout", "window_id", "ts", "label", "f0", "f1", "f2", "f3", "local_p")
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    """The held-out evaluation readings of all devices, sorted by device then history order."""
-
-    device_ids: np.ndarray  # str objects
-    window_ids: np.ndarray
-    timestamps: np.ndarray
-    labels: np.ndarray
-    features: np.ndarray
-    local_p: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    @classmethod
-    def from_rows(cls, rows: Iterable[Sequence]) -> EvalSet:
-        """From ``history_rows`` tuples (held-out ones; ``heldout`` is ignored), kept in given order."""
-        rows = list(rows)
-        if not rows:
-            return cls(
-                np.empty(0, object), np.empty(0, np.int64), np.empty(0), np.empty(0, np.int8),
-                np.empty((0, NUM_FEATURES)), np.empty(0),
+        state, seen = out.state, out.scores[0]
+        if seen is None:
+            continue
+        keep = seen.scored & (msg.labels >= 0)
+        if keep.any():
+            local_logit = _logit(seen.probability[keep])
+            parts.append(
+                (now, msg.labels[keep], seen.z[keep], seen.features[keep], seen.heldout[keep], local_logit,
+                 msg.timestamps[keep])
             )  # fmt: skip
-        cols = list(zip(*rows, strict=True))
-        return cls(
-            device_ids=np.asarray(cols[0], dtype=object),
-            window_ids=np.asarray(cols[2], dtype=np.int64),
-            timestamps=np.asarray(cols[3], dtype=np.float64),
-            labels=np.asarray(cols[4], dtype=np.int8),
-            features=np.column_stack([np.asarray(c, dtype=np.float64) for c in cols[5 : 5 + NUM_FEATURES]]),
-            local_p=np.asarray(cols[5 + NUM_FEATURES], dtype=np.float64),
+    if state.buffer_labels.shape[0]:  # what the worker has not trained yet still counts
+        state, _ = train_round(state, state.last_round_at, cfg, None)
+    if not parts:
+        return []
+    arrived = np.concatenate([np.full(p[1].shape[0], p[0]) for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    z = np.concatenate([p[2] for p in parts])
+    features = np.concatenate([p[3] for p in parts])
+    heldout = np.concatenate([p[4] for p in parts]) | held_device
+    local_causal = np.concatenate([p[5] for p in parts])
+    stamps = np.concatenate([p[6] for p in parts])
+    targets = training_targets(labels, cfg)
+    final = current_model(state, cfg)
+    final_logits = features @ final.weights + final.bias
+    trained_normals = ~heldout & (targets == 0)
+    loc, scale, decision = decision_rule(final_logits[trained_normals], cfg)
+    rows = []
+    for i in range(labels.shape[0]):
+        rows.append(
+            (
+                device_id, held_device, bool(heldout[i]), i, float(arrived[i]), int(labels[i]), int(targets[i]),
+                float(z[i]), float(local_causal[i]), float(final_logits[i]), loc, scale, decision.threshold,
+                float(stamps[i]), *map(float, features[i]),
+            )
+        )  # fmt: skip
+    return rows
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p / (1.0 - p))
+
+
+def series_from_rows(rows: Iterable[Sequence], cfg: DeviceConfig) -> list[DeviceSeries]:
+    """The ``DeviceSeries`` of every device from ``replay_device`` rows (any order)."""
+    by_device: dict[str, list[Sequence]] = {}
+    for r in rows:
+        by_device.setdefault(str(r[0]), []).append(r)
+    out = []
+    n_fixed = len(ROW_FIXED)
+    for device_id in sorted(by_device):
+        rs = sorted(by_device[device_id], key=lambda r: r[3])
+        cols = list(zip(*rs, strict=True))
+        features = np.column_stack([np.asarray(c, dtype=np.float64) for c in cols[n_fixed:]])
+        loc, scale, threshold = float(cols[10][0]), float(cols[11][0]), float(cols[12][0])
+        stamps = np.asarray(cols[13], dtype=np.float64)
+        out.append(
+            DeviceSeries(
+                device_id=device_id,
+                labels=np.asarray(cols[5], dtype=np.int8),
+                features=features,
+                z=np.asarray(cols[7], dtype=np.float64),
+                arrived_at=np.asarray(cols[4], dtype=np.float64),
+                heldout=np.asarray(cols[2], dtype=bool),
+                device_heldout=bool(cols[1][0]),
+                local_causal=(np.asarray(cols[8], dtype=np.float64) - loc) / scale,
+                local_final=(np.asarray(cols[9], dtype=np.float64) - loc) / scale,
+                local_decision=Decision(threshold, refractory_of(cfg)),
+                timestamps=stamps,
+            )
         )
+    return out
+
+
+def refractory_of(cfg: DeviceConfig) -> int:
+    return int(getattr(cfg, "refractory", 0) or 0)
 
 
 @dataclass(frozen=True)
 class GlobalVersion:
+    """A global version as the database holds it."""
+
     version: int
     weights: np.ndarray
     bias: float
+    created_at: float = 0.0  # event time, epoch seconds
+    threshold: float | None = None
+    score_loc: float | None = None
+    score_scale: float | None = None
 
-    @property
-    def model(self) -> LinearModel:
-        return LinearModel(np.asarray(self.weights, dtype=np.float64), float(self.bias))
+    def model(self, cfg: DeviceConfig) -> VersionModel:
+        loc, scale, decision = published_decision(self.threshold, self.score_loc, self.score_scale, cfg)
+        decision = Decision(decision.threshold, refractory_of(cfg))
+        model = LinearModel(np.asarray(self.weights, dtype=np.float64), float(self.bias))
+        return VersionModel(self.version, model, decision, self.created_at, loc, scale)
+
+
+def central_model(model: LinearModel, series: Sequence[DeviceSeries], cfg: DeviceConfig) -> VersionModel:
+    """The central logistic regression, judged by the fleet's decision rule on its training normals."""
+    normals = [
+        s.features[~s.heldout & (training_targets(s.labels, cfg) == 0)] for s in series if not s.device_heldout
+    ]
+    x = np.concatenate(normals) if normals else np.empty((0, model.weights.shape[0]))
+    loc, scale, decision = decision_rule(x @ model.weights + model.bias, cfg)
+    return VersionModel(-1, model, Decision(decision.threshold, refractory_of(cfg)), 0.0, loc, scale)
+
+
+def training_rows(rows: Iterable[Sequence]) -> Iterable[Sequence]:
+    """The rows the central model learns from: trainable readings of devices that train."""
+    return (r for r in rows if not r[1] and not r[2] and r[6] >= 0)
 
 
 @dataclass(frozen=True)
-class ModelEvaluation:
-    """One model's results on the evaluation set."""
-
-    kind: str
-    version: int
-    proba: np.ndarray
-    pooled: Scores
-    events: int
-    detected: int
-    false_alarms: int
-    device_mean: dict | None  # None when no device has an evaluated positive
-
-    @property
-    def event_recall(self) -> float | None:
-        return self.detected / self.events if self.events else None
-
-    @property
-    def false_alarms_per_1000(self) -> float:
-        return 1000.0 * self.false_alarms / self.pooled.samples if self.pooled.samples else 0.0
+class RunResult:
+    summaries: list[dict]
+    samples: list[dict]  # rows of model_evaluations: per-reading predictions on the readings split
+    results: dict[str, dict[str, ModelMetrics | None]]  # the latest version's splits x models
+    trend: dict[int, dict[str, ModelMetrics | None]]  # version -> split -> the global model's metrics
+    latest: int | None
+    skipped_versions: list[int]
+    stability: float | None
 
 
-def _device_slices(device_ids: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    if device_ids.shape[0] == 0:
+def usable(v: GlobalVersion, n_features: int) -> bool:
+    return len(v.weights) == n_features and all(math.isfinite(float(w)) for w in v.weights)
+
+
+def run_evaluation(
+    series: Sequence[DeviceSeries],
+    evaluated: Sequence[GlobalVersion],
+    published: Sequence[GlobalVersion],
+    central: VersionModel | None,
+    cfg: DeviceConfig,
+    now: datetime,
+    sample_cap: int = 2000,
+) -> RunResult:
+    """Score each of ``evaluated`` on the readings and devices splits; the newest of them and every
+    baseline on all three splits (prequential from every version in ``published``)."""
+    n_features = series[0].features.shape[1] if series else 0
+    good = sorted((v for v in evaluated if usable(v, n_features)), key=lambda v: v.version)
+    skipped = sorted(v.version for v in evaluated if not usable(v, n_features))
+    if not good or not series:
+        return RunResult([], [], {}, {}, None, skipped, None)
+    zrule = Decision(cfg.z_threshold, refractory_of(cfg))
+    models = {v.version: v.model(cfg) for v in good}
+    trend = {
+        version: {k: r["global"] for k, r in evaluate(series, VERSION_SPLITS, m, [m], None, zrule).items()}
+        for version, m in models.items()
+    }
+    latest = good[-1].version
+    all_published = [v.model(cfg) for v in published if usable(v, n_features)] or [models[latest]]
+    results = evaluate(series, SPLITS, models[latest], all_published, central, zrule)
+    summaries = []
+    for version, by_split in trend.items():
+        for split, metrics in by_split.items():
+            if metrics is not None and version != latest:
+                summaries.append(summary_row(KIND_GLOBAL, version, split, metrics, now))
+    for split, by_model in results.items():
+        for kind, metrics in by_model.items():
+            if metrics is not None:
+                summaries.append(summary_row(kind, latest, split, metrics, now))
+    baselines = {KIND_GLOBAL: models[latest], KIND_CENTRAL: central}
+    samples = sample_rows(series, baselines, latest, sample_cap, now)
+    return RunResult(summaries, samples, results, trend, latest, skipped, stability(trend))
+
+
+def sample_rows(
+    series: Sequence[DeviceSeries], models: dict[str, VersionModel | None], version: int, cap: int, now: datetime
+) -> list[dict]:
+    """Rows of the description's ``model_evaluations``: up to ``cap`` held-out readings of the
+    readings split (drawn once, the same for every model), each model's prediction on them."""
+    picked = [(s, i) for s in series if not s.device_heldout for i in np.flatnonzero(s.heldout).tolist()]
+    if cap <= 0 or not picked:
         return []
-    names, inverse = np.unique(device_ids.astype(str), return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(names.shape[0] + 1))
-    return [(str(names[k]), order[bounds[k] : bounds[k + 1]]) for k in range(names.shape[0])]
-
-
-def pooled_events(device_ids: np.ndarray, window_ids: np.ndarray, alarms: np.ndarray) -> tuple[int, int]:
-    """(windows with an evaluated reading, windows with an alarm on one), over all devices."""
-    inside = window_ids >= 0
-    if not inside.any():
-        return 0, 0
-    _, dev_codes = np.unique(device_ids[inside].astype(str), return_inverse=True)
-    pair = dev_codes.astype(np.int64) * (int(window_ids[inside].max()) + 1) + window_ids[inside]
-    keys, inverse = np.unique(pair, return_inverse=True)
-    hit = np.zeros(keys.shape[0], dtype=bool)
-    np.logical_or.at(hit, inverse, alarms[inside])
-    return int(keys.shape[0]), int(hit.sum())
-
-
-def evaluate_model(evalset: EvalSet, proba: np.ndarray, kind: str, version: int) -> ModelEvaluation:
-    """Pooled and per-device-mean metrics of one model's probabilities on ``evalset``."""
-    proba = np.asarray(proba, dtype=np.float64)
-    labels = evalset.labels
-    alarms = proba >= THRESHOLD
-    pooled = classification_scores(labels, proba, THRESHOLD)
-    events, detected = pooled_events(evalset.device_ids, evalset.window_ids, alarms)
-    false_alarms = int((alarms & (labels == 0)).sum())
-    return ModelEvaluation(
-        kind, version, proba, pooled, events, detected, false_alarms, _device_mean(evalset, proba, alarms)
-    )
-
-
-def _device_mean(evalset: EvalSet, proba: np.ndarray, alarms: np.ndarray) -> dict | None:
-    per: list[dict] = []
-    for _, idx in _device_slices(evalset.device_ids):
-        labels = evalset.labels[idx]
-        if not (labels == 1).any():
-            continue
-        s = classification_scores(labels, proba[idx], THRESHOLD)
-        events, detected = pooled_events(evalset.device_ids[idx], evalset.window_ids[idx], alarms[idx])
-        fa = int((alarms[idx] & (labels == 0)).sum())
-        per.append(
-            {
-                "samples": s.samples, "tp": s.tp, "fp": s.fp, "tn": s.tn, "fn": s.fn,
-                "accuracy": s.accuracy, "precision": s.precision, "recall": s.recall, "f1": s.f1,
-                "roc_auc": s.roc_auc, "event_recall": detected / events if events else None,
-                "false_alarms_per_1000": 1000.0 * fa / s.samples,
-            }
-        )  # fmt: skip
-    if not per:
-        return None
-
-    def mean(key: str) -> float | None:
-        vals = [d[key] for d in per if d[key] is not None]
-        return float(np.mean(vals)) if vals else None
-
-    out = {k: int(sum(d[k] for d in per)) for k in ("samples", "tp", "fp", "tn", "fn")}
-    for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "event_recall", "false_alarms_per_1000"):
-        out[key] = mean(key)
-    out["devices"] = len(per)
-    return out
-
-
-def summary_rows(ev: ModelEvaluation, evaluated_at: datetime) -> list[dict]:
-    """Rows of evaluation_summaries for one model: pooled, and the per-device mean when defined."""
-    s = ev.pooled
-    rows = [
-        {
-            "model_kind": ev.kind, "model_version": ev.version, "split": SPLIT_POOLED, "samples": s.samples,
-            "accuracy": s.accuracy, "precision": s.precision, "recall": s.recall, "f1": s.f1,
-            "roc_auc": s.roc_auc, "tp": s.tp, "fp": s.fp, "tn": s.tn, "fn": s.fn,
-            "event_recall": ev.event_recall, "false_alarms_per_1000": ev.false_alarms_per_1000,
-            "evaluated_at": evaluated_at,
-        }
-    ]  # fmt: skip
-    d = ev.device_mean
-    if d is not None:
-        rows.append(
-            {
-                "model_kind": ev.kind, "model_version": ev.version, "split": SPLIT_DEVICE_MEAN,
-                "samples": d["samples"], "accuracy": d["accuracy"], "precision": d["precision"],
-                "recall": d["recall"], "f1": d["f1"], "roc_auc": d["roc_auc"], "tp": d["tp"], "fp": d["fp"],
-                "tn": d["tn"], "fn": d["fn"], "event_recall": d["event_recall"],
-                "false_alarms_per_1000": d["false_alarms_per_1000"], "evaluated_at": evaluated_at,
-            }
-        )  # fmt: skip
-    return rows
-
-
-def sample_indices(evalset: EvalSet, cap: int, seed: int = 0) -> np.ndarray:
-    """Up to ``cap`` evaluated readings, drawn uniformly, at most one per (device, timestamp).
-
-    The same readings are sampled for every model of a run, so per-sample rows compare models
-    reading by reading; one per (device, timestamp) because that is the table's key.
-    """
-    n = len(evalset)
-    if cap <= 0 or n == 0:
-        return np.empty(0, dtype=np.int64)
-    order = np.random.default_rng(seed).permutation(n)
-    seen: set[tuple[str, int]] = set()
-    picked: list[int] = []
-    for i in order.tolist():
-        key = (str(evalset.device_ids[i]), int(round(evalset.timestamps[i] * 1000)))
-        if key in seen:
-            continue
-        seen.add(key)
-        picked.append(i)
-        if len(picked) >= cap:
-            break
-    return np.sort(np.asarray(picked, dtype=np.int64))
-
-
-def sample_rows(evalset: EvalSet, ev: ModelEvaluation, idx: np.ndarray, created_at: datetime) -> list[dict]:
-    """Rows of model_evaluations: the description's columns plus model_kind and reading_time."""
+    order = np.random.default_rng(0).permutation(len(picked))[:cap]
     rows = []
-    for i in idx.tolist():
-        p = float(ev.proba[i])
-        actual = int(evalset.labels[i])
-        rows.append(
-            {
-                "model_kind": ev.kind,
-                "model_version": ev.version,
-                "device_id": str(evalset.device_ids[i]),
-                "reading_time": datetime.fromtimestamp(float(evalset.timestamps[i]), UTC),
-                "prediction": p,
-                "actual_result": actual,
-                "is_correct": (p >= THRESHOLD) == (actual == 1),
-                "confidence": max(p, 1.0 - p),
-                "created_at": created_at,
-            }
-        )
+    for kind, model in models.items():
+        if model is None:
+            continue
+        for k in sorted(order.tolist()):
+            s, i = picked[k]
+            score = float(model.score(s.features[i : i + 1])[0])
+            alarm = score >= model.decision.threshold
+            actual = int(s.labels[i])
+            p = 1.0 / (1.0 + math.exp(-max(min(score * model.scale + model.loc, 500.0), -500.0)))
+            rows.append(
+                {
+                    "model_kind": kind, "model_version": int(version), "device_id": s.device_id,
+                    "reading_time": datetime.fromtimestamp(float(_times(s)[i]), UTC),
+                    "prediction": p, "actual_result": actual, "is_correct": alarm == (actual == 1),
+                    "confidence": max(p, 1.0 - p), "created_at": now,
+                }
+            )  # fmt: skip
     return rows
+
+
+def _times(s: DeviceSeries) -> np.ndarray:
+    return s.timestamps if s.timestamps is not None else s.arrived_at
+
+
+def stability(trend: dict[int, dict[str, ModelMetrics | None]], split: str = SPLIT_DEVICES) -> float | None:
+    """The worst held-out F1 of the second half of the evaluated versions over the best version's.
+
+    >>> from flead_app.algorithms.metrics import ModelMetrics as M
+    >>> m = lambda f1: {"devices": M(f1, 0, 0, None, None, 0, 0, None, None, None, None)}
+    >>> stability({1: m(0.2), 2: m(0.8), 3: m(0.6), 4: m(0.7)})
+    0.75
+    """
+    f1 = [(v, by[split].f1) for v, by in sorted(trend.items()) if by.get(split) is not None]
+    if len(f1) < 2:
+        return None
+    best = max(f for _, f in f1)
+    second = [f for _, f in f1[len(f1) // 2 :]]
+    return float(min(second) / best) if best > 0 else None
+
+
+def summary_row(kind: str, version: int, split: str, m: ModelMetrics, now: datetime) -> dict[str, Any]:
+    """A row of ``evaluation_summaries``."""
+    c = m.counts
+    samples = int(c.get("samples", 0))
+    tp, fp, fn, tn = (int(c.get(k, 0)) for k in ("tp", "fp", "fn", "tn"))
+    return {
+        "model_kind": kind,
+        "model_version": int(version),
+        "split": split,
+        "samples": samples,
+        "accuracy": (tp + tn) / samples if samples else 0.0,
+        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+        "evaluated_at": now,
+        **m.to_dict(),
+    }  # fmt: skip
 
 
 def thin_versions(versions: Sequence[int], every: int) -> list[int]:
     """The first and the last of ``versions`` and every ``every``-th version number between them:
-    a trend over many versions at the cost of a few evaluations."""
+    a trend over many versions at the cost of a few evaluations.
+
+    >>> thin_versions(list(range(1, 11)), 4)
+    [1, 4, 8, 10]
+    """
     if every <= 1 or not versions:
         return sorted(versions)
     ordered = sorted(versions)
@@ -361,42 +325,5 @@ def thin_versions(versions: Sequence[int], every: int) -> list[int]:
     return sorted(keep)
 
 
-def valid_weights(weights: Sequence[float]) -> bool:
-    return len(weights) == NUM_FEATURES and all(math.isfinite(float(w)) for w in weights)
-
-
-@dataclass(frozen=True)
-class RunResult:
-    evaluations: list[ModelEvaluation]
-    summaries: list[dict]
-    samples: list[dict]
-    skipped_versions: list[int]
-    baseline_version: int | None
-
-
-def run_evaluation(
-    evalset: EvalSet,
-    versions: Sequence[GlobalVersion],
-    central: LinearModel | None,
-    sample_cap: int,
-    now: datetime,
-) -> RunResult:
-    """Evaluate every global version with usable weights, then the baselines at the newest one."""
-    usable = [v for v in versions if valid_weights(list(v.weights))]
-    skipped = sorted(v.version for v in versions if not valid_weights(list(v.weights)))
-    if not usable or len(evalset) == 0:
-        return RunResult([], [], [], skipped, None)
-    idx = sample_indices(evalset, sample_cap)
-    evaluations = [
-        evaluate_model(evalset, predict_proba(v.model, evalset.features), KIND_GLOBAL, v.version)
-        for v in sorted(usable, key=lambda v: v.version)
-    ]
-    baseline_version = max(v.version for v in usable)
-    evaluations.append(evaluate_model(evalset, evalset.local_p, KIND_LOCAL, baseline_version))
-    if central is not None:
-        evaluations.append(
-            evaluate_model(evalset, predict_proba(central, evalset.features), KIND_CENTRAL, baseline_version)
-        )
-    summaries = [row for ev in evaluations for row in summary_rows(ev, now)]
-    samples = [row for ev in evaluations for row in sample_rows(evalset, ev, idx, now)]
-    return RunResult(evaluations, summaries, samples, skipped, baseline_version)
+def epoch(dt: datetime) -> float:
+    return dt.astimezone(UTC).timestamp() if dt.tzinfo else dt.replace(tzinfo=UTC).timestamp()

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from flead_app.algorithms.device import DeviceConfig
 from flead_app.algorithms.sgd import LinearModel
 from flead_app.io.db.store import Database
@@ -26,11 +28,13 @@ from flead_app.settings import Settings
 from flead_app.spark_support import analytics as an
 from flead_app.spark_support import dbio
 from flead_app.spark_support.evaluation import (
-    ROW_FIELDS,
-    EvalSet,
-    history_rows,
+    ROW_FIXED,
+    RunResult,
+    central_model,
+    feature_names,
     replay_device,
     run_evaluation,
+    series_from_rows,
     thin_versions,
 )
 from flead_app.spark_support.records import CONTROL, OK, parse_message, reading_tuples
@@ -177,27 +181,29 @@ def analytics_job(
 class EvaluateResult:
     versions: list[int]
     skipped_versions: list[int]
-    baseline_version: int | None
-    heldout: int
-    training: int
-    sample_rows: int
+    latest: int | None
+    readings: int  # scored, labelled readings of every device
+    training: int  # of which the central model learned from
     summary_rows: int
     messages: Counter = field(default_factory=Counter)
     reason: str = ""
+    run: RunResult | None = None
+    devices: int = 0
 
 
-def fit_central(train_df: DataFrame) -> LinearModel | None:
-    """Logistic regression on the pooled training readings (MLlib L-BFGS, no regularisation)."""
+def fit_central(train_df: DataFrame, features: list[str]) -> LinearModel | None:
+    """Logistic regression on the pooled training readings (MLlib L-BFGS, no regularisation), on
+    the learner's own training target."""
     from pyspark.ml.classification import LogisticRegression
     from pyspark.ml.feature import VectorAssembler
     from pyspark.sql import functions as F
 
-    data = VectorAssembler(inputCols=["f0", "f1", "f2", "f3"], outputCol="features").transform(
-        train_df.select("f0", "f1", "f2", "f3", F.col("label").cast("double").alias("label"))
+    data = VectorAssembler(inputCols=features, outputCol="features").transform(
+        train_df.select(*features, F.col("target").cast("double").alias("label"))
     )
+    if data.select("label").distinct().count() < 2:
+        return None  # one class only: nothing to separate
     model = LogisticRegression(maxIter=100, regParam=0.0, standardization=True).fit(data)
-    import numpy as np
-
     return LinearModel(np.asarray(model.coefficients.toArray(), dtype=np.float64), float(model.intercept))
 
 
@@ -210,7 +216,8 @@ def evaluate_job(
     every: int = 1,
 ) -> EvaluateResult:
     """Evaluate the pending global versions (``all_versions``: every one; ``only``: just these;
-    ``every``: only the first, the last and every ``every``-th of them)."""
+    ``every``: only the first, the last and every ``every``-th of them) and, beside the newest,
+    every baseline, on the three held-out splits."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -219,7 +226,7 @@ def evaluate_job(
         keep = set(thin_versions([v.version for v in versions], every))
         versions = [v for v in versions if v.version in keep]
     if not versions:
-        return EvaluateResult([], [], None, 0, 0, 0, 0, reason="no global version waits for evaluation")
+        return EvaluateResult([], [], None, 0, 0, 0, reason="no global version waits for evaluation")
     cfg = device_config(settings)
     raw = _read_topic(spark, settings)
     parsed = raw.rdd.map(lambda r: (parse_message(r.key, r.value, r.partition, r.offset), r.kts)).persist()
@@ -232,27 +239,32 @@ def evaluate_job(
         )
     )  # fmt: skip
     parts = int(spark.conf.get("spark.sql.shuffle.partitions"))
-    rows = per_device.groupByKey(parts).flatMap(lambda kv: history_rows(replay_device(kv[0], kv[1], cfg)))
-    types = [T.StringType(), T.BooleanType(), T.LongType(), T.DoubleType(), T.IntegerType()] + [T.DoubleType()] * 5
-    schema = T.StructType([T.StructField(n, t) for n, t in zip(ROW_FIELDS, types, strict=True)])
-    df = spark.createDataFrame(rows, schema).persist()
+    rows_rdd = per_device.groupByKey(parts).flatMap(lambda kv: replay_device(kv[0], kv[1], cfg)).persist()
     try:
-        train = df.where(~F.col("heldout"))
+        first = rows_rdd.take(1)
+        if not first:
+            return EvaluateResult([], [], None, 0, 0, 0, statuses, reason="no labelled reading in the topic yet")
+        features = list(feature_names(len(first[0]) - len(ROW_FIXED)))
+        fixed = [T.StringType(), T.BooleanType(), T.BooleanType(), T.LongType(), T.DoubleType(), T.IntegerType(),
+                 T.IntegerType()] + [T.DoubleType()] * 7  # fmt: skip
+        schema = T.StructType(
+            [T.StructField(n, t) for n, t in zip((*ROW_FIXED, *features), fixed + [T.DoubleType()] * len(features),
+                                                 strict=True)]
+        )  # fmt: skip
+        df = spark.createDataFrame(rows_rdd, schema)
+        train = df.where(~F.col("device_heldout") & ~F.col("heldout") & (F.col("target") >= 0))
         n_train = train.count()
-        central = fit_central(train) if n_train else None
-        heldout_rows = df.where(F.col("heldout")).collect()
+        central_lr = fit_central(train, features) if n_train else None
+        rows = rows_rdd.collect()
     finally:
-        df.unpersist()
+        rows_rdd.unpersist()
         parsed.unpersist()
-    evalset = EvalSet.from_rows(heldout_rows)
-    if len(evalset) == 0:
-        return EvaluateResult(
-            [], [], None, 0, n_train, 0, 0, statuses, reason="no labelled held-out reading in the topic yet"
-        )
-    result = run_evaluation(evalset, versions, central, settings.eval_sample_rows, datetime.now(UTC))
-    samples, summaries = dbio.write_evaluation(db, result)
-    evaluated = sorted({ev.version for ev in result.evaluations if ev.kind == "global"})
+    series = series_from_rows(rows, cfg)
+    central = central_model(central_lr, series, cfg) if central_lr is not None else None
+    published = dbio.pending_versions(db, all_versions=True)
+    result = run_evaluation(series, versions, published, central, cfg, datetime.now(UTC), settings.eval_sample_rows)
+    written = dbio.write_evaluation(db, result)
     return EvaluateResult(
-        evaluated, result.skipped_versions, result.baseline_version, len(evalset), n_train, samples, summaries,
-        statuses,
+        sorted(result.trend), result.skipped_versions, result.latest, len(rows), n_train, written, statuses,
+        run=result, devices=len(series),
     )  # fmt: skip

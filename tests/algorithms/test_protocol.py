@@ -11,7 +11,7 @@ from flead_app.algorithms.protocol import (
     VersionModel,
     alarms_from,
     evaluate,
-    prequential_proba,
+    prequential_scores,
 )
 from flead_app.algorithms.sgd import LinearModel
 
@@ -30,18 +30,19 @@ def _series(device: str, held_device: bool, n: int = 400, seed: int = 0, windows
         arrived_at=np.arange(n, dtype=float),
         heldout=rng.random(n) < 0.2,
         device_heldout=held_device,
-        local_proba=1 / (1 + np.exp(-(signal - 2))),
-        local_final=LinearModel(np.array([1.0]), -2.0),
+        local_causal=signal - 2,
+        local_final=signal - 2,
+        local_decision=Decision(0.0, refractory=50),
     )
 
 
-GOOD = VersionModel(5, LinearModel(np.array([2.0]), -4.0), Decision(0.5, refractory=50), created_at=100.0)
-V0 = VersionModel(0, LinearModel(np.array([0.0]), -3.0), Decision(0.5), created_at=0.0)
+GOOD = VersionModel(5, LinearModel(np.array([2.0]), -4.0), Decision(0.0, refractory=50), created_at=100.0)
+V0 = VersionModel(0, LinearModel(np.array([0.0]), -3.0), Decision(0.0), created_at=0.0)
 
 
 def test_each_split_scores_its_own_readings_and_says_who_cannot_score_it():
     series = [_series("a", False, seed=1), _series("b", False, seed=2), _series("c", True, seed=3)]
-    central = VersionModel(0, LinearModel(np.array([1.5]), -3.0), Decision(0.5, 50))
+    central = VersionModel(0, LinearModel(np.array([1.5]), -3.0), Decision(0.0, 50))
     r = evaluate(series, {"readings", "devices", "prequential"}, GOOD, [V0, GOOD], central, Decision(2.5), seed=1)
     assert r["devices"]["local"] is None, "held-out devices have no model of their own"
     assert r["prequential"]["central"] is None, "a model trained on the whole stream cannot be scored test-then-train"
@@ -56,13 +57,13 @@ def test_prequential_scores_each_reading_with_the_version_of_its_time():
     s = _series("a", False)
     r = evaluate([s], {"prequential"}, GOOD, [V0, GOOD], None, Decision(2.5))
     # before t=100 version 0 (which never alarms) scores: no alarm there, so the readings-0..99 part is silent
-    p, thresholds = prequential_proba(s.features, s.arrived_at, [V0, GOOD])
-    assert (p[:100] < 0.5).all() and r["prequential"]["global"].event_recall == 1.0
+    scores, thresholds = prequential_scores(s.features, s.arrived_at, [V0, GOOD])
+    assert (scores[:100] < 0.0).all() and r["prequential"]["global"].event_recall == 1.0
 
 
 def test_random_alarms_come_at_the_global_false_alarm_rate():
     series = [_series(f"d{i}", True, n=3000, seed=i, windows=((1000, 1200), (2000, 2200))) for i in range(6)]
-    noisy = VersionModel(1, LinearModel(np.array([1.0]), -2.5), Decision(0.5), created_at=0.0)
+    noisy = VersionModel(1, LinearModel(np.array([1.0]), -2.5), Decision(0.0), created_at=0.0)
     r = evaluate(series, {"devices"}, noisy, [noisy], None, Decision(2.5), seed=3)["devices"]
     assert r["random"].false_alarms_per_1000 == pytest.approx(r["global"].false_alarms_per_1000, rel=0.25)
     assert r["random"].roc_auc == pytest.approx(0.5, abs=0.05)

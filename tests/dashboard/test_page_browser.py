@@ -432,7 +432,7 @@ def test_the_first_seconds_of_a_demo(make_schema):
                             "document.getElementById('panel-detection_headline').dataset.state === 'data'", 30
                         )
                         text = await browser.evaluate("document.getElementById('panel-detection_headline').innerText")
-                        assert "holdout\nheld-out split" in text and "50.0%\nF1" in text, text
+                        assert "readings\nheld-out split" in text and "50.0%\nF1" in text, text
                         db.insert_rows("evaluation_summaries", [_summary("global", 1, 0.42, now, split="devices")])
                         await browser.wait_for(
                             "document.getElementById('panel-detection_headline').innerText.includes('devices')", 30

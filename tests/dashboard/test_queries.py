@@ -41,9 +41,9 @@ def test_the_headline_is_held_out_detection_with_its_split_named():
     assert head.columns == ("version", "split", "event_recall", "false_alarms_per_1000_normal", "f1")
     assert head.empty_text == "not evaluated yet"
     assert "evaluation_summaries" in head.sql and "model_kind = 'global'" in head.sql
-    assert HEADLINE_SPLITS == ("devices", "readings", "holdout")
-    assert "split IN ('devices', 'readings', 'holdout')" in head.sql
-    assert "CASE split WHEN 'devices' THEN 1 WHEN 'readings' THEN 2 WHEN 'holdout' THEN 3 END" in head.sql
+    assert HEADLINE_SPLITS == ("devices", "readings", "prequential")
+    assert "split IN ('devices', 'readings', 'prequential')" in head.sql
+    assert "CASE split WHEN 'devices' THEN 1 WHEN 'readings' THEN 2 WHEN 'prequential' THEN 3 END" in head.sql
     # per normal reading, whatever the stored false_alarms_per_1000 divides by (today: all readings)
     assert "CAST(1000 * fp AS double precision) / nullif(fp + tn, 0)" in head.sql
     for column in head.columns:

@@ -95,7 +95,7 @@ def test_heldout_f1_pairs_each_global_version_with_the_nearest_baseline(results)
     out, expected = results
     rows = {r["version"]: r for r in out["heldout_f1"]}
     assert list(rows) == [f"v{g}" for g in range(1, expected["global_models"] + 1)]
-    assert rows["v5"]["global_f1"] == pytest.approx(0.55)  # split 'holdout', not 'holdout_device_mean'
+    assert rows["v5"]["global_f1"] == pytest.approx(0.55)  # split 'readings', not 'prequential'
     assert rows["v8"]["local_f1"] == pytest.approx(0.43)  # evaluated at v8
     assert rows["v9"]["central_f1"] == pytest.approx(0.68)  # nearest earlier: v8
     assert rows["v2"]["central_f1"] == pytest.approx(0.64)  # none earlier: nearest later, v4
@@ -177,7 +177,7 @@ def test_the_headline_is_the_newest_evaluated_global_version(results):
         assert row[key] == pytest.approx(head[key]), key
 
 
-def test_the_headline_prefers_held_out_devices_then_readings_then_holdout(make_schema, engine_for):
+def test_the_headline_prefers_held_out_devices_then_readings_then_prequential(make_schema, engine_for):
     url = make_schema()
     db = Database(url)
     now = datetime.now(UTC)
@@ -192,19 +192,20 @@ def test_the_headline_prefers_held_out_devices_then_readings_then_holdout(make_s
     try:
         assert headline() is None  # "not evaluated yet" on the page
         db.insert_rows("evaluation_summaries", [summary("global", 3, "holdout_device_mean", 0.9)])
-        db.insert_rows("evaluation_summaries", [summary("global", 3, "prequential", 0.9)])
+        db.insert_rows("evaluation_summaries", [summary("global", 3, "holdout", 0.9)])  # an older protocol's
         db.insert_rows("evaluation_summaries", [summary("central", 5, "devices", 0.9)])
-        assert headline() is None  # neither is a held-out split of global versions
-        db.insert_rows("evaluation_summaries", [summary("global", 3, "holdout", 0.31, fp=3, tn=997)])
-        assert headline()["split"] == "holdout" and headline()["false_alarms_per_1000_normal"] == pytest.approx(3.0)
+        assert headline() is None  # neither is a split of global versions the protocol writes
+        db.insert_rows("evaluation_summaries", [summary("global", 3, "prequential", 0.31, fp=3, tn=997)])
+        assert headline()["split"] == "prequential"
+        assert headline()["false_alarms_per_1000_normal"] == pytest.approx(3.0)
         db.insert_rows("evaluation_summaries", [summary("global", 3, "readings", 0.32)])
         assert (headline()["version"], headline()["split"]) == ("v3", "readings")
         db.insert_rows("evaluation_summaries", [summary("global", 3, "devices", 0.33, fp=0, tn=0)])
         got = headline()
         assert (got["version"], got["split"], got["f1"]) == ("v3", "devices", pytest.approx(0.33))
         assert got["false_alarms_per_1000_normal"] is None  # no normal reading: unknown, not 0 or an error
-        db.insert_rows("evaluation_summaries", [summary("global", 4, "holdout", 0.5)])
-        assert (headline()["version"], headline()["split"]) == ("v4", "holdout")  # the newest version first
+        db.insert_rows("evaluation_summaries", [summary("global", 4, "prequential", 0.5)])
+        assert (headline()["version"], headline()["split"]) == ("v4", "prequential")  # the newest version first
     finally:
         db.close()
 

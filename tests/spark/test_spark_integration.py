@@ -20,8 +20,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 
+from flead_app.algorithms.protocol import Decision, evaluate
 from flead_app.io.db.store import Database
 from flead_app.io.kafka import fetch_partition_leaders as partition_leaders
+from flead_app.report import evaluation_section
 from flead_app.settings import load_settings
 from flead_app.spark_support import dbio
 from flead_app.spark_support.analytics import Window
@@ -29,17 +31,12 @@ from flead_app.spark_support.evaluation import (
     KIND_CENTRAL,
     KIND_GLOBAL,
     KIND_LOCAL,
-    SPLIT_DEVICE_MEAN,
-    SPLIT_POOLED,
-    EvalSet,
     GlobalVersion,
-    evaluate_model,
-    history_rows,
     replay_device,
+    series_from_rows,
 )
 from flead_app.spark_support.jobs import analytics_job, device_config, evaluate_job
-from flead_app.spark_support.summary import evaluation_summary
-from tests.conftest import create_topics, unique
+from tests.conftest import create_topics, unique, url_with_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -148,6 +145,7 @@ def env(stack):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FLEAD_TOPIC_READINGS", topic)
         mp.setenv("FLEAD_EVAL_SAMPLE_ROWS", str(SAMPLE_ROWS))
+        mp.setenv("FLEAD_HOLDOUT_DEVICE_PERCENT", "50")  # spark-dev-0, 1 and 2 are held out: both splits fill
         settings = load_settings()
         # a window of its own: start 2-3 hours back, at a random second, so reruns never collide
         start = (datetime.now(UTC) - timedelta(hours=3)).replace(microsecond=0) + timedelta(
@@ -156,24 +154,19 @@ def env(stack):
         window = Window(start, start + timedelta(hours=1))
         plan = build_plan(window)
         asyncio.run(produce(settings.bootstrap_servers, topic, plan))
-        db = Database(settings.db_url)
+        # a schema of its own: the evaluation reads every global version the database holds
+        schema = unique("spark").replace("-", "_")
+        admin = Database(settings.db_url)
+        with admin.engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        db = Database(url_with_schema(settings.db_url, schema), backend="postgresql")
         db.init_schema()
         versions: list[int] = []
         yield {"settings": settings, "window": window, "plan": plan, "db": db, "topic": topic, "versions": versions}
-        # leave the shared database as we found it: other tests read the latest global version
-        with db.engine.begin() as conn:
-            conn.execute(
-                text("DELETE FROM stream_analytics WHERE window_start = :s AND window_end = :e"),
-                {"s": window.start, "e": window.end},
-            )
-            if versions:
-                for table, col in [
-                    ("federated_models", "global_version"),
-                    ("evaluation_summaries", "model_version"),
-                    ("model_evaluations", "model_version"),
-                ]:
-                    conn.execute(text(f"DELETE FROM {table} WHERE {col} = ANY(:v)"), {"v": versions})
         db.close()
+        with admin.engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.close()
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +251,8 @@ def test_analytics_counts_the_window_and_replaces_on_rerun(env, spark):
         dbio.write_analytics(db, empty, [])
 
 
-def expected_evalset(plan: list[dict], settings) -> EvalSet:
+def expected_series(plan: list[dict], settings):
+    """The devices' series, replayed in pure Python from what was produced."""
     cfg = device_config(settings)
     rows = []
     for device in DEVICES:
@@ -267,15 +261,16 @@ def expected_evalset(plan: list[dict], settings) -> EvalSet:
             for m in plan
             if m["device"] == device
         ]
-        rows += [r for r in history_rows(replay_device(device, msgs, cfg)) if r[1]]
-    return EvalSet.from_rows(rows)
+        rows += replay_device(device, msgs, cfg)
+    return series_from_rows(rows, cfg)
 
 
 def insert_versions(db: Database, base: int) -> dict[int, GlobalVersion]:
     now = datetime.now(UTC)
+    t = now.timestamp()
     versions = {
-        base: GlobalVersion(base, np.array([0.0, 1.2, 0.1, 0.6]), -4.0),  # alarms on large |z|
-        base + 1: GlobalVersion(base + 1, np.array([0.01, 0.02, 0.0, 0.01]), -0.5),  # nearly always normal
+        base: GlobalVersion(base, np.array([0.0, 1.2, 0.1, 0.6]), -4.0, t),  # alarms on large |z|
+        base + 1: GlobalVersion(base + 1, np.array([0.01, 0.02, 0.0, 0.01]), -0.5, t),  # nearly always normal
     }
     rows = [
         {
@@ -285,24 +280,24 @@ def insert_versions(db: Database, base: int) -> dict[int, GlobalVersion]:
         }
         for v in versions.values()
     ]  # fmt: skip
-    # a model over three features cannot be scored on ours: never pending
+    # a model over three features cannot be scored on ours: pending, but skipped
     rows.append({**rows[0], "global_version": base + 2, "weights": [0.1, 0.2, 0.3]})
     db.insert_rows("federated_models", rows)
     return versions
 
 
-def test_evaluate_versions_and_baselines_on_held_out_readings(env, spark):
+def test_evaluate_versions_and_baselines_on_the_three_splits(env, spark):
     settings, plan, db = env["settings"], env["plan"], env["db"]
     base = random.randrange(1_000_000_000, 1_100_000_000, 10)
     env["versions"].extend([base, base + 1, base + 2])
     versions = insert_versions(db, base)
     pending = {v.version for v in dbio.pending_versions(db)}
-    assert {base, base + 1} <= pending and base + 2 not in pending
+    assert {base, base + 1, base + 2} <= pending
 
     res = evaluate_job(spark, settings, db, only={base, base + 1, base + 2})
-    assert res.versions == [base, base + 1] and res.baseline_version == base + 1
-    expected = expected_evalset(plan, settings)
-    assert res.heldout == len(expected) > 300
+    assert res.versions == [base, base + 1] and res.latest == base + 1 and res.skipped_versions == [base + 2]
+    series = expected_series(plan, settings)
+    assert res.readings == sum(s.labels.shape[0] for s in series) > 1000 and res.devices == len(DEVICES)
     assert not {v.version for v in dbio.pending_versions(db, only={base, base + 1})}
 
     with db.engine.connect() as conn:
@@ -319,49 +314,40 @@ def test_evaluate_versions_and_baselines_on_held_out_readings(env, spark):
                 {"a": base, "b": base + 1},
             ).all()
         )
-    kinds = [(KIND_GLOBAL, base), (KIND_GLOBAL, base + 1), (KIND_LOCAL, base + 1), (KIND_CENTRAL, base + 1)]
-    for kind, version in kinds:
-        assert (kind, version, SPLIT_POOLED) in summaries and (kind, version, SPLIT_DEVICE_MEAN) in summaries
-        assert samples[f"{kind}:{version}"] == SAMPLE_ROWS
-        assert summaries[(kind, version, SPLIT_POOLED)]["samples"] == len(expected)
+    latest = base + 1
+    for split in ("readings", "prequential"):
+        assert (KIND_LOCAL, latest, split) in summaries
+    for split in ("readings", "devices"):
+        assert (KIND_GLOBAL, base, split) in summaries and (KIND_CENTRAL, latest, split) in summaries
+    for kind in (KIND_GLOBAL, "zrule", "random"):
+        assert all((kind, latest, split) in summaries for split in ("readings", "devices", "prequential"))
+    assert samples == {f"{KIND_GLOBAL}:{latest}": SAMPLE_ROWS, f"{KIND_CENTRAL}:{latest}": SAMPLE_ROWS}
 
     # the stored numbers are the pure evaluation of the same readings
-    for version, kind, proba in [
-        (base, KIND_GLOBAL, None),
-        (base + 1, KIND_GLOBAL, None),
-        (base + 1, KIND_LOCAL, expected.local_p),
-    ]:
-        if proba is None:
-            from flead_app.algorithms.sgd import predict_proba
-
-            proba = predict_proba(versions[version].model, expected.features)
-        ev = evaluate_model(expected, proba, kind, version)
-        got = summaries[(kind, version, SPLIT_POOLED)]
-        for key in ("tp", "fp", "tn", "fn"):
-            assert got[key] == getattr(ev.pooled, key), (kind, version, key)
-        assert got["f1"] == pytest.approx(ev.pooled.f1) and got["roc_auc"] == pytest.approx(ev.pooled.roc_auc)
-        assert got["event_recall"] == pytest.approx(ev.event_recall)
-        assert got["false_alarms_per_1000"] == pytest.approx(ev.false_alarms_per_1000)
-        assert summaries[(kind, version, SPLIT_DEVICE_MEAN)]["f1"] == pytest.approx(ev.device_mean["f1"])
-    good = summaries[(KIND_GLOBAL, base, SPLIT_POOLED)]
+    cfg = device_config(settings)
+    zrule = Decision(cfg.z_threshold)
+    for version in (base, latest):
+        model = versions[version].model(cfg)
+        direct = evaluate(series, {"readings", "devices"}, model, [model], None, zrule)
+        for split in ("readings", "devices"):
+            got, want = summaries[(KIND_GLOBAL, version, split)], direct[split]["global"]
+            assert got["samples"] == want.counts["samples"] and got["tp"] == want.counts["tp"]
+            assert got["f1"] == pytest.approx(want.f1) and got["event_recall"] == pytest.approx(want.event_recall)
+            assert got["nab_standard"] == pytest.approx(want.nab_standard)
+    good = summaries[(KIND_GLOBAL, base, "devices")]
     assert good["recall"] > 0.5 and good["event_recall"] > 0.8
-    central = summaries[(KIND_CENTRAL, base + 1, SPLIT_POOLED)]
-    assert central["roc_auc"] > 0.8
+    assert summaries[(KIND_CENTRAL, latest, "readings")]["roc_auc"] > 0.8
 
-    summary = evaluation_summary(db.engine)
-    assert summary["versions_evaluated"] >= 2
-    assert summary["latest_global"]["model_version"] >= base + 1
-    if summary["baseline_version"] == base + 1:
-        local = summaries[(KIND_LOCAL, base + 1, SPLIT_POOLED)]
-        assert summary["baselines"]["local"]["f1"] == pytest.approx(local["f1"])
-        assert summary["baselines"]["central"]["device_mean"] is not None
+    with db.engine.connect() as conn:
+        section = evaluation_section(conn)
+    assert section["global_version"] == latest and section["splits"]["devices"]["local"] is None
 
     # re-evaluating replaces: the same number of rows, no duplicates
     again = evaluate_job(spark, settings, db, all_versions=True, only={base})
     assert again.versions == [base]
     with db.engine.connect() as conn:
         n = conn.execute(
-            text("SELECT count(*) FROM model_evaluations WHERE model_kind = 'global' AND model_version = :v"),
+            text("SELECT count(*) FROM evaluation_summaries WHERE model_kind = 'global' AND model_version = :v"),
             {"v": base},
         ).scalar_one()
-    assert n == SAMPLE_ROWS
+    assert n == 3  # the newest of that run: its three splits replace the two rows it had, none twice

@@ -58,6 +58,9 @@ def global_model_row(rec: GlobalModel) -> dict[str, Any]:
         "bias": float(rec.bias),
         "aggregator": rec.aggregator,
         "mean_staleness": float(rec.mean_staleness),
+        "threshold": getattr(rec, "threshold", None),
+        "score_loc": getattr(rec, "score_loc", None),
+        "score_scale": getattr(rec, "score_scale", None),
         "created_at": parse_time(rec.timestamp),
     }
 

@@ -60,6 +60,10 @@ federated_models = Table(
     Column("bias", Float, nullable=False),
     Column("aggregator", Text, nullable=False),
     Column("mean_staleness", Float, nullable=False, server_default="0"),
+    # what devices need to alarm on this version's score: its standardisation and threshold
+    Column("threshold", Float, nullable=True),
+    Column("score_loc", Float, nullable=True),
+    Column("score_scale", Float, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("global_version", "created_at", name="federated_models_natural_key"),
     Index("federated_models_created_at_idx", "created_at"),
@@ -109,21 +113,26 @@ model_evaluations = Table(
 evaluation_summaries = Table(
     "evaluation_summaries",
     metadata,
-    Column("model_kind", Text, nullable=False),
-    Column("model_version", Integer, nullable=False),
-    Column("split", Text, nullable=False),
+    Column("model_kind", Text, nullable=False),  # global | central | local | zrule | random
+    Column("model_version", Integer, nullable=False),  # the global version (baselines: the one they sat beside)
+    Column("split", Text, nullable=False),  # readings | devices | prequential
     Column("samples", Integer, nullable=False),
     Column("accuracy", Float, nullable=False),
     Column("precision", Float, nullable=False),
     Column("recall", Float, nullable=False),
     Column("f1", Float, nullable=False),
     Column("roc_auc", Float, nullable=True),
+    Column("pr_auc", Float, nullable=True),
     Column("tp", Integer, nullable=False),
     Column("fp", Integer, nullable=False),
     Column("tn", Integer, nullable=False),
     Column("fn", Integer, nullable=False),
     Column("event_recall", Float, nullable=True),
-    Column("false_alarms_per_1000", Float, nullable=True),
+    Column("false_alarms_per_1000", Float, nullable=True),  # per 1,000 normal (label 0) readings
+    Column("delay_median", Float, nullable=True),  # readings from a window's start to its first alarm
+    Column("nab_standard", Float, nullable=True),
+    Column("nab_low_fp", Float, nullable=True),
+    Column("nab_low_fn", Float, nullable=True),
     Column("evaluated_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("model_kind", "model_version", "split", name="evaluation_summaries_natural_key"),
 )

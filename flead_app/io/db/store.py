@@ -161,8 +161,9 @@ class Database:
         self.backend = chosen.name
         if chosen.is_timescaledb:
             log.info(
-                "database %s: TimescaleDB %s, %d hypertables (chunks %d h, compress after %d d, keep %d d)",
-                self.safe_url, chosen.version, len(timescale.hypertables()), chunk, compress, retention,
+                "database %s: TimescaleDB %s, %d hypertables (chunks %d h, compress after %d d, %s)",
+                self.safe_url, chosen.version, len(timescale.hypertables()), chunk, compress,
+                f"keep {retention} d" if retention > 0 else "no retention",
             )  # fmt: skip
         elif not chosen.unusable:
             log.info(

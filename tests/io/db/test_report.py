@@ -47,6 +47,10 @@ def test_jsonable_times_and_keys():
     assert doc == {"1": "2025-11-07T15:22:31.000Z", "x": ["2025-01-01T00:00:00.000Z"]}
 
 
+METRICS = dict(f1=0.5, precision=0.6, recall=0.4, roc_auc=None, pr_auc=0.3, event_recall=0.8,
+               false_alarms_per_1000=1.5, delay_median=12.0, nab_standard=40.0, nab_low_fp=30.0, nab_low_fn=45.0)
+
+
 def sample_report() -> dict:
     t = datetime(2025, 11, 7, 15, 0, tzinfo=UTC)
     return {
@@ -55,14 +59,15 @@ def sample_report() -> dict:
         "counts": {"local_models": 1403, "federated_models": 71},
         "global_models": [{"global_version": 71, "aggregation_round": 71, "num_devices": 20, "num_updates": 20,
                            "samples": 1000, "accuracy": 0.727, "aggregator": "fedavg", "created_at": t}],
-        "evaluation": {"global_version": 70, "rows": [
-            {"model_kind": "global", "model_version": 70, "split": "holdout", "samples": 1000, "accuracy": 0.92,
-             "precision": 0.923, "recall": 0.952, "f1": 0.937, "roc_auc": None, "event_recall": 0.8,
-             "false_alarms_per_1000": 1.5, "evaluated_at": t},
-            {"model_kind": "local", "model_version": 0, "split": "holdout", "samples": 1000, "accuracy": 0.8,
-             "precision": 0.7, "recall": 0.6, "f1": 0.65, "roc_auc": 0.7, "event_recall": None,
-             "false_alarms_per_1000": None, "evaluated_at": t},
-        ]},
+        "evaluation": {"global_version": 70, "evaluated_at": t, "splits": {
+            "readings": {
+                "global": {**METRICS, "f1": 0.937, "nab_standard": 55.5},
+                "local": {**METRICS, "f1": 0.65, "roc_auc": 0.7},
+            },
+            "devices": {"global": {**METRICS, "f1": 0.812}, "local": None},
+        }},
+        "headline": {"model_version": 70, "split": "devices", "event_recall": 0.8, "false_alarms_per_1000": 1.5,
+                     "f1": 0.812, "evaluated_at": t},
         "training": training_rate(1403, t - timedelta(minutes=60), t, 117, 120),
         "anomalies": {"total": 3, "by_severity": {"critical": 1, "warning": 2}, "by_broker": {1: 2, 3: 1}},
         "kafka": {"measured_at": t, "method": "describe_log_dirs", "note": None, "summary": {
@@ -76,7 +81,8 @@ def sample_report() -> dict:
 def test_render_text_shows_every_section():
     text = render_text(sample_report())
     for expected in ("Rows per table", "local_models", "1,403", "Latest global versions", "0.7270",
-                     "latest evaluated global version: v70", "global v70", "local v0", "0.937",
+                     "held-out devices (devices), global v70", "detection (global v70, held-out devices)",
+                     "0.937", "55.5", "0.812",
                      "23.38", "last 5 min", "23.40", "final 5 min", "24.00", "critical", "Kafka traffic",
                      "93.3%", "6.9 MiB"):
         assert expected in text, expected
@@ -144,23 +150,23 @@ def test_report_json_counts_and_models_per_minute(db, db_url, local_update, glob
 def test_report_shows_the_latest_evaluation_and_baselines(db, db_url):
     t = datetime.now(UTC)
 
-    def summary(kind: str, version: int, f1: float, at: datetime) -> dict:
-        return dict(model_kind=kind, model_version=version, split="holdout", samples=500, accuracy=0.9,
+    def summary(kind: str, version: int, f1: float, at: datetime, split: str = "devices") -> dict:
+        return dict(model_kind=kind, model_version=version, split=split, samples=500, accuracy=0.9,
                     precision=0.8, recall=0.7, f1=f1, roc_auc=0.85, tp=35, fp=9, tn=441, fn=15,
-                    event_recall=0.75, false_alarms_per_1000=18.0, evaluated_at=at)
+                    event_recall=0.75, false_alarms_per_1000=18.0, nab_standard=42.0, evaluated_at=at)
 
     db.insert_rows("evaluation_summaries", [
-        summary("global", 3, 0.60, t), summary("global", 4, 0.70, t),
-        summary("local", 0, 0.50, t - timedelta(hours=1)), summary("local", 1, 0.55, t),
-        summary("central", 0, 0.80, t),
+        summary("global", 3, 0.60, t), summary("global", 4, 0.70, t), summary("global", 4, 0.72, t, "readings"),
+        summary("local", 4, 0.55, t, "readings"), summary("central", 4, 0.80, t), summary("central", 3, 0.1, t),
     ])
     report = json.loads(run_report(db_url, "--json", "--no-kafka").stdout)
     ev = report["evaluation"]
     assert ev["global_version"] == 4
-    assert [(r["model_kind"], r["model_version"], r["f1"]) for r in ev["rows"]] == [
-        ("global", 4, 0.70), ("central", 0, 0.80), ("local", 1, 0.55)]
-    trend = report["heldout_trend"]  # global versions only, on the pooled held-out split
-    assert (trend["versions"], trend["versions_beating_first"]) == (2, 1)
+    assert ev["splits"]["devices"]["global"]["f1"] == 0.70 and ev["splits"]["devices"]["central"]["f1"] == 0.80
+    assert ev["splits"]["readings"]["local"]["f1"] == 0.55 and ev["splits"]["devices"]["local"] is None
+    assert report["headline"]["split"] == "devices" and report["headline"]["f1"] == 0.70
+    trend = report["heldout_trend"]  # global versions only, on the most telling split
+    assert (trend["split"], trend["versions"], trend["versions_beating_first"]) == ("devices", 2, 1)
     assert trend["first"]["global_version"] == 3 and trend["latest"]["f1"] == 0.70
     assert "1 of 2 evaluated versions beat the first" in run_report(db_url, "--no-kafka").stdout
 
