@@ -191,6 +191,15 @@ def render_text(report: dict[str, Any]) -> str:
                      f"{tr['final_local_models']:,} models up to the newest one")
     lines.append("")
 
+    wk = report.get("worker")
+    if wk:
+        lines.append(
+            f"Worker ({wk['url']}): {wk['readings']:,} readings applied, {wk['misplaced_forwarded']:,} moved to "
+            f"their device's partition (a producer with another partitioner), {wk['dead_letters']:,} dead letters, "
+            f"{wk['outputs_never_acknowledged']} outputs never acknowledged"
+        )
+        lines.append("")
+
     an = report["anomalies"]
     lines.append(f"Anomalies: {an['total']:,}")
     if an["total"]:
@@ -501,11 +510,33 @@ def collect_kafka(db: Any, settings: Any, measure: bool = True, timeout_s: float
     }
 
 
+def collect_worker(settings: Any, timeout_s: float = 2.0) -> dict[str, Any] | None:
+    """What the local worker counted (``/flead/stats/``), when one answers: dead letters, readings
+    moved to their device's partition, outputs Kafka never acknowledged."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{settings.web_port}/flead/stats/"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - loopback
+            stats = json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+    det = stats.get("detector", {})
+    return {
+        "url": url,
+        "readings": det.get("readings", 0),
+        "misplaced_forwarded": det.get("misplaced_forwarded", 0),
+        "dead_letters": sum((stats.get("dead_letters") or {}).values()),
+        "outputs_never_acknowledged": stats.get("outputs_never_acknowledged", 0),
+    }
+
+
 def collect(db: Any, settings: Any, measure_kafka: bool = True, kafka_timeout_s: float = 15.0) -> dict[str, Any]:
     """The whole report as one dict (Kafka first, so the counts include its new snapshot)."""
     kafka = collect_kafka(db, settings, measure_kafka, kafka_timeout_s)
     report = collect_database(db)
     report["kafka"] = kafka
+    report["worker"] = collect_worker(settings)
     return report
 
 

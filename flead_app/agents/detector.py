@@ -185,8 +185,50 @@ async def handle_device(key: bytes, items: list[tuple[object, ReadingBatch]]) ->
     quiet.note(key, result.state.pending, result.state.last_round_at, requests > 0)
 
 
+class Placement:
+    """Which partition a device's readings belong to: Kafka's default (murmur2) partitioner, the
+    Java client's and the simulator's rule. Producers with another partitioner (librdkafka's
+    default, crc32) put a device's readings elsewhere; applied there, the device would get a
+    second, independent row."""
+
+    def __init__(self, partitions: int) -> None:
+        self._all = list(range(partitions))
+        self._of: dict[bytes, int] = {}
+        from aiokafka.partitioner import DefaultPartitioner
+
+        self._partitioner = DefaultPartitioner()
+
+    def home(self, key: bytes) -> int:
+        p = self._of.get(key)
+        if p is None:
+            p = self._of[key] = self._partitioner(key, self._all, self._all)
+        return p
+
+
+placement = Placement(settings.partitions)
+FORWARDED = "flead-forwarded"  # header of a reading this worker moved to its device's partition
+
+
+async def forward_misplaced(event, home: int) -> bool:  # noqa: ANN001 - a faust Event
+    """Send a reading that arrived on another partition than its device's to the right one, with
+    its original Kafka timestamp (the device's event time); False if it was moved here already
+    (then it is applied where it is: a topic with another partition count must not loop)."""
+    msg = event.message
+    headers = msg.headers or ()
+    names = headers.keys() if isinstance(headers, dict) else [k for k, _ in headers]
+    if FORWARDED in names:
+        counters["misplaced_applied"] += 1
+        return False
+    await readings_topic.send(
+        key=msg.key, value=event.value, partition=home, timestamp=msg.timestamp, headers={FORWARDED: b"1"}
+    )
+    counters["misplaced_forwarded"] += 1
+    return True
+
+
 async def handle_batch(events: list) -> None:  # faust Events
-    """Validate a micro-batch of messages, group it by device, and apply each device's messages."""
+    """Validate a micro-batch of messages, move misplaced ones to their device's partition, group
+    the rest by device, and apply each device's messages."""
     by_device: dict[bytes, list[tuple[object, ReadingBatch]]] = {}
     for event in events:
         try:
@@ -194,6 +236,9 @@ async def handle_batch(events: list) -> None:  # faust Events
         except InvalidRecord as err:
             counters["dead_letters"] += 1
             await send_dead_letter(event, str(err))
+            continue
+        home = placement.home(event.message.key)
+        if home != event.message.partition and await forward_misplaced(event, home):
             continue
         by_device.setdefault(event.message.key, []).append((event, batch))
     since_yield = 0
