@@ -15,27 +15,12 @@ from __future__ import annotations
 import faust
 
 from flead_app import faust_patches
-from flead_app.io.kafka import kafka_client_options
+from flead_app.io.kafka import broker_credentials
 from flead_app.runtime import WorkerRuntime
 from flead_app.settings import Settings, load_settings
 
 #: the modules Faust scans for agents, tables, timers and web views
 DISCOVER = ["flead_app.tables", "flead_app.agents", "flead_app.web"]
-
-
-def broker_credentials(settings: Settings) -> object | None:
-    """Faust takes security settings as a credentials object; None for PLAINTEXT."""
-    options = kafka_client_options(settings)
-    if not options:
-        return None
-    if settings.kafka_security_protocol.upper().startswith("SASL"):
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=settings.kafka_sasl_password,
-            mechanism=settings.kafka_sasl_mechanism,
-            ssl_context=options.get("ssl_context"),
-        )
-    return faust.SSLCredentials(options["ssl_context"])
 
 
 def create_app(settings: Settings) -> faust.App:

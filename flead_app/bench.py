@@ -39,7 +39,7 @@ from flead_app.io import kafka
 from flead_app.io.kafka import assign_all_partitions, pipeline_lags
 from flead_app.models import InvalidRecord, parse_readings, parse_timestamp
 from flead_app.settings import Settings, load_settings, setting_env
-from flead_app.worker import WorkerProcess
+from flead_app.worker import WorkerProcess, fetch_json
 
 DEFAULT_SIZES = (2407, 24070, 240700)
 
@@ -54,6 +54,8 @@ class BenchResult:
     ceiling_readings_per_s: float
     pipeline_readings_per_s: float
     ratio_to_ceiling: float
+    faust_ceiling_readings_per_s: float | None
+    ratio_to_faust_ceiling: float | None
     local_models: int
     local_models_per_minute: float
     global_models: int
@@ -64,6 +66,7 @@ class BenchResult:
     latency_samples: int
     fedavg_ms_per_aggregation: float | None
     worker_peak_rss_mb: float | None
+    workers: int = 1
     notes: list[str] = field(default_factory=list)
 
 
@@ -77,6 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--latency-load", type=float, default=LATENCY_LOAD, help="latency phase rate, as a share of the measured rate"
     )
+    p.add_argument("--no-scale-out", action="store_true", help="skip the two-worker run and FedAvg's ceiling")
     p.add_argument("--json", dest="json_path", default=None, help="write the results here")
     p.set_defaults(func=run)
 
@@ -217,25 +221,29 @@ WINDOW_S = 5.0
 CEILING_PASSES = 3
 #: latency is measured at this share of the measured throughput (paced production costs the
 #: worker more per reading than a backlog does: smaller fetches, produce requests and inserts)
-LATENCY_LOAD = 0.25
+LATENCY_LOAD = 0.5
 #: pause between draining the backlog and the latency phase, for the sink and FedAvg to settle
 SETTLE_S = 5.0
 
 
-def processed(worker: WorkerProcess) -> int:
-    return int(worker.stats()["detector"].get("readings", 0))
+def processed(*workers: WorkerProcess) -> int:
+    """Readings the workers' detectors have processed, together."""
+    return sum(int(w.stats()["detector"].get("readings", 0)) for w in workers)
 
 
-def wait_processed(worker: WorkerProcess, readings: int, timeout: float) -> bool:
+def wait_processed(workers: WorkerProcess | list[WorkerProcess], readings: int, timeout: float) -> bool:
+    group = workers if isinstance(workers, list) else [workers]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if processed(worker) >= readings:
+        if processed(*group) >= readings:
             return True
         time.sleep(0.2)
     return False
 
 
-def measure_pipeline(worker: WorkerProcess, settings: Settings, devices: int, batch: int, duration: float):  # noqa: ANN201
+def measure_pipeline(
+    workers: WorkerProcess | list[WorkerProcess], settings: Settings, devices: int, batch: int, duration: float
+):  # noqa: ANN201
     """Readings/s through the worker while the simulator keeps it supplied for ``duration`` s.
 
     The simulator runs alongside the worker, held at most ``BACKLOG_MESSAGES`` ahead, so the
@@ -244,13 +252,14 @@ def measure_pipeline(worker: WorkerProcess, settings: Settings, devices: int, ba
     """
     from flead_app.simulate import SimOptions, simulate
 
-    backlog = BACKLOG_MESSAGES * batch
+    group = workers if isinstance(workers, list) else [workers]
+    backlog = BACKLOG_MESSAGES * batch * len(group)
     first: list[tuple[float, int]] = []
     samples: list[tuple[float, int]] = []
 
     async def hold(sent: int) -> None:
         while True:
-            done = await asyncio.to_thread(processed, worker)
+            done = await asyncio.to_thread(processed, *group)
             now = time.perf_counter()
             if done and not first:
                 first.append((now, done))
@@ -260,10 +269,11 @@ def measure_pipeline(worker: WorkerProcess, settings: Settings, devices: int, ba
                 return
             await asyncio.sleep(0.05)
 
-    print(f"  {devices:,} devices, batch {batch}: simulator and worker together for {duration:.0f} s", flush=True)
+    who = "worker" if len(group) == 1 else f"{len(group)} workers"
+    print(f"  {devices:,} devices, batch {batch}: simulator and {who} together for {duration:.0f} s", flush=True)
     opts = SimOptions(devices=devices, rate=0, batch=batch, seconds=duration, seed=1, hold=hold)
     summary = asyncio.run(simulate(settings, opts, progress=None))
-    end, done = time.perf_counter(), processed(worker)
+    end, done = time.perf_counter(), processed(*group)
     if not first:
         return 0.0, 0.0, summary
     samples.append((end, done))
@@ -272,10 +282,136 @@ def measure_pipeline(worker: WorkerProcess, settings: Settings, devices: int, ba
     return (statistics.median(windows) if windows else 0.0), elapsed, summary
 
 
+def faust_ceiling(settings: Settings, env: dict[str, str], messages: int, timeout: float = 600.0) -> float:
+    """The second ceiling: messages/s of a bare Faust agent (``flead_app.bench_ceiling``) that
+    reads the same topic from the start and does nothing with its events."""
+    port = settings.web_port + 1
+    ceiling_settings = replace(settings, web_port=port)
+    worker = WorkerProcess(
+        ceiling_settings, {**env, **setting_env(web_port=port)}, "bench-faust-ceiling",
+        app="flead_app.bench_ceiling", ready_path="/ceiling/",
+    )  # fmt: skip
+    worker.start()
+    try:
+        deadline = time.monotonic() + timeout
+        doc = fetch_json(worker.url + "/ceiling/")
+        while doc["events"] < messages and time.monotonic() < deadline:
+            time.sleep(0.2)
+            doc = fetch_json(worker.url + "/ceiling/")
+    finally:
+        worker.stop()
+    return doc["events"] / doc["seconds"] if doc["seconds"] else 0.0
+
+
+#: the FedAvg ceiling is measured on at least this many local updates
+FEDAVG_CEILING_UPDATES = 20_000
+
+
+async def copy_updates(settings: Settings, source: str, target: str, at_least: int) -> int:
+    """Fill ``target`` with the local updates of ``source``, repeated until there are
+    ``at_least``; each copy gets model versions of its own, so FedAvg takes none for a redelivery."""
+    from flead_app.models import LocalModelUpdate
+
+    consumer = kafka.consumer(settings)
+    await consumer.start()
+    try:
+        records = await _read_since(consumer, source, 0)
+    finally:
+        await consumer.stop()
+    originals = [(r.key, LocalModelUpdate.from_json(r.value)) for r in records]
+    if not originals:
+        return 0
+    producer = kafka.producer(settings, linger_ms=20)
+    await producer.start()
+    sent = 0
+    try:
+        for copy in range(-(-at_least // len(originals))):
+            for key, update in originals:
+                again = replace(update, model_version=update.model_version + copy * 1_000_000)
+                await producer.send(target, key=key, value=again.to_json())
+                sent += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+def fedavg_ceiling(base: Settings, source: Settings) -> tuple[int, float]:
+    """FedAvg's own rate: (updates, updates/s) of a fresh worker whose local-updates topic is
+    full of copies of ``source``'s local updates and whose readings topic is empty."""
+    settings, env = isolated(base, "bench-fedavg", base.web_port + 9)
+    asyncio.run(kafka.create_topics(settings, topics_of(settings)))
+    updates = asyncio.run(
+        copy_updates(settings, source.topic_local_updates, settings.topic_local_updates, FEDAVG_CEILING_UPDATES)
+    )
+    if not updates:
+        return 0, 0.0
+    worker = WorkerProcess(settings, env=env, name="bench-fedavg").start()
+    try:
+        samples: list[tuple[float, int]] = []
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            fed = worker.stats().get("fedavg", {})
+            done = int(fed.get("updates", 0)) + int(fed.get("duplicates_skipped", 0))
+            if done:
+                samples.append((time.perf_counter(), done))
+            if done >= updates:
+                break
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+    if len(samples) < 2 or samples[-1][0] <= samples[0][0]:
+        return updates, 0.0
+    (t0, n0), (t1, n1) = samples[0], samples[-1]
+    return updates, (n1 - n0) / (t1 - t0)
+
+
+def bench_workers(base: Settings, devices: int, batch: int, duration: float, count: int = 2) -> BenchResult:
+    """``count`` workers of one app on one topic (partitions split between them): their combined rate."""
+    settings, _ = isolated(base, "bench-scale", base.web_port + 11)
+    asyncio.run(kafka.create_topics(settings, topics_of(settings)))
+    workers = []
+    for i in range(count):
+        port = settings.web_port + 2 * i
+        env = setting_env(
+            app_id=settings.app_id, web_port=port, topic_readings=settings.topic_readings,
+            topic_anomalies=settings.topic_anomalies, topic_local_updates=settings.topic_local_updates,
+            topic_global_updates=settings.topic_global_updates, topic_dead_letter=settings.topic_dead_letter,
+        )  # fmt: skip
+        workers.append(WorkerProcess(replace(settings, web_port=port), env=env, name=f"bench-scale-{i}"))
+    notes: list[str] = []
+    try:
+        for w in workers:
+            w.start()
+        time.sleep(SETTLE_S)  # the last worker's join rebalances the others
+        rate, elapsed, summary = measure_pipeline(workers, settings, devices, batch, duration)
+        print(f"  {count} workers: {rate:,.0f} readings/s together over {elapsed:.0f} s", flush=True)
+        if not wait_processed(workers, summary.readings, max(300.0, duration * 5)):
+            notes.append("the workers did not process every reading within the drain timeout")
+        per_worker = [int(w.stats()["detector"].get("readings", 0)) for w in workers]
+        notes.append("readings per worker: " + ", ".join(f"{n:,}" for n in per_worker))
+        rss = [peak_rss_mb(w.proc.pid) for w in workers if w.proc]
+    finally:
+        for w in workers:
+            w.stop()
+    result = _failed(devices, batch)
+    return replace(
+        result,
+        readings=summary.readings,
+        messages=summary.messages,
+        produce_seconds=round(summary.seconds, 2),
+        pipeline_readings_per_s=round(rate, 1),
+        worker_peak_rss_mb=max((r for r in rss if r), default=None),
+        workers=count,
+        notes=notes,
+    )
+
+
 def bench_one(
     base: Settings, devices: int, batch: int, duration: float, latency_s: float, latency_load: float = LATENCY_LOAD
-) -> BenchResult:
-    """One fleet size and message shape, on fresh topics and a fresh worker."""
+) -> tuple[BenchResult, Settings]:
+    """One fleet size and message shape, on fresh topics and a fresh worker; the result and the
+    run's settings (its topics stay for the FedAvg ceiling)."""
     from flead_app.simulate import SimOptions, simulate
 
     settings, env = isolated(base, "bench", base.web_port + 7)
@@ -319,10 +455,14 @@ def bench_one(
     ceiling = statistics.median(r / sec if sec else 0.0 for r, sec in passes)
     print(f"  ceiling (bare aiokafka consumer + decode, {readings:,} readings): {ceiling:,.0f} readings/s")
     print(f"  ratio: {pipeline / ceiling if ceiling else 0:.1%} of the ceiling", flush=True)
+    per_message = readings / messages if messages else 1.0
+    faust_rate = faust_ceiling(settings, env, messages) * per_message
+    faust_ratio = round(pipeline / faust_rate, 3) if faust_rate else None
+    print(f"  Faust ceiling (a bare agent over the same messages): {faust_rate:,.0f} readings/s; ratio {faust_ratio}")
     det, fed = stats.get("detector", {}), stats.get("fedavg", {})
     aggregations = fed.get("global_models", 0)
     fed_ms = fed.get("aggregate_seconds_total")
-    return BenchResult(
+    result = BenchResult(
         devices=devices,
         batch=batch,
         readings=summary.readings,
@@ -331,6 +471,8 @@ def bench_one(
         ceiling_readings_per_s=round(ceiling, 1),
         pipeline_readings_per_s=round(pipeline, 1),
         ratio_to_ceiling=round(pipeline / ceiling, 3) if ceiling else 0.0,
+        faust_ceiling_readings_per_s=round(faust_rate, 1),
+        ratio_to_faust_ceiling=faust_ratio,
         local_models=local,
         local_models_per_minute=round(models_per_minute, 1),
         global_models=aggregations,
@@ -343,6 +485,12 @@ def bench_one(
         worker_peak_rss_mb=round(rss, 1) if rss else None,
         notes=notes,
     )
+    return result, settings
+
+
+#: the issue's per-worker goal, readings/s in messages of 50: FedAvg's headroom is quoted against
+#: the local-update rate this many readings/s produce
+TARGET_READINGS_PER_S = 50_000
 
 
 def machine() -> dict:
@@ -364,7 +512,8 @@ def machine() -> dict:
 
 def format_table(results: list[BenchResult]) -> str:
     head = (
-        f"{'devices':>8} {'batch':>5} {'readings':>10} {'ceiling/s':>10} {'pipeline/s':>10} {'ratio':>6} "
+        f"{'devices':>8} {'batch':>5} {'workers':>7} {'readings':>10} {'ceiling/s':>10} {'faust/s':>9} "
+        f"{'pipeline/s':>10} {'ratio':>6} {'faust':>6} "
         f"{'models/min':>10} {'lat at /s':>9} {'lat p50 ms':>10} {'lat p99 ms':>10} {'fedavg ms':>9} {'peak MB':>8}"
     )
     lines = [head, "-" * len(head)]
@@ -374,8 +523,9 @@ def format_table(results: list[BenchResult]) -> str:
 
     for r in results:
         lines.append(
-            f"{r.devices:>8,} {r.batch:>5} {r.readings:>10,} {r.ceiling_readings_per_s:>10,.0f} "
-            f"{r.pipeline_readings_per_s:>10,.0f} {r.ratio_to_ceiling:>6.2f} {r.local_models_per_minute:>10,.0f} "
+            f"{r.devices:>8,} {r.batch:>5} {r.workers:>7} {r.readings:>10,} {r.ceiling_readings_per_s:>10,.0f} "
+            f"{f(r.faust_ceiling_readings_per_s, '>9,.0f')} {r.pipeline_readings_per_s:>10,.0f} "
+            f"{r.ratio_to_ceiling:>6.2f} {f(r.ratio_to_faust_ceiling, '>6.2f')} {r.local_models_per_minute:>10,.0f} "
             f"{r.latency_rate_per_s:>9,.0f} "
             f"{f(r.anomaly_latency_ms_p50, '>10.0f')} {f(r.anomaly_latency_ms_p99, '>10.0f')} "
             f"{f(r.fedavg_ms_per_aggregation, '>9.2f')} {f(r.worker_peak_rss_mb, '>8.0f')}"
@@ -387,24 +537,47 @@ def run(args: argparse.Namespace) -> int:
     base = load_settings()
     sizes = args.devices or list(DEFAULT_SIZES)
     plan = ([] if args.no_single else [(sizes[0], 1)]) + [(n, args.batch) for n in sizes]
-    print(f"flead bench on {base.kafka_bootstrap}: {len(plan)} runs of {args.duration:.0f} s", flush=True)
-    results = []
+    extra = "" if args.no_scale_out else ", two workers together, FedAvg's ceiling"
+    print(f"flead bench on {base.kafka_bootstrap}: {len(plan)} runs of {args.duration:.0f} s{extra}", flush=True)
+    results: list[BenchResult] = []
+    batched_run: tuple[BenchResult, Settings] | None = None
     for devices, batch in plan:
         print(f"- {devices:,} devices, {batch} reading(s) per message", flush=True)
         try:
-            results.append(bench_one(base, devices, batch, args.duration, args.latency_seconds, args.latency_load))
+            result, settings = bench_one(base, devices, batch, args.duration, args.latency_seconds, args.latency_load)
+            if batch > 1 and batched_run is None:
+                batched_run = (result, settings)
         except Exception as err:  # keep the other sizes
             print(f"  failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-            results.append(replace(_failed(devices, batch), notes=[f"{type(err).__name__}: {err}"]))
+            result = replace(_failed(devices, batch), notes=[f"{type(err).__name__}: {err}"])
+        results.append(result)
+    fedavg = None
+    if not args.no_scale_out:
+        print(f"- {sizes[0]:,} devices, {args.batch} readings per message, two workers", flush=True)
+        try:
+            results.append(bench_workers(base, sizes[0], args.batch, args.duration))
+        except Exception as err:
+            print(f"  failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        if batched_run is not None:
+            fedavg = fedavg_summary(base, *batched_run)
     print()
     print(format_table(results))
+    if fedavg:
+        print(
+            f"\nFedAvg: {fedavg['updates_per_s']:,.0f} updates/s over {fedavg['updates']:,} updates; "
+            f"{TARGET_READINGS_PER_S:,} readings/s make {fedavg['local_updates_per_s_at_target']:,.1f} updates/s: "
+            f"headroom {fedavg['headroom_at_target']:,.1f}x"
+        )
     doc = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "broker": base.kafka_bootstrap,
         "duration_s": args.duration,
         "results": [asdict(r) for r in results],
-        "median_ratio_to_ceiling": statistics.median([r.ratio_to_ceiling for r in results]) if results else None,
+        "median_ratio_to_ceiling": statistics.median([r.ratio_to_ceiling for r in results if r.workers == 1])
+        if results
+        else None,
+        "fedavg": fedavg,
     }
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(doc, indent=2))
@@ -412,5 +585,35 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(not r.notes or r.pipeline_readings_per_s > 0 for r in results) else 1
 
 
+def fedavg_summary(base: Settings, result: BenchResult, settings: Settings) -> dict | None:
+    """FedAvg's ceiling on copies of ``result``'s local updates, next to the update rates the
+    pipeline's readings make (at the measured rate and at the issue's goal)."""
+    print(f"- FedAvg's ceiling on copies of the {result.devices:,}-device run's local updates", flush=True)
+    try:
+        updates, rate = fedavg_ceiling(base, settings)
+    except Exception as err:
+        print(f"  failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        return None
+    per_reading = result.local_models / result.readings if result.readings else 0.0
+    at_target = per_reading * TARGET_READINGS_PER_S
+    at_measured = per_reading * result.pipeline_readings_per_s
+    print(f"  {rate:,.0f} updates/s over {updates:,} updates", flush=True)
+    return {
+        "updates": updates,
+        "updates_per_s": round(rate, 1),
+        "local_updates_per_reading": per_reading,
+        "local_updates_per_s_at_target": round(at_target, 2),
+        "headroom_at_target": round(rate / at_target, 1) if at_target else None,
+        "local_updates_per_s_measured": round(at_measured, 2),
+        "headroom_at_measured": round(rate / at_measured, 1) if at_measured else None,
+    }
+
+
 def _failed(devices: int, batch: int) -> BenchResult:
-    return BenchResult(devices, batch, 0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0, 0, 0.0, None, None, 0, None, None)
+    zero = dict.fromkeys(("readings", "messages", "local_models", "global_models", "anomalies", "latency_samples"), 0)
+    return BenchResult(
+        devices, batch, produce_seconds=0.0, ceiling_readings_per_s=0.0, pipeline_readings_per_s=0.0,
+        ratio_to_ceiling=0.0, faust_ceiling_readings_per_s=None, ratio_to_faust_ceiling=None,
+        local_models_per_minute=0.0, latency_rate_per_s=0.0, anomaly_latency_ms_p50=None,
+        anomaly_latency_ms_p99=None, fedavg_ms_per_aggregation=None, worker_peak_rss_mb=None, **zero,
+    )  # fmt: skip

@@ -48,13 +48,17 @@ def prepare_changelog_topics(settings: Settings, timeout: float = 60.0) -> list[
     return names
 
 
-def worker_command(settings: Settings, loglevel: str = "info") -> list[str]:
+#: the product's Faust app; ``flead bench`` also runs ``flead_app.bench_ceiling``
+MAIN_APP = "flead_app.app"
+
+
+def worker_command(settings: Settings, loglevel: str = "info", app: str = MAIN_APP) -> list[str]:
     return [
         sys.executable,
         "-m",
         "faust",
         "-A",
-        "flead_app.app",
+        app,
         "--loop",
         settings.event_loop,
         "worker",
@@ -75,24 +79,42 @@ def fetch_json(url: str, timeout: float = 2.0) -> dict:
 
 
 class WorkerProcess:
-    """A background Faust worker with its log in the state folder."""
+    """A background Faust worker with its log in the state folder.
 
-    def __init__(self, settings: Settings | None = None, env: dict[str, str] | None = None, name: str = "worker"):
+    ``app`` is the Faust app module (the product's by default) and ``ready_path`` the page that
+    answers once its web server is up.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        env: dict[str, str] | None = None,
+        name: str = "worker",
+        app: str = MAIN_APP,
+        ready_path: str = "/flead/stats/",
+    ):
         self.settings = settings or load_settings()
         self.env = {**os.environ, **(env or {})}
         self.log_path: Path = self.settings.home_path / "logs" / f"{name}-{self.settings.web_port}.log"
         self.proc: subprocess.Popen | None = None
+        self.app = app
+        self.ready_path = ready_path
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.settings.web_port}"
 
     def start(self, timeout: float = 120.0) -> WorkerProcess:
-        prepare_changelog_topics(self.settings)
+        if self.app == MAIN_APP:
+            prepare_changelog_topics(self.settings)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            worker_command(self.settings), stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            worker_command(self.settings, app=self.app),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
         )
         self.wait_ready(timeout)
         return self
@@ -104,7 +126,7 @@ class WorkerProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with code {self.proc.returncode}; see {self.log_path}")
             try:
-                fetch_json(self.url + "/flead/stats/")
+                fetch_json(self.url + self.ready_path)
                 if self._log_says_ready():
                     return
             except OSError:

@@ -230,3 +230,20 @@ def pipeline_lags(settings: Settings, topics: list[str]) -> dict[str, int]:
         for t in topics
         for group in consuming_groups(settings, t)
     }
+
+
+def broker_credentials(settings: Settings) -> object | None:
+    """Faust takes security settings as a credentials object; None for PLAINTEXT."""
+    from faust import SASLCredentials, SSLCredentials
+
+    options = kafka_client_options(settings)
+    if not options:
+        return None
+    if settings.kafka_security_protocol.upper().startswith("SASL"):
+        return SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=options.get("ssl_context"),
+        )
+    return SSLCredentials(options["ssl_context"])
