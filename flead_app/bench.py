@@ -67,6 +67,7 @@ class BenchResult:
     fedavg_ms_per_aggregation: float | None
     worker_peak_rss_mb: float | None
     workers: int = 1
+    readings_per_worker: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -81,6 +82,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--latency-load", type=float, default=LATENCY_LOAD, help="latency phase rate, as a share of the measured rate"
     )
     p.add_argument("--no-scale-out", action="store_true", help="skip the two-worker run and FedAvg's ceiling")
+    p.add_argument(
+        "--fedavg-updates", type=int, default=FEDAVG_CEILING_UPDATES,
+        help=f"local updates FedAvg's ceiling is measured on (default {FEDAVG_CEILING_UPDATES:,})",
+    )  # fmt: skip
     p.add_argument("--json", dest="json_path", default=None, help="write the results here")
     p.set_defaults(func=run)
 
@@ -303,7 +308,7 @@ def faust_ceiling(settings: Settings, env: dict[str, str], messages: int, timeou
     return doc["events"] / doc["seconds"] if doc["seconds"] else 0.0
 
 
-#: the FedAvg ceiling is measured on at least this many local updates
+#: the FedAvg ceiling is measured on at least this many local updates (``--fedavg-updates``)
 FEDAVG_CEILING_UPDATES = 20_000
 
 
@@ -336,13 +341,13 @@ async def copy_updates(settings: Settings, source: str, target: str, at_least: i
     return sent
 
 
-def fedavg_ceiling(base: Settings, source: Settings) -> tuple[int, float]:
+def fedavg_ceiling(base: Settings, source: Settings, at_least: int = FEDAVG_CEILING_UPDATES) -> tuple[int, float]:
     """FedAvg's own rate: (updates, updates/s) of a fresh worker whose local-updates topic is
     full of copies of ``source``'s local updates and whose readings topic is empty."""
     settings, env = isolated(base, "bench-fedavg", base.web_port + 9)
     asyncio.run(kafka.create_topics(settings, topics_of(settings)))
     updates = asyncio.run(
-        copy_updates(settings, source.topic_local_updates, settings.topic_local_updates, FEDAVG_CEILING_UPDATES)
+        copy_updates(settings, source.topic_local_updates, settings.topic_local_updates, at_least)
     )
     if not updates:
         return 0, 0.0
@@ -389,7 +394,6 @@ def bench_workers(base: Settings, devices: int, batch: int, duration: float, cou
         if not wait_processed(workers, summary.readings, max(300.0, duration * 5)):
             notes.append("the workers did not process every reading within the drain timeout")
         per_worker = [int(w.stats()["detector"].get("readings", 0)) for w in workers]
-        notes.append("readings per worker: " + ", ".join(f"{n:,}" for n in per_worker))
         rss = [peak_rss_mb(w.proc.pid) for w in workers if w.proc]
     finally:
         for w in workers:
@@ -403,6 +407,7 @@ def bench_workers(base: Settings, devices: int, batch: int, duration: float, cou
         pipeline_readings_per_s=round(rate, 1),
         worker_peak_rss_mb=max((r for r in rss if r), default=None),
         workers=count,
+        readings_per_worker=per_worker,
         notes=notes,
     )
 
@@ -559,7 +564,7 @@ def run(args: argparse.Namespace) -> int:
         except Exception as err:
             print(f"  failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         if batched_run is not None:
-            fedavg = fedavg_summary(base, *batched_run)
+            fedavg = fedavg_summary(base, *batched_run, args.fedavg_updates)
     print()
     print(format_table(results))
     if fedavg:
@@ -585,12 +590,12 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(not r.notes or r.pipeline_readings_per_s > 0 for r in results) else 1
 
 
-def fedavg_summary(base: Settings, result: BenchResult, settings: Settings) -> dict | None:
+def fedavg_summary(base: Settings, result: BenchResult, settings: Settings, at_least: int) -> dict | None:
     """FedAvg's ceiling on copies of ``result``'s local updates, next to the update rates the
     pipeline's readings make (at the measured rate and at the issue's goal)."""
     print(f"- FedAvg's ceiling on copies of the {result.devices:,}-device run's local updates", flush=True)
     try:
-        updates, rate = fedavg_ceiling(base, settings)
+        updates, rate = fedavg_ceiling(base, settings, at_least)
     except Exception as err:
         print(f"  failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return None
