@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "flead_app.demo",
     "flead_app.replay_eval",
     "flead_app.bench",
+    "flead_app.chaos",
 ]
 
 

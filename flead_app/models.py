@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from flead_app.algorithms.aggregation import AGGREGATORS
+
 MAX_MESSAGE_BYTES = 1_000_000
 MAX_BATCH_READINGS = 10_000
 MAX_DEVICE_ID_LENGTH = 128
@@ -38,6 +40,8 @@ CONTROL_TRAIN = "train"
 #: Unicode categories a device id may not contain: control, surrogate, unassigned (format and
 #: private-use characters are allowed: PostgreSQL and Kafka store them as they are)
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Cn"})
+#: the aggregators a global model may name
+AGGREGATOR_NAMES = frozenset(AGGREGATORS)
 #: the key of every record on local-model-updates: they reach one partition, in order, and the FedAvg agent there
 FLEET_KEY = b"fleet"
 
@@ -60,6 +64,10 @@ def parse_timestamp(text: Any) -> float:
         raise InvalidRecord(f"timestamp is not ISO 8601: {text[:40]!r}") from err
     if dt.tzinfo is None:
         raise InvalidRecord(f"timestamp has no UTC offset: {text[:40]!r}")
+    try:  # 9999-12-31T23:00-13:00 parses, but is in the year 10000 in UTC, which no datetime holds
+        dt.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRecord(f"timestamp out of range in UTC: {text[:40]!r}") from None
     return dt.timestamp()
 
 
@@ -279,7 +287,10 @@ class Anomaly(_JsonRecord):
             raise InvalidRecord(f"rule must be zrule or model, got {self.rule!r}")
         if self.probability is not None and not 0.0 <= _check_value(self.probability) <= 1.0:
             raise InvalidRecord("probability must lie in [0, 1]")
+        _check_label(self.label)
         parse_timestamp(self.timestamp)
+        if self.detected_at:
+            parse_timestamp(self.detected_at)
 
 
 @dataclass(frozen=True)
@@ -332,6 +343,10 @@ class GlobalModel(_JsonRecord):
         _finite_list("weights", self.weights)
         _check_value(self.bias)
         _check_value(self.accuracy)
+        _check_value(self.mean_staleness)
+        if self.aggregator not in AGGREGATOR_NAMES:
+            names = sorted(AGGREGATOR_NAMES)
+            raise InvalidRecord(f"aggregator must be one of {names}, got {str(self.aggregator)[:40]!r}")
         _check_int("global_version", self.global_version, 1)
         _check_int("aggregation_round", self.aggregation_round, 0)
         _check_int("num_devices", self.num_devices, 0)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flead_app.models import Anomaly, InvalidRecord, LocalModelUpdate, check_device_id, parse_readings
+from flead_app.models import Anomaly, GlobalModel, InvalidRecord, LocalModelUpdate, check_device_id, parse_readings
 
 
 @settings(max_examples=500, deadline=None)
@@ -54,3 +54,28 @@ def test_whole_numbers_beyond_postgresql_integer_are_refused():
     with pytest.raises(InvalidRecord, match="broker_id"):
         Anomaly.from_dict(dict(device_id="d", partition=0, broker_id=2**35, value=1.0, z_score=3.0,
                                severity="critical", timestamp="2025-11-07T00:00:00.000Z"))  # fmt: skip
+
+
+def test_labels_detection_times_and_aggregators_are_bounded_too():
+    """Found by the fuzz of the parsers against PostgreSQL (tests/io/db/test_sink_poison_integration.py):
+    an anomaly's label and detection time, and a global model's aggregator, were not checked."""
+    anomaly = dict(device_id="d", partition=0, broker_id=1, value=1.0, z_score=3.0, severity="critical",
+                   timestamp="2025-11-07T00:00:00.000Z")  # fmt: skip
+    Anomaly.from_dict({**anomaly, "label": None, "detected_at": "2025-11-07T00:00:01Z"})
+    for change, reason in (
+        ({"label": 2**31}, "label"),
+        ({"label": 2}, "label"),
+        ({"detected_at": "soon"}, "not ISO 8601"),
+        ({"timestamp": "9999-12-31T23:00:00-13:00"}, "out of range"),
+        ({"detected_at": "0001-01-01T00:30:00+01:00"}, "out of range"),
+    ):
+        with pytest.raises(InvalidRecord, match=reason):
+            Anomaly.from_dict({**anomaly, **change})
+    stamp = "9999-12-31T23:00:00-13:00"
+    with pytest.raises(InvalidRecord, match="out of range"):
+        parse_readings(json.dumps({"device_id": "d", "timestamp": stamp, "value": 1.0}).encode())
+    model = dict(global_version=1, aggregation_round=1, weights=[0.1], bias=0.0, accuracy=0.5, num_devices=1,
+                 samples=10, timestamp="2025-11-07T00:00:00Z")  # fmt: skip
+    GlobalModel.from_dict({**model, "aggregator": "median"})
+    with pytest.raises(InvalidRecord, match="aggregator"):
+        GlobalModel.from_dict({**model, "aggregator": "fed\x00avg"})

@@ -28,7 +28,10 @@ def parse_time(value: str | datetime) -> datetime:
         dt = datetime.fromisoformat(value)
     if dt.tzinfo is None:
         raise ValueError(f"timestamp has no UTC offset: {value!r}")
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:  # its UTC time is past the years a datetime holds: a refused record, not a crash
+        raise ValueError(f"timestamp out of range in UTC: {value!r}") from None
 
 
 def local_model_row(rec: LocalModelUpdate) -> dict[str, Any]:
@@ -81,4 +84,3 @@ def anomaly_row(rec: Anomaly, now: datetime | None = None) -> dict[str, Any]:
         "timestamp": parse_time(rec.timestamp),
         "detected_at": parse_time(detected),
     }
-

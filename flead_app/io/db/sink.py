@@ -98,6 +98,9 @@ class PostgresSink:
             except (InvalidRecord, ValueError, TypeError) as err:
                 result.rejected.append(Rejected(record, str(err)))
                 continue
+            except Exception as err:  # a record no parser foresaw must not stop the sink on this batch
+                result.rejected.append(Rejected(record, f"{type(err).__name__}: {err}"))
+                continue
             by_table.setdefault(route.table, []).append((record, row))
         for table, pairs in by_table.items():
             self._insert_isolating(table, pairs, result)
