@@ -51,8 +51,8 @@ from flead_app.algorithms.incident_learner import (
     IncidentModel,
     LearnerConfig,
     LearnerState,
-    initial_model,
     ingest,
+    initial_model,
     merge_histograms,
     next_global,
     refractory_alarms,
@@ -429,7 +429,9 @@ def evaluate(args, cfg, data, tr, devices, versions, held_dev) -> dict:  # noqa:
     # prequential: the score and alarms each reading got from the version visible when it arrived
     if args.split == "devices":
         pre_above = tr.scored & restrict & (tr.pre_score > -np.inf) & tr.pre_alarm
-        out["models"]["prequential_global"] = metrics(data, rows, tr.pre_score, pre_above, tr.pre_alarm & restrict, point)
+        out["models"]["prequential_global"] = metrics(
+            data, rows, tr.pre_score, pre_above, tr.pre_alarm & restrict, point
+        )
         out["models"]["prequential_global"]["note"] = "above = alarms raised (refractory applied online)"
     # stability: held-out F1 and NAB of every k-th version
     curve = []
@@ -449,10 +451,15 @@ def evaluate(args, cfg, data, tr, devices, versions, held_dev) -> dict:  # noqa:
             "second_half_nab_min": min(c["nab_standard"] for c in second),
             "second_half_nab_max": max(c["nab_standard"] for c in second),
         }  # fmt: skip
-    out["weights"] = {"global": [*np.round(latest.scoring().weights, 3).tolist(), round(latest.scoring().bias, 3)],
-                      "central": [*np.round(central.coef_[0], 3).tolist(), round(float(central.intercept_[0]), 3)]}
-    out["eval"] = {"devices": int(np.unique(dev[rows]).shape[0]), "point_readings": int(point.sum()),
-                   "held_out": [data.device_ids[d] for d in np.flatnonzero(held_dev)] if args.split == "devices" else []}
+    out["weights"] = {
+        "global": [*np.round(latest.scoring().weights, 3).tolist(), round(latest.scoring().bias, 3)],
+        "central": [*np.round(central.coef_[0], 3).tolist(), round(float(central.intercept_[0]), 3)],
+    }
+    out["eval"] = {
+        "devices": int(np.unique(dev[rows]).shape[0]),
+        "point_readings": int(point.sum()),
+        "held_out": [data.device_ids[d] for d in np.flatnonzero(held_dev)] if args.split == "devices" else [],
+    }
     return out
 
 
@@ -510,10 +517,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency", type=float, default=0.2)
     p.add_argument("--curve-points", type=int, default=20)
     p.add_argument("--no-shuffle", action="store_true")
-    p.add_argument("--exclude-official", action="store_true",
-                   help="drop the official held-out devices (settings are chosen this way, with other salts)")
-    p.add_argument("--aggregation", choices=("steps", "samples"), default="steps",
-                   help="weigh each update's change equally (steps) or by its samples (FedAvg's rule)")
+    p.add_argument(
+        "--exclude-official",
+        action="store_true",
+        help="drop the official held-out devices (settings are chosen this way, with other salts)",
+    )
+    p.add_argument(
+        "--aggregation",
+        choices=("steps", "samples"),
+        default="steps",
+        help="weigh each update's change equally (steps) or by its samples (FedAvg's rule)",
+    )
     p.add_argument("--averaging", type=float, default=3.0, help="eta of the polynomial-decay average; <0: none")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)

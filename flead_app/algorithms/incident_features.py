@@ -85,6 +85,8 @@ class IncidentState:
     #: calibration counts per feature and bin as of the last refresh, and those since it
     table: np.ndarray = field(default_factory=lambda: np.zeros((NUM_FEATURES, NUM_BINS)))
     fresh: np.ndarray = field(default_factory=lambda: np.zeros((NUM_FEATURES, NUM_BINS)))
+    #: ``prepare(table)``, derived (not serialised): recomputed when missing
+    prepared: tuple | None = field(default=None, compare=False, repr=False)
 
     def state_floats(self) -> int:
         """Numbers this state serialises to (the device row's share for these features)."""
@@ -103,7 +105,9 @@ def _floor(level: float) -> float:
     return _FLOOR_REL * abs(level) + _FLOOR_ABS
 
 
-def raw_statistics(state: IncidentState, timestamps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, IncidentState]:
+def raw_statistics(
+    state: IncidentState, timestamps: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, IncidentState]:
     """The six raw statistics of each reading against the history before it, in order.
 
     One loop on Python floats (each baseline decides per reading how much of it to take in).
@@ -127,6 +131,7 @@ def raw_statistics(state: IncidentState, timestamps: np.ndarray, values: np.ndar
     cspread, ewm_zc = state.cycle_spread, state.ewm_zc
     a_s, keep_s = ALPHA_SHORT, 1.0 - ALPHA_SHORT
     exp, log = math.exp, math.log
+    seen_dt, decay_l, decay_c = -1.0, 0.0, 0.0  # the step's decays, recomputed only when the step changes
     for i in range(k):
         t, x = ts[i], xs[i]
         if n == 0:
@@ -135,9 +140,13 @@ def raw_statistics(state: IncidentState, timestamps: np.ndarray, values: np.ndar
             prof[b], prof_n[b] = x, 1
             continue
         dt = t - last_t if t > last_t else 0.0
+        if dt != seen_dt:
+            seen_dt = dt
+            decay_l = 1.0 - exp(-dt / TAU_LEVEL_S)
+            decay_c = 1.0 - exp(-dt * CYCLE_BINS / TAU_CYCLE_S)
         a_l = 1.0 / n
-        if dt > 0.0:
-            a_l = max(a_l, 1.0 - exp(-dt / TAU_LEVEL_S))
+        if decay_l > a_l:
+            a_l = decay_l
         fl = _FLOOR_REL * abs(level) + _FLOOR_ABS
         s = spread * _SQRT_HALF_PI
         if s < fl:
@@ -186,8 +195,8 @@ def raw_statistics(state: IncidentState, timestamps: np.ndarray, values: np.ndar
         vl = (1.0 - a_l) * vl + a_l * (d2 if d2 < lim2 or n < 3 else lim2) if n > 1 else d2
         if pn:
             a_c = 1.0 / (pn + 1)
-            if dt > 0.0:
-                a_c = max(a_c, 1.0 - exp(-dt * CYCLE_BINS / TAU_CYCLE_S))
+            if decay_c > a_c:
+                a_c = decay_c
             limc = HUBER * sc
             arc = abs(rc)
             if cspread == 0.0:
@@ -240,7 +249,17 @@ def null_tables(readings: int = 40_000, seed: int = 0) -> np.ndarray:
     return counts / counts.sum(axis=1, keepdims=True)
 
 
-def calibrate(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
+_COLS = np.arange(NUM_FEATURES)[None, :]
+_OFFSETS = (np.arange(NUM_FEATURES) * NUM_BINS)[None, :]
+
+
+def prepare(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts with the null prior, their survival sums and totals: what ``calibrate`` reads."""
+    counts = table + PRIOR_READINGS * null_tables()
+    return counts, _survival(counts), counts.sum(axis=1)
+
+
+def calibrate(table: np.ndarray, raw: np.ndarray, prepared: tuple | None = None) -> np.ndarray:
     """-log of each raw statistic's tail probability under ``table`` (device counts) plus the null prior.
 
     >>> u = calibrate(np.zeros((NUM_FEATURES, NUM_BINS)), np.zeros((1, NUM_FEATURES)))
@@ -249,12 +268,15 @@ def calibrate(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
     """
     if raw.shape[0] == 0:
         return np.empty((0, NUM_FEATURES))
-    counts = table + PRIOR_READINGS * null_tables()
-    total = counts.sum(axis=1)  # per feature (the same for all: every scored reading counts once)
-    surv = _survival(counts)
+    counts, surv, total = prepared if prepared is not None else prepare(table)
     idx, above = _bin_position(raw)
-    cols = np.arange(NUM_FEATURES)[None, :]
-    tail = surv[cols, idx + 1] + above * counts[cols, idx]
+    return _calibrated(counts, surv, total, idx, above)
+
+
+def _calibrated(
+    counts: np.ndarray, surv: np.ndarray, total: np.ndarray, idx: np.ndarray, above: np.ndarray
+) -> np.ndarray:
+    tail = surv[_COLS, idx + 1] + above * counts[_COLS, idx]
     tail = np.maximum(tail, 0.5) / total[None, :]
     return -np.log(np.minimum(tail, 1.0))
 
@@ -277,8 +299,8 @@ def score(state: IncidentState, timestamps: np.ndarray, values: np.ndarray) -> I
     raw, ok, new = raw_statistics(state, timestamps, values)
     k = raw.shape[0]
     feats = np.zeros((k, NUM_FEATURES))
-    table, fresh = state.table, state.fresh
-    idx, _ = _bin_position(raw)
+    table, fresh, prepared = state.table, state.fresh, state.prepared
+    idx, above = _bin_position(raw)
     # segments of the batch between refresh points (a refresh happens before reading number m*REFRESH)
     pos = start + np.arange(k)
     cuts = np.flatnonzero((pos % REFRESH == 0) & (pos > 0)).tolist()
@@ -286,16 +308,16 @@ def score(state: IncidentState, timestamps: np.ndarray, values: np.ndarray) -> I
     bounds = [0, *cuts, k] if cuts[:1] != [0] else [*cuts, k]
     for s, e in zip(bounds[:-1], bounds[1:], strict=True):
         if s in refresh_at:
-            table, fresh = table + fresh, np.zeros_like(fresh)
+            table, fresh, prepared = table + fresh, np.zeros_like(fresh), None
         if e <= s:
             continue
         seg_ok = ok[s:e]
         if seg_ok.any():
-            rows = np.flatnonzero(seg_ok) + s
-            feats[rows] = calibrate(table, raw[rows]) - 1.0
-            add = np.zeros((NUM_FEATURES, NUM_BINS))
-            for j in range(NUM_FEATURES):
-                add[j] = np.bincount(idx[rows, j], minlength=NUM_BINS)
-            fresh = fresh + add
-    new = IncidentState(**{**new.__dict__, "table": table, "fresh": fresh})
+            rows = np.flatnonzero(seg_ok) + s if not seg_ok.all() else slice(s, e)
+            if prepared is None:
+                prepared = prepare(table)
+            feats[rows] = _calibrated(*prepared, idx[rows], above[rows]) - 1.0
+            add = np.bincount((idx[rows] + _OFFSETS).ravel(), minlength=NUM_FEATURES * NUM_BINS)
+            fresh = fresh + add.reshape(NUM_FEATURES, NUM_BINS)
+    new = IncidentState(**{**new.__dict__, "table": table, "fresh": fresh, "prepared": prepared})
     return IncidentScored(raw=raw, features=feats, scored=ok, state=new)

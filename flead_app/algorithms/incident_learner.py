@@ -255,22 +255,22 @@ def ingest(
         train &= np.asarray(trainable, dtype=bool)
     xs, ys = [state.train_x], [state.train_y]
     wx, wt = state.window_x, state.window_train
-    w_rows: list[int] = []
-    lab = labels.tolist()
-    for i in range(k):
-        if lab[i] == 1:
-            w_rows.append(i)
-            continue
-        if w_rows or wt.shape[0]:  # the window closed before reading i
+    if wt.shape[0] or (labels == 1).any():
+        w_rows: list[int] = []
+        for i, lab in enumerate(labels.tolist()):
+            if lab == 1:
+                w_rows.append(i)
+                continue
+            if w_rows or wt.shape[0]:  # the window closed before reading i
+                wx = np.concatenate((wx, feats[w_rows]))
+                wt = np.concatenate((wt, train[w_rows]))
+                px, py = _release_window(replace(state, window_x=wx, window_train=wt), cfg)
+                xs.append(px)
+                ys.append(py)
+                wx, wt, w_rows = np.empty((0, NUM_FEATURES)), np.empty(0, bool), []
+        if w_rows:
             wx = np.concatenate((wx, feats[w_rows]))
             wt = np.concatenate((wt, train[w_rows]))
-            px, py = _release_window(replace(state, window_x=wx, window_train=wt), cfg)
-            xs.append(px)
-            ys.append(py)
-            wx, wt, w_rows = np.empty((0, NUM_FEATURES)), np.empty(0, bool), []
-    if w_rows:
-        wx = np.concatenate((wx, feats[w_rows]))
-        wt = np.concatenate((wt, train[w_rows]))
     normal = train & (labels == 0)
     if normal.any():
         xs.append(feats[normal])
