@@ -174,7 +174,7 @@ def simulator_data(devices: int, rate: float, seconds: float, seed: int) -> Data
         lab.append(r.label)
         send.append(np.full(b - a, float(t_all[b - 1])))
     device = np.concatenate(dev)
-    return Data(fleet.device_ids(), device, np.concatenate(ts), np.concatenate(val), np.concatenate(lab),
+    return Data(list(fleet.device_ids), device, np.concatenate(ts), np.concatenate(val), np.concatenate(lab),
                 np.arange(n), np.concatenate(send))  # fmt: skip
 
 
@@ -313,7 +313,8 @@ def run(args: argparse.Namespace, data: Data) -> dict:
         "mean_round_samples": stats["samples"] / max(stats["rounds"], 1), "positives": stats["positives"],
         "global_versions": len(versions),
         "mean_staleness": float(np.mean(stats["staleness"])) if stats["staleness"] else 0.0,
-        "ingest_us_per_reading": 1e6 * stats["ingest_s"] / n, "round_us": 1e6 * stats["round_s"] / max(stats["rounds"], 1),
+        "ingest_us_per_reading": 1e6 * stats["ingest_s"] / n,
+        "round_us": 1e6 * stats["round_s"] / max(stats["rounds"], 1),
         "seconds": stream_s,
     }  # fmt: skip
     res["config"] = {k: v for k, v in vars(args).items() if k not in {"json"}}
@@ -468,7 +469,8 @@ def report(res: dict) -> str:
     lines = [
         f"{s['readings']:,} readings, {s['devices']} devices ({s['held_out_devices']} held out), "
         f"{s['local_rounds']:,} rounds of {s['mean_round_samples']:.1f} samples, {s['global_versions']} versions, "
-        f"staleness {s['mean_staleness']:.1f}; ingest {s['ingest_us_per_reading']:.1f} us/reading; {s['seconds']:.0f} s",
+        f"staleness {s['mean_staleness']:.1f}; ingest {s['ingest_us_per_reading']:.1f} us/reading; "
+        f"{s['seconds']:.0f} s",
         f"evaluated: {res['eval']['devices']} devices, {res['eval']['point_readings']:,} labelled readings",
         "| model | P | R | F1 | ROC-AUC | PR-AUC | event recall | FA/1000 | delay | NAB std | low FP | low FN |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -485,8 +487,10 @@ def report(res: dict) -> str:
         )
     if "stability" in res:
         st = res["stability"]
-        lines.append(f"stability: best F1 {st['best_f1']:.3f}, second-half min {st['second_half_min_f1']:.3f} "
-                     f"(ratio {f(st['ratio'])}); second-half NAB {st['second_half_nab_min']:.1f}..{st['second_half_nab_max']:.1f}")  # fmt: skip
+        lines.append(
+            f"stability: best F1 {st['best_f1']:.3f}, second-half min {st['second_half_min_f1']:.3f} "
+            f"(ratio {f(st['ratio'])}); second-half NAB {st['second_half_nab_min']:.1f}..{st['second_half_nab_max']:.1f}"
+        )
     lines.append(f"weights+bias: global {res['weights']['global']} central {res['weights']['central']}")
     return "\n".join(lines)
 
