@@ -449,8 +449,8 @@ def evaluate(args, cfg, data, tr, devices, versions, held_dev) -> dict:  # noqa:
         out["stability"] = {
             "best_f1": best, "second_half_min_f1": min(c["f1"] for c in second),
             "ratio": min(c["f1"] for c in second) / best if best else None,
-            "second_half_nab_min": min(c["nab_standard"] for c in second),
-            "second_half_nab_max": max(c["nab_standard"] for c in second),
+            "second_half_nab_min": min((c["nab_standard"] for c in second if c["nab_standard"] is not None), default=None),
+            "second_half_nab_max": max((c["nab_standard"] for c in second if c["nab_standard"] is not None), default=None),
         }  # fmt: skip
     out["weights"] = {
         "global": [*np.round(latest.scoring().weights, 3).tolist(), round(latest.scoring().bias, 3)],
@@ -489,7 +489,7 @@ def report(res: dict) -> str:
         st = res["stability"]
         lines.append(
             f"stability: best F1 {st['best_f1']:.3f}, second-half min {st['second_half_min_f1']:.3f} "
-            f"(ratio {f(st['ratio'])}); second-half NAB {st['second_half_nab_min']:.1f}..{st['second_half_nab_max']:.1f}"
+            f"(ratio {f(st['ratio'])}); second-half NAB {f(st['second_half_nab_min'], '.1f')}..{f(st['second_half_nab_max'], '.1f')}"
         )
     lines.append(f"weights+bias: global {res['weights']['global']} central {res['weights']['central']}")
     return "\n".join(lines)
