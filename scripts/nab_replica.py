@@ -60,65 +60,11 @@ from flead_app.algorithms.incident_learner import (
     train_round,
     training_due,
 )
-from flead_app.algorithms.metrics import label_windows, roc_auc
+from flead_app.algorithms.metrics import label_windows, model_metrics, pr_auc, roc_auc
 from flead_app.models import LocalModelUpdate
 
 DEFAULT_CSV = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "nab", "nab_real_all.csv.gz")
 T0 = 1_700_000_000.0
-
-# --- NAB's scorer (minimal, after NAB's published rules; see docs/learning_real_data.md) ------
-
-NAB_PROFILES = {  # (tp, fp, fn) weights
-    "standard": (1.0, 0.11, 1.0),
-    "reward_low_fp": (1.0, 0.22, 1.0),
-    "reward_low_fn": (1.0, 0.11, 2.0),
-}
-
-
-def _scaled_sigmoid(y: float) -> float:
-    return -1.0 if y > 3.0 else 2.0 / (1.0 + math.exp(5.0 * y)) - 1.0
-
-
-_MAX_TP = _scaled_sigmoid(-1.0)
-
-
-def nab_raw(labels: np.ndarray, alarms: np.ndarray, profile: str) -> tuple[float, int]:
-    """NAB's raw score of one series and its number of windows."""
-    tp_w, fp_w, fn_w = NAB_PROFILES[profile]
-    n = labels.shape[0]
-    windows = label_windows(labels == 1)
-    probation = int(min(math.floor(0.15 * n), 0.15 * 5000))
-    score, w, detected = 0.0, 0, set()
-    for i in np.flatnonzero(alarms).tolist():
-        if i < probation:
-            continue
-        while w < len(windows) and windows[w][1] <= i:
-            w += 1
-        if w < len(windows) and windows[w][0] <= i:
-            if w not in detected:
-                s, e = windows[w]
-                score += _scaled_sigmoid(-(e - i) / (e - s)) / _MAX_TP * tp_w
-                detected.add(w)
-        elif w == 0:
-            score -= fp_w
-        else:
-            s, e = windows[w - 1]
-            score += _scaled_sigmoid(abs((e - 1) - i) / max(e - s - 1, 1)) * fp_w
-    return score - (len(windows) - len(detected)) * fn_w, len(windows)
-
-
-def nab_score(series: list[tuple[np.ndarray, np.ndarray]], profile: str = "standard") -> float | None:
-    """Normalised NAB score over a corpus of (labels, alarms): 100 (raw - null) / (perfect - null)."""
-    tp_w, _, fn_w = NAB_PROFILES[profile]
-    raw, windows = 0.0, 0
-    for labels, alarms in series:
-        r, w = nab_raw(labels, alarms, profile)
-        raw, windows = raw + r, windows + w
-    if windows == 0:
-        return None
-    null, perfect = -fn_w * windows, tp_w * windows
-    return 100.0 * (raw - null) / (perfect - null)
-
 
 # --- the replay --------------------------------------------------------------------------------
 
@@ -335,36 +281,34 @@ def per_device_alarms(above: np.ndarray, device: np.ndarray, refractory: int) ->
 def metrics(data: Data, rows: np.ndarray, score: np.ndarray, above: np.ndarray, alarm: np.ndarray,
             point: np.ndarray) -> dict:  # fmt: skip
     """``rows``: the readings of the evaluated devices (or all, readings split), in send order;
-    ``point``: those that count point-wise (scored, labelled, held out); alarms anywhere in ``rows``."""
-    from sklearn.metrics import average_precision_score
+    ``point``: those that count point-wise (scored, labelled, held out); alarms anywhere in ``rows``.
 
-    y = data.label[point].astype(int)
+    Point-wise P, R, F1, ROC-AUC and PR-AUC are over ``point`` and use ``above`` (score over the
+    threshold, before the refractory period); event recall, false alarms per 1,000 normal
+    readings, the median delay and NAB's scores come from ``metrics.model_metrics`` on each
+    evaluated device's whole series of ``alarm``.
+    """
+    y = data.label[point] == 1
     p = above[point]
-    tp, fp, fn = int((p & (y == 1)).sum()), int((p & (y == 0)).sum()), int((~p & (y == 1)).sum())
+    tp, fp, fn = int((p & y).sum()), int((p & ~y).sum()), int((~p & y).sum())
     prec = tp / (tp + fp) if tp + fp else 0.0
     rec = tp / (tp + fn) if tp + fn else 0.0
     s = np.nan_to_num(score[point], neginf=-1e9)
-    auc = roc_auc(y, s)
-    ap = float(average_precision_score(y, s)) if y.any() else None
-    series, events, detected, delays, fa, normal = [], 0, 0, [], 0, 0
+    labels, scores, alarms = [], [], []
     for d in np.unique(data.device[rows]):
         m = rows[data.device[rows] == d]
-        lab, al = data.label[m], alarm[m]
-        series.append((lab, al))
-        for a, b in label_windows(lab == 1):
-            events += 1
-            hit = np.flatnonzero(al[a:b])
-            if hit.size:
-                detected += 1
-                delays.append(int(hit[0]))
-        fa += int((al & (lab == 0)).sum())
-        normal += int((lab == 0).sum())
+        labels.append(data.label[m] == 1)
+        scores.append(np.nan_to_num(score[m], neginf=-1e9))
+        alarms.append(alarm[m])
+    mm = model_metrics(labels, scores, alarms)
+    events = sum(len(label_windows(lab)) for lab in labels)
     return {
         "precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
-        "roc_auc": auc, "pr_auc": ap, "events": events, "event_recall": detected / events if events else None,
-        "false_alarms_per_1000": 1000.0 * fa / normal if normal else None, "alarms": int(alarm[rows].sum()),
-        "median_delay": float(np.median(delays)) if delays else None,
-        **{f"nab_{k}": nab_score(series, k) for k in NAB_PROFILES},
+        "roc_auc": roc_auc(y, s), "pr_auc": pr_auc(y, s), "events": events,
+        "event_recall": mm.event_recall if events else None,
+        "false_alarms_per_1000": mm.false_alarms_per_1000, "alarms": int(alarm[rows].sum()),
+        "median_delay": mm.delay_median, "nab_standard": mm.nab_standard,
+        "nab_reward_low_fp": mm.nab_low_fp, "nab_reward_low_fn": mm.nab_low_fn,
     }  # fmt: skip
 
 
@@ -446,11 +390,12 @@ def evaluate(args, cfg, data, tr, devices, versions, held_dev) -> dict:  # noqa:
     second = curve[len(curve) // 2 :]
     if second:
         best = max(c["f1"] for c in curve)
+        nabs = [c["nab_standard"] for c in second if c["nab_standard"] is not None]
         out["stability"] = {
             "best_f1": best, "second_half_min_f1": min(c["f1"] for c in second),
             "ratio": min(c["f1"] for c in second) / best if best else None,
-            "second_half_nab_min": min((c["nab_standard"] for c in second if c["nab_standard"] is not None), default=None),
-            "second_half_nab_max": max((c["nab_standard"] for c in second if c["nab_standard"] is not None), default=None),
+            "second_half_nab_min": min(nabs, default=None),
+            "second_half_nab_max": max(nabs, default=None),
         }  # fmt: skip
     out["weights"] = {
         "global": [*np.round(latest.scoring().weights, 3).tolist(), round(latest.scoring().bias, 3)],
@@ -483,13 +428,15 @@ def report(res: dict) -> str:
         lines.append(
             f"| {name} | {f(m['precision'])} | {f(m['recall'])} | {f(m['f1'])} | {f(m['roc_auc'])} | {f(m['pr_auc'])} "
             f"| {f(m['event_recall'], '.2f')} | {f(m['false_alarms_per_1000'], '.2f')} | {f(m['median_delay'], '.0f')} "
-            f"| {f(m['nab_standard'], '.1f')} | {f(m['nab_reward_low_fp'], '.1f')} | {f(m['nab_reward_low_fn'], '.1f')} |"
+            f"| {f(m['nab_standard'], '.1f')} | {f(m['nab_reward_low_fp'], '.1f')} "
+            f"| {f(m['nab_reward_low_fn'], '.1f')} |"
         )
     if "stability" in res:
         st = res["stability"]
         lines.append(
             f"stability: best F1 {st['best_f1']:.3f}, second-half min {st['second_half_min_f1']:.3f} "
-            f"(ratio {f(st['ratio'])}); second-half NAB {f(st['second_half_nab_min'], '.1f')}..{f(st['second_half_nab_max'], '.1f')}"
+            f"(ratio {f(st['ratio'])}); second-half NAB {f(st['second_half_nab_min'], '.1f')}.."
+            f"{f(st['second_half_nab_max'], '.1f')}"
         )
     lines.append(f"weights+bias: global {res['weights']['global']} central {res['weights']['central']}")
     return "\n".join(lines)
