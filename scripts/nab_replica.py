@@ -4,8 +4,8 @@ No Kafka: the pure functions of ``flead_app.algorithms.incident_learner`` run on
 the order a CSV replay sends them (``ReplayData.schedule(batch)``: devices take turns, ``batch``
 readings per message; message m is sent at m * batch / rate seconds), each device with its own
 state, local rounds from the newest global version visible (``--latency`` after it was made),
-FedBuff aggregation every ``--buffer`` updates (``fedavg.federate`` with the version history;
-the thresholds by ``incident_learner.next_global``).
+a server step every ``--buffer`` updates (``incident_learner.server_step``: FedBuff's mean change with
+``--server-lr``/``--server-momentum``, or ``--server newton``: online Newton on the rounds' curvature).
 
 Splits (``--split``):
 
@@ -38,11 +38,10 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from flead_app.agents.fedavg import federate
 from flead_app.algorithms import detection
 from flead_app.algorithms.device_holdout import held_out_devices
 from flead_app.algorithms.holdout import holdout_mask
@@ -54,14 +53,14 @@ from flead_app.algorithms.incident_learner import (
     ingest,
     initial_model,
     merge_histograms,
-    next_global,
     refractory_alarms,
+    server_step,
     threshold_for_budget,
     train_round,
     training_due,
 )
 from flead_app.algorithms.metrics import label_windows, model_metrics, pr_auc, roc_auc
-from flead_app.models import LocalModelUpdate
+from flead_app.algorithms.second_order import NewtonConfig
 
 DEFAULT_CSV = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "nab", "nab_real_all.csv.gz")
 T0 = 1_700_000_000.0
@@ -159,6 +158,9 @@ def run(args: argparse.Namespace, data: Data) -> dict:
         learning_rate=args.learning_rate, positive_skip=args.positive_skip, alarm_budget=args.budget,
         refractory=args.refractory, train_every=args.train_every, train_interval_s=args.train_interval,
         shuffle=not args.no_shuffle, averaging=None if args.averaging < 0 else args.averaging,
+        server=args.server, server_lr=args.server_lr, server_momentum=args.server_momentum,
+        staleness_exponent=args.staleness_exponent, equal_update_weights=args.aggregation == "steps",
+        newton=NewtonConfig(ridge=args.ridge, memory=args.memory or None, max_step=args.max_step or None),
     )  # fmt: skip
     n = data.value.shape[0]
     n_dev = len(data.device_ids)
@@ -182,25 +184,15 @@ def run(args: argparse.Namespace, data: Data) -> dict:
     current = initial_model(cfg)
     visible = current
     pending: list[tuple[float, IncidentModel]] = []
-    history = {0: [*current.weights.tolist(), current.bias]}
-    buffer: list[tuple[LocalModelUpdate, object]] = []
+    buffer: list = []
     versions: list[IncidentModel] = []
     made_at: list[float] = []
     stats = {"rounds": 0, "samples": 0, "positives": 0, "staleness": [], "ingest_s": 0.0, "round_s": 0.0}
 
     def aggregate(now: float) -> None:
         nonlocal current
-        updates = [u for u, _ in buffer]
-        if args.aggregation == "steps":
-            # each change already sums one SGD step per sample: weigh updates equally (FedNova's normalisation)
-            updates = [replace(u, samples=1) for u in updates]
-        model = federate(updates, current.version, current.version + 1, "fedavg",
-                         args.staleness_exponent, 0.1, "", history=history)  # fmt: skip
-        stats["staleness"].extend(current.version - u.global_version for u, _ in buffer)
-        current = next_global(current, np.array(model.weights), model.bias, [up for _, up in buffer], cfg)
-        history[current.version] = [*current.weights.tolist(), current.bias]
-        for old in sorted(history)[: -max(1, args.history)]:
-            del history[old]
+        stats["staleness"].extend(current.version - u.base_version for u in buffer)
+        current = server_step(current, buffer, cfg)
         versions.append(current)
         made_at.append(now)
         pending.append((now + args.latency, current))
@@ -241,11 +233,7 @@ def run(args: argparse.Namespace, data: Data) -> dict:
             stats["rounds"] += 1
             stats["samples"] += up.samples
             stats["positives"] += up.positives
-            buffer.append((LocalModelUpdate(
-                device_id=data.device_ids[d], model_version=dv.state.rounds, global_version=up.base_version,
-                weights=up.weights.tolist(), bias=up.bias, accuracy=up.accuracy, loss=up.loss,
-                samples=up.samples, timestamp="",
-            ), up))  # fmt: skip
+            buffer.append(up)
             if len(buffer) >= args.buffer:
                 aggregate(now)
     stream_s = time.perf_counter() - started
@@ -463,7 +451,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-every", type=int, default=50)
     p.add_argument("--train-interval", type=float, default=60.0)
     p.add_argument("--buffer", type=int, default=20)
-    p.add_argument("--history", type=int, default=50)
     p.add_argument("--staleness-exponent", type=float, default=0.5)
     p.add_argument("--latency", type=float, default=0.2)
     p.add_argument("--curve-points", type=int, default=20)
@@ -480,6 +467,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="weigh each update's change equally (steps) or by its samples (FedAvg's rule)",
     )
     p.add_argument("--averaging", type=float, default=3.0, help="eta of the polynomial-decay average; <0: none")
+    p.add_argument("--server", choices=("fedbuff", "newton"), default="fedbuff", help="the server step")
+    p.add_argument("--server-lr", type=float, default=1.0, help="fedbuff: server learning rate")
+    p.add_argument("--server-momentum", type=float, default=0.0, help="fedbuff: server momentum (FedAvgM)")
+    p.add_argument("--ridge", type=float, default=1.0, help="newton: prior precision of each weight")
+    p.add_argument("--memory", type=float, default=0.0, help="newton: curvature memory in samples (0: all)")
+    p.add_argument("--max-step", type=float, default=1.0, help="newton: trust region (0: none)")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from flead_app.algorithms.incident_features import NUM_FEATURES, IncidentState, score
+from flead_app.algorithms.second_order import Curvature, NewtonConfig, delta_step, newton_step, round_curvature
 from flead_app.algorithms.sgd import LinearModel, accuracy, log_loss, predict_proba, sgd_train
 
 #: fixed bins of the score histograms every device and the FedAvg step share (logits)
@@ -57,6 +58,14 @@ class LearnerConfig:
     alarm_rule: str = "model"  # "model" or "zscore": which decision raises alarms
     shuffle: bool = True  # local SGD visits a round's samples in a random order (seeded by the round)
     averaging: float | None = 3.0  # eta of the polynomial-decay average that scores (None: the last iterate)
+    # the server step (``server_step``): "fedbuff" (mean of the rounds' changes, server lr and momentum)
+    # or "newton" (online Newton on the rounds' gradients and Hessians, ``second_order.newton_step``)
+    server: str = "fedbuff"
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
+    staleness_exponent: float = 0.5
+    equal_update_weights: bool = True  # fedbuff: every round's change counts alike (False: by samples)
+    newton: NewtonConfig = NewtonConfig()
 
     @property
     def histogram_readings(self) -> float:
@@ -76,6 +85,15 @@ class IncidentModel:
     #: the averaged model that scores readings (None: the iterate itself)
     avg_weights: np.ndarray | None = None
     avg_bias: float = 0.0
+    #: server state: online Newton's information matrix A and vector b (``second_order``), or
+    #: FedAvgM's velocity; None until the first step that uses them
+    information: np.ndarray | None = None
+    target: np.ndarray | None = None
+    velocity: np.ndarray | None = None
+
+    def params(self) -> np.ndarray:
+        """The iterate as one vector, weights then bias."""
+        return np.append(np.asarray(self.weights, dtype=np.float64), float(self.bias))
 
     def linear(self) -> LinearModel:
         """The iterate: what local rounds start from."""
@@ -309,6 +327,10 @@ class IncidentUpdate:
     loss: float
     #: scores of the start model on the round's normal samples (sparse on the wire: bins with counts)
     normal_histogram: np.ndarray
+    #: the global iterate the round started from (weights then bias)
+    base_params: np.ndarray | None = None
+    #: gradient and Hessian of the round's summed log-loss at ``base_params`` (for the Newton server)
+    curvature: Curvature | None = None
 
     def sparse_histogram(self) -> dict[int, int]:
         nz = np.flatnonzero(self.normal_histogram)
@@ -349,6 +371,8 @@ def train_round(
         accuracy=accuracy(y, proba),
         loss=log_loss(y, proba),
         normal_histogram=score_histogram(logits[y == 0]),
+        base_params=np.append(lin.weights, lin.bias),
+        curvature=round_curvature(np.append(lin.weights, lin.bias), x, y),
     )
     new = replace(
         state,
@@ -359,6 +383,43 @@ def train_round(
         rounds=state.rounds + 1,
     )
     return new, update
+
+
+def server_step(current: IncidentModel, updates: list[IncidentUpdate], cfg: LearnerConfig) -> IncidentModel:
+    """The next global version from the buffered updates: a pure function of (model, updates, config).
+
+    ``cfg.server`` "fedbuff": the staleness-discounted mean of the rounds' changes (each update's
+    weights and bias minus its ``base_params``), through the server learning rate and momentum;
+    "newton": ``second_order.newton_step`` on the rounds' curvature. Thresholds and the averaged
+    model as ``next_global``.
+
+    >>> cfg = LearnerConfig(server="newton")
+    >>> st = LearnerState(train_x=np.r_[np.zeros((40, 6)), np.ones((10, 6))], train_y=np.r_[np.zeros(40), np.ones(10)])
+    >>> _, up = train_round(st, 0.0, cfg, initial_model(cfg))
+    >>> g = server_step(initial_model(cfg), [up], cfg)
+    >>> g.version, bool(g.weights.sum() > 0), g.information.shape
+    (1, True, (7, 7))
+    """
+    theta = current.params()
+    info, target, velocity = current.information, current.target, current.velocity
+    staleness = np.array([max(0, current.version - u.base_version) for u in updates], dtype=np.float64)
+    if cfg.server == "newton":
+        k = theta.shape[0]
+        info = np.zeros((k, k)) if info is None else info
+        target = np.zeros(k) if target is None else target
+        rounds = [(u.curvature, u.base_params, u.samples) for u in updates if u.curvature is not None]
+        theta, info, target = newton_step(theta, info, target, rounds, cfg.newton)
+    elif cfg.server == "fedbuff":
+        changes = np.array([np.append(u.weights, u.bias) - (theta if u.base_params is None else u.base_params)
+                            for u in updates])  # fmt: skip
+        velocity = np.zeros_like(theta) if velocity is None else velocity
+        samples = None if cfg.equal_update_weights else np.array([u.samples for u in updates], dtype=np.float64)
+        theta, velocity = delta_step(theta, velocity, changes, staleness, cfg.server_lr, cfg.server_momentum,
+                                     cfg.staleness_exponent, samples)  # fmt: skip
+    else:
+        raise ValueError(f"unknown server step {cfg.server!r}")
+    nxt = next_global(current, theta[:-1], float(theta[-1]), updates, cfg)
+    return replace(nxt, information=info, target=target, velocity=velocity)
 
 
 def next_global(
