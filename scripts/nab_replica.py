@@ -45,7 +45,6 @@ import numpy as np
 from flead_app.algorithms import detection
 from flead_app.algorithms.device_holdout import held_out_devices
 from flead_app.algorithms.holdout import holdout_mask
-from flead_app.algorithms.incident_features import NUM_FEATURES
 from flead_app.algorithms.incident_learner import (
     IncidentModel,
     LearnerConfig,
@@ -160,6 +159,7 @@ def run(args: argparse.Namespace, data: Data) -> dict:
         shuffle=not args.no_shuffle, averaging=None if args.averaging < 0 else args.averaging,
         server=args.server, server_lr=args.server_lr, server_momentum=args.server_momentum,
         staleness_exponent=args.staleness_exponent, equal_update_weights=args.aggregation == "steps",
+        tail_readings=args.tail_readings, features=args.features,
         newton=NewtonConfig(ridge=args.ridge, memory=args.memory or None, max_step=args.max_step or None),
     )  # fmt: skip
     n = data.value.shape[0]
@@ -177,7 +177,7 @@ def run(args: argparse.Namespace, data: Data) -> dict:
         for dv in devices:  # the local-only model: the same rounds on the same samples, from its own weights
             dv.local = initial_model(cfg)
     tr = Trace(
-        features=np.zeros((n, NUM_FEATURES)), scored=np.zeros(n, bool), z=np.zeros(n), z_scored=np.zeros(n, bool),
+        features=np.zeros((n, cfg.num_features)), scored=np.zeros(n, bool), z=np.zeros(n), z_scored=np.zeros(n, bool),
         pre_score=np.full(n, -np.inf), pre_alarm=np.zeros(n, bool), pre_version=np.zeros(n, np.int32),
         trainable=trainable, train_label=np.full(n, -1, np.int8),
     )  # fmt: skip
@@ -213,7 +213,7 @@ def run(args: argparse.Namespace, data: Data) -> dict:
         dv.detector = det.state
         z_alarm = det.scored & (np.abs(det.z) > 2.5)
         t = time.perf_counter()
-        dv.state, step = ingest(dv.state, ts, xs, ys, visible, cfg, trainable[a:b], z_alarm, now)
+        dv.state, step = ingest(dv.state, ts, xs, ys, visible, cfg, trainable[a:b], z_alarm, now, det.features)
         stats["ingest_s"] += time.perf_counter() - t
         tr.features[a:b], tr.scored[a:b] = step.features, step.scored
         tr.z[a:b], tr.z_scored[a:b] = det.z, det.scored
@@ -470,6 +470,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--server", choices=("fedbuff", "newton"), default="fedbuff", help="the server step")
     p.add_argument("--server-lr", type=float, default=1.0, help="fedbuff: server learning rate")
     p.add_argument("--server-momentum", type=float, default=0.0, help="fedbuff: server momentum (FedAvgM)")
+    p.add_argument(
+        "--tail-readings",
+        type=float,
+        default=100.0,
+        help="normal readings above the threshold in the histogram window (window = this / budget)",
+    )
+    p.add_argument(
+        "--features",
+        choices=("incident", "union"),
+        default="incident",
+        help="the six incident statistics, or those and detection.py's four, all calibrated",
+    )
     p.add_argument("--ridge", type=float, default=1.0, help="newton: prior precision of each weight")
     p.add_argument("--memory", type=float, default=0.0, help="newton: curvature memory in samples (0: all)")
     p.add_argument("--max-step", type=float, default=1.0, help="newton: trust region (0: none)")

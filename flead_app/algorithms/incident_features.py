@@ -48,6 +48,10 @@ import numpy as np
 
 FEATURE_NAMES = ("level_z", "level_ewm", "vol_up", "vol_down", "cycle_z", "cycle_ewm")
 NUM_FEATURES = len(FEATURE_NAMES)
+#: ``detection.py``'s four features (chosen on the simulator), uncentred, calibrated the same way
+DETECTOR_FEATURE_NAMES = ("robust_abs_z", "robust_ewm_abs_z", "stillness_z", "robust_ewm_z")
+#: the feature sets a fleet's model can use: the six incident statistics, or those and the detector's four
+FEATURE_SETS = {"incident": FEATURE_NAMES, "union": FEATURE_NAMES + DETECTOR_FEATURE_NAMES}
 TAU_LEVEL_S = 86_400.0  # the slow baseline's time constant: one day of event time
 TAU_CYCLE_S = 7 * 86_400.0  # each hour-of-day bin remembers about a week of that hour
 CYCLE_BINS = 24
@@ -90,7 +94,7 @@ class IncidentState:
 
     def state_floats(self) -> int:
         """Numbers this state serialises to (the device row's share for these features)."""
-        return 12 + 2 * CYCLE_BINS + 2 * NUM_FEATURES * NUM_BINS
+        return 12 + 2 * CYCLE_BINS + 2 * self.table.shape[0] * NUM_BINS
 
 
 @dataclass(frozen=True)
@@ -232,30 +236,57 @@ def _survival(counts: np.ndarray) -> np.ndarray:
     return np.concatenate((rev, np.zeros((counts.shape[0], 1))), axis=1)
 
 
-@cache
-def null_tables(readings: int = 40_000, seed: int = 0) -> np.ndarray:
-    """Each raw statistic's distribution under the null (i.i.d. N(0, 1), 5-minute steps), as shares per bin.
-
-    >>> p = null_tables()
-    >>> p.shape == (NUM_FEATURES, NUM_BINS) and bool(np.allclose(p.sum(axis=1), 1.0))
-    True
-    """
-    rng = np.random.default_rng(seed)
-    t = np.arange(readings) * 300.0
-    raw, ok, _ = raw_statistics(IncidentState(), t, rng.standard_normal(readings))
-    idx, _ = _bin_position(raw[ok])
-    counts = np.stack([np.bincount(idx[:, j], minlength=NUM_BINS) for j in range(NUM_FEATURES)]).astype(float)
+def _null_shares(raw: np.ndarray) -> np.ndarray:
+    idx, _ = _bin_position(raw)
+    counts = np.stack([np.bincount(idx[:, j], minlength=NUM_BINS) for j in range(raw.shape[1])]).astype(float)
     counts += 0.5  # no empty bin: the prior never claims a value is impossible
     return counts / counts.sum(axis=1, keepdims=True)
 
 
-_COLS = np.arange(NUM_FEATURES)[None, :]
-_OFFSETS = (np.arange(NUM_FEATURES) * NUM_BINS)[None, :]
+@cache
+def null_tables(readings: int = 40_000, seed: int = 0, features: int = NUM_FEATURES) -> np.ndarray:
+    """Each raw statistic's distribution under the null (i.i.d. N(0, 1), 5-minute steps), as shares per bin.
+
+    ``features`` 10: the six statistics, then ``detection.score_batch``'s four (uncentred) on the
+    same readings.
+
+    >>> p = null_tables()
+    >>> p.shape == (NUM_FEATURES, NUM_BINS) and bool(np.allclose(p.sum(axis=1), 1.0))
+    True
+    >>> null_tables(features=10).shape
+    (10, 23)
+    """
+    rng = np.random.default_rng(seed)
+    t = np.arange(readings) * 300.0
+    x = rng.standard_normal(readings)
+    raw, ok, _ = raw_statistics(IncidentState(), t, x)
+    if features == NUM_FEATURES:
+        return _null_shares(raw[ok])
+    extra, ok2 = detector_raw(x)
+    return _null_shares(np.concatenate((raw, extra), axis=1)[ok & ok2])
+
+
+def detector_raw(values: np.ndarray, state=None) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """``detection.score_batch``'s four features without their centring, and which readings it scored.
+
+    (What the worker computes anyway for the z-rule; the incident learner calibrates them.)
+    """
+    from flead_app.algorithms import detection
+
+    r = detection.score_batch(state or detection.DetectorState(), values)
+    return uncentred_detector_features(r.features), r.scored
+
+
+def uncentred_detector_features(features: np.ndarray) -> np.ndarray:
+    """``detection`` features plus their normal-operation centres: every one >= 0, like the six."""
+    from flead_app.algorithms.detection import FEATURE_CENTRES
+
+    return np.maximum(np.asarray(features, dtype=np.float64) + np.asarray(FEATURE_CENTRES), 0.0)
 
 
 def prepare(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Counts with the null prior, their survival sums and totals: what ``calibrate`` reads."""
-    counts = table + PRIOR_READINGS * null_tables()
+    counts = table + PRIOR_READINGS * null_tables(features=table.shape[0])
     return counts, _survival(counts), counts.sum(axis=1)
 
 
@@ -267,7 +298,7 @@ def calibrate(table: np.ndarray, raw: np.ndarray, prepared: tuple | None = None)
     True
     """
     if raw.shape[0] == 0:
-        return np.empty((0, NUM_FEATURES))
+        return np.empty((0, raw.shape[1]))
     counts, surv, total = prepared if prepared is not None else prepare(table)
     idx, above = _bin_position(raw)
     return _calibrated(counts, surv, total, idx, above)
@@ -276,13 +307,20 @@ def calibrate(table: np.ndarray, raw: np.ndarray, prepared: tuple | None = None)
 def _calibrated(
     counts: np.ndarray, surv: np.ndarray, total: np.ndarray, idx: np.ndarray, above: np.ndarray
 ) -> np.ndarray:
-    tail = surv[_COLS, idx + 1] + above * counts[_COLS, idx]
+    cols = np.arange(idx.shape[1])[None, :]
+    tail = surv[cols, idx + 1] + above * counts[cols, idx]
     tail = np.maximum(tail, 0.5) / total[None, :]
     return -np.log(np.minimum(tail, 1.0))
 
 
-def score(state: IncidentState, timestamps: np.ndarray, values: np.ndarray) -> IncidentScored:
+def score(
+    state: IncidentState, timestamps: np.ndarray, values: np.ndarray, extra: np.ndarray | None = None
+) -> IncidentScored:
     """Raw statistics, calibrated features (surprise - 1) and the new state for one device's readings.
+
+    ``extra``: further raw statistics of the same readings, calibrated alike after the six
+    (``FEATURE_SETS["union"]``: the detector's four, ``uncentred_detector_features``); a state's
+    tables take the width of the first batch it sees.
 
     Calibration uses the device's table as of its last refresh; every ``REFRESH`` readings the
     counts since then are merged in, at fixed positions of the device's reading count, so
@@ -297,9 +335,16 @@ def score(state: IncidentState, timestamps: np.ndarray, values: np.ndarray) -> I
     """
     start = state.count
     raw, ok, new = raw_statistics(state, timestamps, values)
-    k = raw.shape[0]
-    feats = np.zeros((k, NUM_FEATURES))
+    if extra is not None:
+        raw = np.concatenate((raw, np.asarray(extra, dtype=np.float64)), axis=1)
+    k, width = raw.shape
+    feats = np.zeros((k, width))
     table, fresh, prepared = state.table, state.fresh, state.prepared
+    if table.shape[0] != width:
+        if state.count or table.any():
+            raise ValueError(f"a state calibrated for {table.shape[0]} features was given {width}")
+        table, fresh, prepared = np.zeros((width, NUM_BINS)), np.zeros((width, NUM_BINS)), None
+    offsets = (np.arange(width) * NUM_BINS)[None, :]
     idx, above = _bin_position(raw)
     # segments of the batch between refresh points (a refresh happens before reading number m*REFRESH)
     pos = start + np.arange(k)
@@ -317,7 +362,7 @@ def score(state: IncidentState, timestamps: np.ndarray, values: np.ndarray) -> I
             if prepared is None:
                 prepared = prepare(table)
             feats[rows] = _calibrated(*prepared, idx[rows], above[rows]) - 1.0
-            add = np.bincount((idx[rows] + _OFFSETS).ravel(), minlength=NUM_FEATURES * NUM_BINS)
-            fresh = fresh + add.reshape(NUM_FEATURES, NUM_BINS)
+            add = np.bincount((idx[rows] + offsets).ravel(), minlength=width * NUM_BINS)
+            fresh = fresh + add.reshape(width, NUM_BINS)
     new = IncidentState(**{**new.__dict__, "table": table, "fresh": fresh, "prepared": prepared})
     return IncidentScored(raw=raw, features=feats, scored=ok, state=new)

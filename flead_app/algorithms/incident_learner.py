@@ -34,7 +34,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from flead_app.algorithms.incident_features import NUM_FEATURES, IncidentState, score
+from flead_app.algorithms.incident_features import (
+    FEATURE_SETS,
+    NUM_FEATURES,
+    IncidentState,
+    score,
+    uncentred_detector_features,
+)
 from flead_app.algorithms.second_order import Curvature, NewtonConfig, delta_step, newton_step, round_curvature
 from flead_app.algorithms.sgd import LinearModel, accuracy, log_loss, predict_proba, sgd_train
 
@@ -66,11 +72,17 @@ class LearnerConfig:
     staleness_exponent: float = 0.5
     equal_update_weights: bool = True  # fedbuff: every round's change counts alike (False: by samples)
     newton: NewtonConfig = NewtonConfig()
+    tail_readings: float = TAIL_READINGS  # normal readings above the threshold the histogram window holds
+    features: str = "incident"  # ``incident_features.FEATURE_SETS``: "incident" (6) or "union" (+ the detector's 4)
+
+    @property
+    def num_features(self) -> int:
+        return len(FEATURE_SETS[self.features])
 
     @property
     def histogram_readings(self) -> float:
-        """Normal readings a threshold should rest on: ``TAIL_READINGS`` above it at the budget."""
-        return TAIL_READINGS / self.alarm_budget
+        """Normal readings a threshold should rest on: ``tail_readings`` above it at the budget."""
+        return self.tail_readings / self.alarm_budget
 
 
 @dataclass(frozen=True)
@@ -108,7 +120,7 @@ class IncidentModel:
 
 def initial_model(cfg: LearnerConfig) -> IncidentModel:
     """Version 0: zero weights, bias at the prior log-odds, no threshold yet."""
-    m = LinearModel.initial(NUM_FEATURES, cfg.prior_anomaly_rate)
+    m = LinearModel.initial(cfg.num_features, cfg.prior_anomaly_rate)
     return IncidentModel(0, m.weights, m.bias)
 
 
@@ -240,13 +252,15 @@ def ingest(
     trainable: np.ndarray | None = None,
     zscore_alarm: np.ndarray | None = None,
     now: float = 0.0,
+    detector_features: np.ndarray | None = None,
 ) -> tuple[LearnerState, Step]:
     """Score one device's readings with ``model``, raise alarms, and buffer training samples.
 
     ``labels``: 1 in a labelled window, 0 normal, -1 unknown (never trains); ``trainable``:
     False for readings no model may train on (held out). ``zscore_alarm``: the z-rule's
     decisions for the same readings (``detection.score_batch``), used when ``alarm_rule`` is
-    "zscore" and reported either way.
+    "zscore" and reported either way; ``detector_features``: that call's features, needed when
+    ``cfg.features`` is "union" (calibrated after the six).
 
     >>> import numpy as np
     >>> cfg = LearnerConfig()
@@ -257,8 +271,14 @@ def ingest(
     """
     labels = np.asarray(labels)
     k = labels.shape[0]
-    inc = score(state.features, timestamps, values)
+    extra = None
+    if cfg.features == "union":
+        if detector_features is None:
+            raise ValueError('features "union" needs the detector\'s features of the same readings')
+        extra = uncentred_detector_features(detector_features)
+    inc = score(state.features, timestamps, values, extra)
     feats, ok = inc.features, inc.scored
+    width = feats.shape[1]
     s = np.full(k, -np.inf)
     if ok.any():
         sm = model.scoring()
@@ -271,8 +291,8 @@ def ingest(
     train = ok & (labels >= 0)
     if trainable is not None:
         train &= np.asarray(trainable, dtype=bool)
-    xs, ys = [state.train_x], [state.train_y]
-    wx, wt = state.window_x, state.window_train
+    xs, ys = [state.train_x.reshape(-1, width)], [state.train_y]
+    wx, wt = state.window_x.reshape(-1, width), state.window_train
     if wt.shape[0] or (labels == 1).any():
         w_rows: list[int] = []
         for i, lab in enumerate(labels.tolist()):
@@ -285,7 +305,7 @@ def ingest(
                 px, py = _release_window(replace(state, window_x=wx, window_train=wt), cfg)
                 xs.append(px)
                 ys.append(py)
-                wx, wt, w_rows = np.empty((0, NUM_FEATURES)), np.empty(0, bool), []
+                wx, wt, w_rows = np.empty((0, width)), np.empty(0, bool), []
         if w_rows:
             wx = np.concatenate((wx, feats[w_rows]))
             wt = np.concatenate((wt, train[w_rows]))
@@ -376,7 +396,7 @@ def train_round(
     )
     new = replace(
         state,
-        train_x=np.empty((0, NUM_FEATURES)),
+        train_x=np.empty((0, x.shape[1])),
         train_y=np.empty(0, np.int8),
         pending=0,
         last_round_at=now,
