@@ -159,7 +159,7 @@ def run(args: argparse.Namespace, data: Data) -> dict:
         shuffle=not args.no_shuffle, averaging=None if args.averaging < 0 else args.averaging,
         server=args.server, server_lr=args.server_lr, server_momentum=args.server_momentum,
         staleness_exponent=args.staleness_exponent, equal_update_weights=args.aggregation == "steps",
-        tail_readings=args.tail_readings, features=args.features,
+        tail_readings=args.tail_readings, features=args.features, threshold_rule=args.threshold_rule,
         newton=NewtonConfig(ridge=args.ridge, memory=args.memory or None, max_step=args.max_step or None),
     )  # fmt: skip
     n = data.value.shape[0]
@@ -339,6 +339,11 @@ def evaluate(args, cfg, data, tr, devices, versions, held_dev) -> dict:  # noqa:
     c_thr = float(np.quantile(c_train[tr.train_label[tmask] == 0], 1 - cfg.alarm_budget))
     c_score = np.where(tr.scored, F @ central.coef_[0] + central.intercept_[0], -np.inf)
     out["models"]["central"] = model_entry(c_score, c_thr, restrict)
+    # diagnostic: the latest global weights with the central model's threshold rule (its own
+    # normal training scores, pooled): how much of the gap is the threshold, how much the weights
+    g_score = lin(latest)
+    g_thr = float(np.quantile(g_score[tmask][tr.train_label[tmask] == 0], 1 - cfg.alarm_budget))
+    out["models"]["global_pooled_threshold"] = model_entry(g_score, g_thr, restrict)
     if args.split == "readings":
         l_score = np.full(n, -np.inf)
         l_thr = np.full(n, np.inf)
@@ -482,6 +487,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="incident",
         help="the six incident statistics, or those and detection.py's four, all calibrated",
     )
+    p.add_argument("--threshold-rule", choices=("raw", "standardised"), default="raw")
     p.add_argument("--ridge", type=float, default=1.0, help="newton: prior precision of each weight")
     p.add_argument("--memory", type=float, default=0.0, help="newton: curvature memory in samples (0: all)")
     p.add_argument("--max-step", type=float, default=1.0, help="newton: trust region (0: none)")

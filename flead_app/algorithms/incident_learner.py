@@ -74,6 +74,11 @@ class LearnerConfig:
     newton: NewtonConfig = NewtonConfig()
     tail_readings: float = TAIL_READINGS  # normal readings above the threshold the histogram window holds
     features: str = "incident"  # ``incident_features.FEATURE_SETS``: "incident" (6) or "union" (+ the detector's 4)
+    #: "raw": the threshold is a quantile of the merged histograms of start models' logits on normal
+    #: samples; "standardised": histograms of (logit - loc) / scale of the start model, where loc and
+    #: scale are the model's normal-score mean and std from the merged normal-feature moments, so
+    #: scores of older versions still tell the newest one's quantile (``normal_moments``)
+    threshold_rule: str = "raw"
 
     @property
     def num_features(self) -> int:
@@ -102,6 +107,12 @@ class IncidentModel:
     information: np.ndarray | None = None
     target: np.ndarray | None = None
     velocity: np.ndarray | None = None
+    #: merged moments of the normal training features over the threshold's window: count, sum
+    #: (F) and sum of outer products (F x F, symmetric); the scoring model's normal-score mean and
+    #: std from them (``threshold_rule`` "standardised"; None before the first)
+    normal_moments: tuple[float, np.ndarray, np.ndarray] | None = None
+    score_loc: float | None = None
+    score_scale: float | None = None
 
     def params(self) -> np.ndarray:
         """The iterate as one vector, weights then bias."""
@@ -351,6 +362,10 @@ class IncidentUpdate:
     base_params: np.ndarray | None = None
     #: gradient and Hessian of the round's summed log-loss at ``base_params`` (for the Newton server)
     curvature: Curvature | None = None
+    #: ``normal_histogram`` is of standardised scores (the start model's loc and scale), not logits
+    standardised: bool = False
+    #: count, sum and sum of outer products of the round's normal samples' features
+    normal_moments: tuple[float, np.ndarray, np.ndarray] | None = None
 
     def sparse_histogram(self) -> dict[int, int]:
         nz = np.flatnonzero(self.normal_histogram)
@@ -382,6 +397,12 @@ def train_round(
     sm = start.scoring()
     logits = x @ sm.weights + sm.bias
     trained = sgd_train(lin, x, y, cfg.learning_rate, cfg.local_epochs)
+    normal = y == 0
+    standardised = cfg.threshold_rule == "standardised" and start.score_scale is not None
+    if standardised:
+        logits = (logits - start.score_loc) / start.score_scale
+    xn = x[normal]
+    moments = (float(xn.shape[0]), xn.sum(axis=0), xn.T @ xn) if cfg.threshold_rule == "standardised" else None
     update = IncidentUpdate(
         base_version=start.version,
         weights=trained.weights,
@@ -390,9 +411,11 @@ def train_round(
         positives=int(y.sum()),
         accuracy=accuracy(y, proba),
         loss=log_loss(y, proba),
-        normal_histogram=score_histogram(logits[y == 0]),
+        normal_histogram=score_histogram(logits[normal]),
         base_params=np.append(lin.weights, lin.bias),
         curvature=round_curvature(np.append(lin.weights, lin.bias), x, y),
+        standardised=standardised,
+        normal_moments=moments,
     )
     new = replace(
         state,
@@ -453,7 +476,8 @@ def next_global(
     >>> g.version, bool(-1.0 < g.threshold < 1.0)
     (1, True)
     """
-    hist = merge_histograms(current.histogram, [u.normal_histogram for u in updates], cfg)
+    std = cfg.threshold_rule == "standardised"
+    hist = merge_histograms(current.histogram, [u.normal_histogram for u in updates if u.standardised == std], cfg)
     version = current.version + 1
     weights = np.asarray(weights, dtype=np.float64)
     avg_w, avg_b = None, 0.0
@@ -463,12 +487,60 @@ def next_global(
         prev = current.scoring()
         avg_w = (1.0 - share) * prev.weights + share * weights
         avg_b = (1.0 - share) * prev.bias + share * float(bias)
+    threshold = threshold_for_budget(hist, cfg.alarm_budget)
+    moments, loc, scale = None, None, None
+    if std:
+        moments = merge_moments(current.normal_moments, [u.normal_moments for u in updates], cfg)
+        sw, sb = (weights, float(bias)) if avg_w is None else (avg_w, avg_b)
+        if moments is not None and moments[0] > 1:
+            loc, scale = score_location_scale(moments, sw, sb)
+            threshold = loc + scale * threshold if math.isfinite(threshold) else math.inf
     return IncidentModel(
         version=version,
         weights=weights,
         bias=float(bias),
-        threshold=threshold_for_budget(hist, cfg.alarm_budget),
+        threshold=threshold,
         histogram=hist,
         avg_weights=avg_w,
         avg_bias=avg_b,
+        normal_moments=moments,
+        score_loc=loc,
+        score_scale=scale,
     )
+
+
+def merge_moments(
+    previous: tuple[float, np.ndarray, np.ndarray] | None,
+    reported: list[tuple[float, np.ndarray, np.ndarray] | None],
+    cfg: LearnerConfig,
+) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """Normal-feature moments over the threshold's window: discounted as ``merge_histograms`` does.
+
+    >>> m = merge_moments(None, [(2.0, np.ones(2), np.eye(2))], LearnerConfig())
+    >>> m[0], m[1].tolist()
+    (2.0, [1.0, 1.0])
+    """
+    new = [r for r in reported if r is not None]
+    if not new:
+        return previous
+    n = sum(r[0] for r in new)
+    s1 = np.sum([r[1] for r in new], axis=0)
+    s2 = np.sum([r[2] for r in new], axis=0)
+    if previous is None:
+        return (float(n), s1, s2)
+    keep = max(0.0, 1.0 - n / cfg.histogram_readings)
+    return (keep * previous[0] + n, keep * previous[1] + s1, keep * previous[2] + s2)
+
+
+def score_location_scale(moments: tuple[float, np.ndarray, np.ndarray], weights: np.ndarray, bias: float
+                         ) -> tuple[float, float]:  # fmt: skip
+    """Mean and std of w . u + b over normal features with these moments (std floored at 1e-3).
+
+    >>> score_location_scale((4.0, np.zeros(2), 4.0 * np.eye(2)), np.array([3.0, 4.0]), -1.0)
+    (-1.0, 5.0)
+    """
+    n, s1, s2 = moments
+    mean = s1 / n
+    cov = s2 / n - np.outer(mean, mean)
+    var = float(weights @ cov @ weights)
+    return float(weights @ mean + bias), max(math.sqrt(max(var, 0.0)), 1e-3)

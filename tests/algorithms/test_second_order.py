@@ -138,3 +138,28 @@ def test_server_step_newton_and_fedbuff_carry_their_state():
             assert np.allclose(g1.information, up.curvature.hessian)
         else:
             assert g1.information is None and np.allclose(g1.velocity, g1.params() - g0.params())
+
+
+def test_standardised_threshold_follows_a_new_model():
+    """Histograms of older versions' standardised scores still give the newest version's quantile."""
+    from flead_app.algorithms.incident_learner import next_global, score_histogram, threshold_for_budget
+
+    rng = np.random.default_rng(8)
+    x = rng.exponential(size=(20_000, 6)) - 1.0
+    cfg = LearnerConfig(threshold_rule="standardised", averaging=None, alarm_budget=0.01)
+    state = LearnerState(train_x=x, train_y=np.zeros(20_000, np.int8))
+    g = initial_model(cfg)
+    _, up = train_round(state, 0.0, cfg, g)
+    assert not up.standardised  # version 0 has no moments yet: a raw histogram, not merged
+    g1 = next_global(g, np.full(6, 0.2), -3.0, [up], cfg)
+    assert g1.score_scale is not None and np.isinf(g1.threshold)
+    _, up1 = train_round(state, 0.0, cfg, g1)
+    assert up1.standardised
+    # the next version has other weights; its threshold still leaves ~1% of normal scores above
+    w2 = np.array([1.0, 0.0, 0.5, 0.0, 0.0, 0.3])
+    g2 = next_global(g1, w2, -7.0, [up1], cfg)
+    share = float(np.mean(x @ w2 - 7.0 > g2.threshold))
+    assert 0.005 < share < 0.02
+    # the raw rule (a quantile of g1's logits) would not: it is on g1's scale
+    raw = threshold_for_budget(score_histogram(x @ np.full(6, 0.2) - 3.0), 0.01)
+    assert not 0.005 < float(np.mean(x @ w2 - 7.0 > raw)) < 0.02
