@@ -142,6 +142,7 @@ class Trace:
     pre_above: np.ndarray  # score over the visible version's threshold (before the refractory period)
     pre_version: np.ndarray
     trainable: np.ndarray
+    validation: np.ndarray  # the version gate's validation readings (neither training nor evaluated)
     train_label: np.ndarray  # 1 positive, 0 negative, -1 not a training sample (first half, held out)
 
 
@@ -173,6 +174,18 @@ def run(args: argparse.Namespace, data: Data) -> dict:
         for d, name in enumerate(data.device_ids):
             m = data.device == d
             trainable[m] = ~holdout_mask(name, data.timestamp[m], args.readings_percent)
+    # the version gate's validation stream: a hash share of the trainable readings, which then do not train
+    validation = np.zeros(n, bool)
+    if args.gate:
+        for d, name in enumerate(data.device_ids):
+            m = data.device == d
+            validation[m] = holdout_mask(f"validation|{name}", data.timestamp[m], args.gate) & trainable[m]
+        trainable = trainable & ~validation
+    val_rows = np.flatnonzero(validation)
+    val_target = np.full(n, -1, np.int8)
+    for d in range(n_dev):
+        m = np.flatnonzero(data.device == d)
+        val_target[m] = train_target(data.label[m], cfg.positive_skip)
     devices = [Device() for _ in range(n_dev)]
     if args.split == "readings":
         for dv in devices:  # the local-only model: the same rounds on the same samples, from its own weights
@@ -181,7 +194,7 @@ def run(args: argparse.Namespace, data: Data) -> dict:
         features=np.zeros((n, cfg.num_features)), scored=np.zeros(n, bool), z=np.zeros(n), z_scored=np.zeros(n, bool),
         pre_score=np.full(n, -np.inf), pre_alarm=np.zeros(n, bool), pre_above=np.zeros(n, bool),
         pre_version=np.zeros(n, np.int32),
-        trainable=trainable, train_label=np.full(n, -1, np.int8),
+        trainable=trainable, validation=validation, train_label=np.full(n, -1, np.int8),
     )  # fmt: skip
     current = initial_model(cfg)
     visible = current
@@ -189,16 +202,40 @@ def run(args: argparse.Namespace, data: Data) -> dict:
     buffer: list = []
     versions: list[IncidentModel] = []
     made_at: list[float] = []
-    stats = {"rounds": 0, "samples": 0, "positives": 0, "staleness": [], "ingest_s": 0.0, "round_s": 0.0}
+    stats = {"rounds": 0, "samples": 0, "positives": 0, "staleness": [], "ingest_s": 0.0, "round_s": 0.0, "gated": 0}
 
-    def aggregate(now: float) -> None:
-        nonlocal current
+    published = current
+
+    def aggregate(now: float, upto: int) -> None:
+        nonlocal current, published
         stats["staleness"].extend(current.version - u.base_version for u in buffer)
         current = server_step(current, buffer, cfg)
-        versions.append(current)
+        if not args.gate or gate_passes(current, published, upto):
+            published = current
+        else:
+            stats["gated"] += 1
+        versions.append(published)
         made_at.append(now)
-        pending.append((now + args.latency, current))
+        pending.append((now + args.latency, published))
         buffer.clear()
+
+    def gate_passes(candidate: IncidentModel, incumbent: IncidentModel, upto: int) -> bool:
+        """The candidate's validation F1 (validation readings so far) is not below the incumbent's."""
+        if incumbent.version == 0 or not np.isfinite(incumbent.threshold):
+            return True
+        rows = val_rows[val_rows < upto]
+        rows = rows[tr.scored[rows]]
+        y = val_target[rows] == 1
+        if not y.any():
+            return True
+
+        def f1(mdl: IncidentModel) -> float:
+            sm = mdl.scoring()
+            p = tr.features[rows] @ sm.weights + sm.bias > mdl.threshold
+            tp = int((p & y).sum())
+            return 2.0 * tp / max(int(p.sum()) + int(y.sum()), 1)
+
+        return f1(candidate) >= f1(incumbent) - args.gate_tolerance
 
     started = time.perf_counter()
     bounds = np.concatenate((data.starts, [n]))
@@ -238,7 +275,7 @@ def run(args: argparse.Namespace, data: Data) -> dict:
             stats["positives"] += up.positives
             buffer.append(up)
             if len(buffer) >= args.buffer:
-                aggregate(now)
+                aggregate(now, b)
     stream_s = time.perf_counter() - started
     for d in range(n_dev):
         m = data.device == d
@@ -248,7 +285,7 @@ def run(args: argparse.Namespace, data: Data) -> dict:
         "readings": n, "devices": n_dev, "held_out_devices": int(held_dev.sum()) if args.split == "devices" else 0,
         "messages": int(data.starts.shape[0]), "local_rounds": stats["rounds"],
         "mean_round_samples": stats["samples"] / max(stats["rounds"], 1), "positives": stats["positives"],
-        "global_versions": len(versions),
+        "global_versions": len(versions), "gated_versions": stats["gated"],
         "mean_staleness": float(np.mean(stats["staleness"])) if stats["staleness"] else 0.0,
         "ingest_us_per_reading": 1e6 * stats["ingest_s"] / n,
         "round_us": 1e6 * stats["round_s"] / max(stats["rounds"], 1),
@@ -314,7 +351,7 @@ def evaluate(args, cfg, data, tr, devices, versions, held_dev) -> dict:  # noqa:
         eval_mask[rows] = True
     else:
         rows = np.arange(n)
-        eval_mask = ~tr.trainable
+        eval_mask = ~tr.trainable & ~tr.validation
     point = eval_mask & tr.scored & (data.label >= 0)
     F = tr.features
     latest = versions[-1] if versions else initial_model(cfg)
@@ -493,6 +530,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the six incident statistics, or those and detection.py's four, all calibrated",
     )
     p.add_argument("--threshold-rule", choices=("raw", "standardised"), default="raw")
+    p.add_argument(
+        "--gate",
+        type=float,
+        default=0.0,
+        help="version gate: %% of trainable readings kept as its validation stream (0: no gate)",
+    )
+    p.add_argument("--gate-tolerance", type=float, default=0.0, help="version gate: F1 a candidate may lose")
     p.add_argument("--ridge", type=float, default=1.0, help="newton: prior precision of each weight")
     p.add_argument("--memory", type=float, default=0.0, help="newton: curvature memory in samples (0: all)")
     p.add_argument("--max-step", type=float, default=1.0, help="newton: trust region (0: none)")
