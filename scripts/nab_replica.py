@@ -330,9 +330,17 @@ def metrics(data: Data, rows: np.ndarray, score: np.ndarray, above: np.ndarray, 
         alarms.append(alarm[m])
     mm = model_metrics(labels, scores, alarms)
     events = sum(len(label_windows(lab)) for lab in labels)
+    # device mean: unweighted mean F1 over the devices with a positive point reading (docs/learning.md's)
+    dev_f1 = []
+    pdev = data.device[point]
+    for d in np.unique(pdev[y]):
+        yd, pd_ = y[pdev == d], p[pdev == d]
+        tp_d = int((yd & pd_).sum())
+        dev_f1.append(2.0 * tp_d / (int(yd.sum()) + int(pd_.sum())))
     return {
         "precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
         "roc_auc": roc_auc(y, s), "pr_auc": pr_auc(y, s), "events": events,
+        "device_mean_f1": float(np.mean(dev_f1)) if dev_f1 else None,
         "event_recall": mm.event_recall if events else None,
         "false_alarms_per_1000": mm.false_alarms_per_1000, "alarms": int(alarm[rows].sum()),
         "median_delay": mm.delay_median, "nab_standard": mm.nab_standard,
@@ -452,8 +460,9 @@ def report(res: dict) -> str:
         f"staleness {s['mean_staleness']:.1f}; ingest {s['ingest_us_per_reading']:.1f} us/reading; "
         f"{s['seconds']:.0f} s",
         f"evaluated: {res['eval']['devices']} devices, {res['eval']['point_readings']:,} labelled readings",
-        "| model | P | R | F1 | ROC-AUC | PR-AUC | event recall | FA/1000 | delay | NAB std | low FP | low FN |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | P | R | F1 | device-mean F1 | ROC-AUC | PR-AUC | event recall | FA/1000 | delay | NAB std "
+        "| low FP | low FN |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(v, fmt=".3f"):  # noqa: ANN001, ANN202
@@ -461,7 +470,8 @@ def report(res: dict) -> str:
 
     for name, m in res["models"].items():
         lines.append(
-            f"| {name} | {f(m['precision'])} | {f(m['recall'])} | {f(m['f1'])} | {f(m['roc_auc'])} | {f(m['pr_auc'])} "
+            f"| {name} | {f(m['precision'])} | {f(m['recall'])} | {f(m['f1'])} | {f(m['device_mean_f1'])} "
+            f"| {f(m['roc_auc'])} | {f(m['pr_auc'])} "
             f"| {f(m['event_recall'], '.2f')} | {f(m['false_alarms_per_1000'], '.2f')} | {f(m['median_delay'], '.0f')} "
             f"| {f(m['nab_standard'], '.1f')} | {f(m['nab_reward_low_fp'], '.1f')} "
             f"| {f(m['nab_reward_low_fn'], '.1f')} |"
