@@ -210,3 +210,57 @@ def test_device_split_is_stable_and_near_the_percent():
     assert 0.18 < h.mean() < 0.22
     assert device_held_out("dev-1") == device_held_out("dev-1")
     assert (held_out_devices(ids, 20.0, "x") != h).any()
+
+
+def _union_inputs(n, seed=0):
+    from flead_app.algorithms import detection
+    from flead_app.algorithms.incident_features import uncentred_detector_features
+
+    t, x = _series(n, seed)
+    det = detection.score_batch(detection.DetectorState(), x)
+    return t, x, det.features, uncentred_detector_features(det.features)
+
+
+def test_union_features_are_calibrated_like_the_six():
+    from flead_app.algorithms.incident_features import FEATURE_SETS
+
+    t, x, _, extra = _union_inputs(3_000, 3)
+    r = score(IncidentState(), t, x, extra)
+    assert r.features.shape == (3_000, len(FEATURE_SETS["union"])) == (3_000, 10)
+    assert r.state.table.shape[0] == 10 and r.state.state_floats() == 12 + 48 + 2 * 10 * 23
+    # the null is i.i.d. normal: every calibrated feature has mean ~0 (surprise ~ Exp(1) minus 1)
+    u = r.features[r.scored][500:]
+    assert np.all(np.abs(u.mean(axis=0)) < 0.35), u.mean(axis=0)
+    # and the first six are the incident set's own
+    six = score(IncidentState(), t, x)
+    assert np.allclose(r.features[:, :6], six.features)
+    with pytest.raises(ValueError):
+        score(r.state, t[:5] + 1e6, x[:5])  # a 10-feature state given 6 features
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(1, 90), min_size=1, max_size=6))
+def test_union_batching_does_not_change_features(cuts):
+    t, x, _, extra = _union_inputs(300, 1)
+    whole = score(IncidentState(), t, x, extra).features
+    state, parts, i = IncidentState(), [], 0
+    for c in [*cuts, 300]:
+        j = min(300, i + c)
+        if j > i:
+            r = score(state, t[i:j], x[i:j], extra[i:j])
+            parts.append(r.features)
+            state, i = r.state, j
+    assert np.allclose(np.concatenate(parts), whole)
+
+
+def test_ingest_with_union_features_trains_a_ten_feature_model():
+    t, x, det, _ = _union_inputs(400, 2)
+    cfg = LearnerConfig(features="union")
+    labels = np.zeros(400, np.int8)
+    labels[300:340] = 1
+    st_, step = ingest(LearnerState(), t, x, labels, initial_model(cfg), cfg, detector_features=det)
+    assert step.features.shape == (400, 10) and st_.train_x.shape[1] == 10
+    st_, up = train_round(st_, 0.0, cfg, initial_model(cfg))
+    assert up.weights.shape == (10,) and up.curvature.packed().shape == (11 + 66,)
+    with pytest.raises(ValueError):
+        ingest(LearnerState(), t, x, labels, initial_model(cfg), cfg)
