@@ -27,6 +27,10 @@ same refractory period); random alarms at the latest global model's alarm rate.
     .venv/bin/python scripts/nab_replica.py --split readings
     .venv/bin/python scripts/nab_replica.py --salt 3                   # another device split
     .venv/bin/python scripts/nab_replica.py --simulator --split readings --positive-skip 0
+    .venv/bin/python scripts/nab_replica.py --server fedbuff --averaging 3 --features incident \
+        --threshold-rule raw --tail-readings 100            # the first round's configuration
+
+Defaults are ``LearnerConfig``'s: online Newton server, union features, standardised thresholds.
 """
 
 from __future__ import annotations
@@ -523,23 +527,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="steps",
         help="weigh each update's change equally (steps) or by its samples (FedAvg's rule)",
     )
-    p.add_argument("--averaging", type=float, default=3.0, help="eta of the polynomial-decay average; <0: none")
-    p.add_argument("--server", choices=("fedbuff", "newton"), default="fedbuff", help="the server step")
+    p.add_argument("--averaging", type=float, default=-1.0, help="eta of the polynomial-decay average; <0: none")
+    p.add_argument("--server", choices=("fedbuff", "newton"), default="newton", help="the server step")
     p.add_argument("--server-lr", type=float, default=1.0, help="fedbuff: server learning rate")
     p.add_argument("--server-momentum", type=float, default=0.0, help="fedbuff: server momentum (FedAvgM)")
     p.add_argument(
         "--tail-readings",
         type=float,
-        default=100.0,
+        default=1000.0,
         help="normal readings above the threshold in the histogram window (window = this / budget)",
     )
     p.add_argument(
         "--features",
         choices=("incident", "union"),
-        default="incident",
+        default="union",
         help="the six incident statistics, or those and detection.py's four, all calibrated",
     )
-    p.add_argument("--threshold-rule", choices=("raw", "standardised"), default="raw")
+    p.add_argument("--threshold-rule", choices=("raw", "standardised"), default="standardised")
     p.add_argument(
         "--gate",
         type=float,

@@ -47,8 +47,10 @@ from flead_app.algorithms.sgd import LinearModel, accuracy, log_loss, predict_pr
 #: fixed bins of the score histograms every device and the FedAvg step share (logits)
 SCORE_EDGES = np.linspace(-12.0, 12.0, 481)
 NUM_SCORE_BINS = SCORE_EDGES.shape[0] - 1
-#: a threshold rests on this many normal readings above it (relative error of the tail share ~10%)
-TAIL_READINGS = 100.0
+#: a threshold rests on this many normal readings above it (relative error of the tail share ~3%;
+#: 100, ~10%, while versions still swung under FedBuff: with the Newton server the model settles,
+#: and standardised scores let older versions' histograms count, so the window can be longer)
+TAIL_READINGS = 1000.0
 
 
 @dataclass(frozen=True)
@@ -63,22 +65,22 @@ class LearnerConfig:
     refractory: int = 100  # readings after an alarm in which the device raises no other
     alarm_rule: str = "model"  # "model" or "zscore": which decision raises alarms
     shuffle: bool = True  # local SGD visits a round's samples in a random order (seeded by the round)
-    averaging: float | None = 3.0  # eta of the polynomial-decay average that scores (None: the last iterate)
+    averaging: float | None = None  # eta of the polynomial-decay average that scores (None: the last iterate)
     # the server step (``server_step``): "fedbuff" (mean of the rounds' changes, server lr and momentum)
     # or "newton" (online Newton on the rounds' gradients and Hessians, ``second_order.newton_step``)
-    server: str = "fedbuff"
+    server: str = "newton"
     server_lr: float = 1.0
     server_momentum: float = 0.0
     staleness_exponent: float = 0.5
     equal_update_weights: bool = True  # fedbuff: every round's change counts alike (False: by samples)
     newton: NewtonConfig = NewtonConfig()
     tail_readings: float = TAIL_READINGS  # normal readings above the threshold the histogram window holds
-    features: str = "incident"  # ``incident_features.FEATURE_SETS``: "incident" (6) or "union" (+ the detector's 4)
+    features: str = "union"  # ``incident_features.FEATURE_SETS``: "incident" (6) or "union" (+ the detector's 4)
     #: "raw": the threshold is a quantile of the merged histograms of start models' logits on normal
     #: samples; "standardised": histograms of (logit - loc) / scale of the start model, where loc and
     #: scale are the model's normal-score mean and std from the merged normal-feature moments, so
     #: scores of older versions still tell the newest one's quantile (``normal_moments``)
-    threshold_rule: str = "raw"
+    threshold_rule: str = "standardised"
 
     @property
     def num_features(self) -> int:
@@ -180,7 +182,7 @@ def merge_histograms(previous: np.ndarray, reported: list[np.ndarray], cfg: Lear
     of about ``histogram_readings`` normal readings is reached, new scores (of newer versions)
     replace old ones at the rate they arrive, so the threshold follows the model.
 
-    >>> cfg = LearnerConfig(alarm_budget=0.1)  # 1,000 readings
+    >>> cfg = LearnerConfig(alarm_budget=0.1, tail_readings=100)  # 1,000 readings
     >>> h = merge_histograms(np.full(NUM_SCORE_BINS, 2.0), [np.full(NUM_SCORE_BINS, 0.25)], cfg)
     >>> round(float(h[0]), 3)  # 120 new readings: the old ones keep 1 - 120 / 1,000
     2.01
@@ -274,11 +276,14 @@ def ingest(
     ``cfg.features`` is "union" (calibrated after the six).
 
     >>> import numpy as np
+    >>> from flead_app.algorithms import detection
     >>> cfg = LearnerConfig()
     >>> t = np.arange(300) * 300.0; x = np.random.default_rng(0).normal(0, 1, 300)
-    >>> st, out = ingest(LearnerState(), t, x, np.zeros(300, np.int8), initial_model(cfg), cfg)
-    >>> int(out.alarm.sum()), st.train_y.shape[0] == int(out.scored.sum())
-    (0, True)
+    >>> det = detection.score_batch(detection.DetectorState(), x)
+    >>> st, out = ingest(LearnerState(), t, x, np.zeros(300, np.int8), initial_model(cfg), cfg,
+    ...                  zscore_alarm=np.abs(det.z) > 2.5, detector_features=det.features)
+    >>> int(out.alarm.sum()), st.train_y.shape[0] == int(out.scored.sum()), st.train_x.shape[1]
+    (0, True, 10)
     """
     labels = np.asarray(labels)
     k = labels.shape[0]
@@ -379,7 +384,7 @@ def train_round(
     model for a local-only round); None when no sample is waiting.
 
     >>> import numpy as np
-    >>> cfg = LearnerConfig()
+    >>> cfg = LearnerConfig(features="incident")
     >>> st = LearnerState(train_x=np.zeros((3, 6)), train_y=np.array([0, 0, 1], np.int8))
     >>> st, up = train_round(st, 0.0, cfg, initial_model(cfg))
     >>> up.samples, up.positives, int(up.normal_histogram.sum()), st.train_y.shape[0]
@@ -436,7 +441,7 @@ def server_step(current: IncidentModel, updates: list[IncidentUpdate], cfg: Lear
     "newton": ``second_order.newton_step`` on the rounds' curvature. Thresholds and the averaged
     model as ``next_global``.
 
-    >>> cfg = LearnerConfig(server="newton")
+    >>> cfg = LearnerConfig(server="newton", features="incident")
     >>> st = LearnerState(train_x=np.r_[np.zeros((40, 6)), np.ones((10, 6))], train_y=np.r_[np.zeros(40), np.ones(10)])
     >>> _, up = train_round(st, 0.0, cfg, initial_model(cfg))
     >>> g = server_step(initial_model(cfg), [up], cfg)
@@ -470,7 +475,7 @@ def next_global(
 ) -> IncidentModel:
     """The next global version from FedAvg's weights and bias and the updates' histograms.
 
-    >>> cfg = LearnerConfig(alarm_budget=0.5)
+    >>> cfg = LearnerConfig(alarm_budget=0.5, features="incident", threshold_rule="raw")
     >>> up = IncidentUpdate(0, np.zeros(6), 0.0, 2, 0, 1.0, 0.1, score_histogram(np.array([-1.0, 1.0])))
     >>> g = next_global(initial_model(cfg), np.zeros(6), -3.0, [up], cfg)
     >>> g.version, bool(-1.0 < g.threshold < 1.0)

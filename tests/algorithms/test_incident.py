@@ -124,7 +124,7 @@ def test_empty_histogram_means_no_alarm():
 
 
 def test_merge_keeps_a_window_of_histogram_readings():
-    cfg = LearnerConfig(alarm_budget=0.01)  # 10,000 readings
+    cfg = LearnerConfig(alarm_budget=0.01, tail_readings=100)  # 10,000 readings
     h = np.zeros(480)
     for _ in range(100):
         h = merge_histograms(h, [score_histogram(np.zeros(500))], cfg)
@@ -155,7 +155,7 @@ def _window_labels(n, start, end):
 
 
 def test_window_positives_are_held_until_the_window_closes_and_first_half_skipped():
-    cfg = LearnerConfig(positive_skip=0.5)
+    cfg = LearnerConfig(positive_skip=0.5, features="incident")
     t, x = _series(300, 8)
     y = _window_labels(300, 100, 140)
     st_, _ = ingest(LearnerState(), t[:120], x[:120], y[:120], initial_model(cfg), cfg)
@@ -166,7 +166,7 @@ def test_window_positives_are_held_until_the_window_closes_and_first_half_skippe
 
 
 def test_held_out_readings_never_train():
-    cfg = LearnerConfig()
+    cfg = LearnerConfig(features="incident")
     t, x = _series(200, 9)
     y = _window_labels(200, 100, 150)
     st_, _ = ingest(LearnerState(), t, x, y, initial_model(cfg), cfg, trainable=np.zeros(200, bool))
@@ -174,7 +174,7 @@ def test_held_out_readings_never_train():
 
 
 def test_alarm_rule_zscore_uses_the_z_decisions():
-    cfg = LearnerConfig(alarm_rule="zscore", refractory=5)
+    cfg = LearnerConfig(alarm_rule="zscore", refractory=5, features="incident")
     t, x = _series(50, 10)
     z = np.zeros(50, bool)
     z[[20, 22, 30]] = True
@@ -183,7 +183,7 @@ def test_alarm_rule_zscore_uses_the_z_decisions():
 
 
 def test_round_reports_normal_histogram_and_learns_towards_positives():
-    cfg = LearnerConfig(learning_rate=0.1)
+    cfg = LearnerConfig(learning_rate=0.1, features="incident")
     rng = np.random.default_rng(11)
     x = np.vstack((rng.normal(0, 1, (200, NUM_FEATURES)), rng.normal(3, 1, (20, NUM_FEATURES))))
     y = np.r_[np.zeros(200), np.ones(20)].astype(np.int8)
@@ -194,7 +194,7 @@ def test_round_reports_normal_histogram_and_learns_towards_positives():
 
 
 def test_next_global_sets_threshold_and_averages():
-    cfg = LearnerConfig(alarm_budget=0.1, averaging=3.0)
+    cfg = LearnerConfig(alarm_budget=0.1, averaging=3.0, features="incident", threshold_rule="raw")
     g = initial_model(cfg)
     ups = [IncidentUpdate(0, np.ones(6), -2.0, 10, 0, 1.0, 0.1, score_histogram(np.linspace(-4, 0, 1000)))]
     g1 = next_global(g, np.ones(6), -2.0, ups, cfg)

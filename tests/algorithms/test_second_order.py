@@ -127,7 +127,7 @@ def test_server_step_newton_and_fedbuff_carry_their_state():
     x, y = _data(200, 7)
     state = LearnerState(train_x=x, train_y=y)
     for server in ("newton", "fedbuff"):
-        cfg = LearnerConfig(server=server, server_momentum=0.5)
+        cfg = LearnerConfig(server=server, server_momentum=0.5, features="incident", threshold_rule="raw")
         g0 = initial_model(cfg)
         _, up = train_round(state, 0.0, cfg, g0)
         assert up.base_params.shape == (7,) and up.curvature.packed().shape == (35,)
@@ -146,7 +146,7 @@ def test_standardised_threshold_follows_a_new_model():
 
     rng = np.random.default_rng(8)
     x = rng.exponential(size=(20_000, 6)) - 1.0
-    cfg = LearnerConfig(threshold_rule="standardised", averaging=None, alarm_budget=0.01)
+    cfg = LearnerConfig(threshold_rule="standardised", averaging=None, alarm_budget=0.01, features="incident")
     state = LearnerState(train_x=x, train_y=np.zeros(20_000, np.int8))
     g = initial_model(cfg)
     _, up = train_round(state, 0.0, cfg, g)
