@@ -2,11 +2,18 @@
 
 It replaces, for real data, the learner of ``device.py`` (whose features and threshold 0.5 were
 chosen on the simulator), keeping its federated shape: local SGD rounds of logistic regression
-from the newest global model, every ``train_every`` readings or ``train_interval_s`` seconds,
-updates aggregated by FedBuff (``aggregation.federated_step``). What changes:
+from the newest global model, every ``train_every`` readings or ``train_interval_s`` seconds.
+What changes:
 
 * **Features**: ``incident_features``: per-device calibrated surprises (Exp(1) under the null on
-  every device), so one weight vector means the same on every device.
+  every device), so one weight vector means the same on every device; ``features`` "union" (the
+  default) adds ``detection.py``'s four, calibrated alike, and the model weighs them per fleet.
+* **Server step** (``server_step``, a pure function of the global model, the updates and the
+  config): by default online Newton (``second_order.newton_step``): each round also reports the
+  gradient and Hessian of its log-loss at the parameters it started from, and the global model is
+  the minimiser of all rounds' quadratic expansions plus a ridge, i.e. the central L2 logistic
+  regression on the data seen, up to the expansion error. The round's SGD weights still travel
+  (they are the device's local model); ``server`` "fedbuff" averages their changes instead.
 * **Training target** (``positive_skip``): a labelled window is held by the device until it
   closes; then the first ``positive_skip`` share of it is left out of training and the rest are
   the positives. NAB's windows are centred on the incident (``positive_skip`` 0.5: the first half
@@ -15,8 +22,11 @@ updates aggregated by FedBuff (``aggregation.federated_step``). What changes:
 * **Decision threshold**: the model's score (logit) is compared with a threshold the *global
   model carries*: with each update a device reports a histogram (fixed bins ``SCORE_EDGES``) of
   the scores that the model its round started from gave to the round's normal training readings;
-  the FedAvg step sums them (``merge_histograms``) and sets the threshold that a share
-  ``alarm_budget`` of normal readings exceed (``threshold_for_budget``). Class imbalance is
+  the server step sums them (``merge_histograms``) and sets the threshold that a share
+  ``alarm_budget`` of normal readings exceed (``threshold_for_budget``). With ``threshold_rule``
+  "standardised" (the default) the histograms are of (score - loc) / scale of the start model,
+  loc and scale coming from merged moments of the normal features, so the newest model's
+  threshold is its own loc + scale x the merged quantile. Class imbalance is
   handled there, not by weighting the loss (the threshold is a quantile of normal scores, so only
   the ranking the weights induce matters; class weights did not change it on training devices).
 * **Alarm suppression** (``refractory``): after an alarm a device raises no other for that many
@@ -352,7 +362,12 @@ def training_due(state: LearnerState, now: float, cfg: LearnerConfig) -> bool:
 
 @dataclass(frozen=True)
 class IncidentUpdate:
-    """What a local round reports: the weights FedAvg averages, plus the normal-score histogram."""
+    """What a local round reports (F features, F + 1 parameters; sizes in docs/learning_real_data.md).
+
+    The round's SGD result (``weights``, ``bias``: the device's local model, FedBuff's input), its
+    counts, the start parameters and the curvature there (the Newton server's input), and what
+    the threshold needs (the normal-score histogram and the normal features' moments).
+    """
 
     base_version: int
     weights: np.ndarray
