@@ -1,12 +1,16 @@
-"""Incident features: unitless, per-device calibrated surprise scores for the learner on real data.
+"""The learner's features: ten unitless, per-device calibrated surprise scores.
 
 The features of ``detection.py`` were chosen on the simulator: a cumulative robust baseline and
-four Gaussian surprise scores. On real series (NAB) two things break them: devices differ in the
-*shape* of their distribution (heavy tails, bursts, daily cycles), so the same |z| is routine on
-one device and an incident on another, and incidents are slow and wide (level shifts, changes of
-volatility, a broken daily pattern) rather than spikes. This module computes, per reading:
+four Gaussian surprise scores. On real series (NAB) two things break them used alone: devices
+differ in the *shape* of their distribution (heavy tails, bursts, daily cycles), so the same |z|
+is routine on one device and an incident on another, and incidents are slow and wide (level
+shifts, changes of volatility, a broken daily pattern) rather than spikes. So every reading gets
+ten statistics, each calibrated on the device's own history (docs/learning.md has the numbers:
+the union of both sets beat either alone on the simulator and in the inner cross-validation on
+NAB, the model weighs them per fleet).
 
-Six raw statistics (all unitless: each is a ratio of quantities in the device's own units):
+Six statistics of this module (all unitless: each is a ratio of quantities in the device's own
+units):
 
 0. ``level_z``: |x - L| / S, against a slow robust baseline L (Huber-clipped exponentially weighted
    mean with time constant ``TAU_LEVEL_S`` = 1 day of event time, the longest cycle most sensors
@@ -26,6 +30,9 @@ Six raw statistics (all unitless: each is a ratio of quantities in the device's 
    level baseline. It sees a value normal for the day but wrong for the hour.
 5. ``cycle_ewm``: |EWM of the signed cycle z|.
 
+and 6-9: ``detection.score_batch``'s four (robust |z|, its EWM, stillness, |EWM of the signed
+robust z|), which the worker computes anyway for the z-rule, uncentred (each >= 0 like the six).
+
 Then *calibration*: each raw statistic f is turned into its per-device tail surprise
 u = -log P_device(F >= f), estimated from a histogram of the device's own past values of that
 statistic (all scored readings, labelled or not) plus a prior worth ``PRIOR_READINGS`` readings
@@ -36,6 +43,13 @@ units, tails or cycles, which is what averaging one linear model across devices 
 sees u - 1 (mean 0 under the null). The histograms are refreshed every ``REFRESH`` readings of
 the device (readings score against the table as of the last refresh), so the result does not
 depend on how readings are batched into messages, and the calibration of a batch is vectorised.
+
+>>> from flead_app.algorithms import detection
+>>> t = np.arange(400) * 300.0
+>>> x = np.random.default_rng(1).normal(10, 2, 400); x[300] += 30
+>>> r = score(IncidentState(), t, x, detection.score_batch(detection.DetectorState(), x).features)
+>>> r.features.shape, bool(r.features[300, 0] > r.features[299, 0] + 2)
+((400, 10), True)
 """
 
 from __future__ import annotations
@@ -46,12 +60,14 @@ from functools import cache
 
 import numpy as np
 
-FEATURE_NAMES = ("level_z", "level_ewm", "vol_up", "vol_down", "cycle_z", "cycle_ewm")
-NUM_FEATURES = len(FEATURE_NAMES)
+#: the six statistics this module computes (``raw_statistics``)
+STAT_NAMES = ("level_z", "level_ewm", "vol_up", "vol_down", "cycle_z", "cycle_ewm")
+NUM_STATS = len(STAT_NAMES)
 #: ``detection.py``'s four features (chosen on the simulator), uncentred, calibrated the same way
 DETECTOR_FEATURE_NAMES = ("robust_abs_z", "robust_ewm_abs_z", "stillness_z", "robust_ewm_z")
-#: the feature sets a fleet's model can use: the six incident statistics, or those and the detector's four
-FEATURE_SETS = {"incident": FEATURE_NAMES, "union": FEATURE_NAMES + DETECTOR_FEATURE_NAMES}
+#: what the model sees: all ten, calibrated
+FEATURE_NAMES = STAT_NAMES + DETECTOR_FEATURE_NAMES
+NUM_FEATURES = len(FEATURE_NAMES)
 TAU_LEVEL_S = 86_400.0  # the slow baseline's time constant: one day of event time
 TAU_CYCLE_S = 7 * 86_400.0  # each hour-of-day bin remembers about a week of that hour
 CYCLE_BINS = 24
@@ -93,13 +109,44 @@ class IncidentState:
     prepared: tuple | None = field(default=None, compare=False, repr=False)
 
     def state_floats(self) -> int:
-        """Numbers this state serialises to (the device row's share for these features)."""
+        """Numbers this state serialises to (the device row's share for these features).
+
+        >>> IncidentState().state_floats()  # 12 scalars, the daily profile, two tables of 10 x 23
+        520
+        """
         return 12 + 2 * CYCLE_BINS + 2 * self.table.shape[0] * NUM_BINS
+
+    def to_dict(self) -> dict:
+        """JSON-ready; the tables are counts, so whole numbers (short on the wire).
+
+        >>> IncidentState.from_dict(IncidentState(count=3).to_dict()).count
+        3
+        """
+        return {
+            "scalars": [self.count, self.last_t, self.last_x, self.level, self.spread, self.ewm_z,
+                        self.var_short, self.var_long, self.cycle_spread, self.ewm_zc],
+            "profile": list(self.profile),
+            "profile_n": list(self.profile_n),
+            "table": self.table.astype(np.int64).tolist(),
+            "fresh": self.fresh.astype(np.int64).tolist(),
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> IncidentState:
+        n, last_t, last_x, level, spread, ewm_z, vs, vl, cspread, ewm_zc = d["scalars"]
+        return cls(
+            count=int(n), last_t=float(last_t), last_x=float(last_x), level=float(level), spread=float(spread),
+            ewm_z=float(ewm_z), var_short=float(vs), var_long=float(vl),
+            profile=tuple(float(v) for v in d["profile"]), profile_n=tuple(int(v) for v in d["profile_n"]),
+            cycle_spread=float(cspread), ewm_zc=float(ewm_zc),
+            table=np.asarray(d["table"], dtype=np.float64).reshape(NUM_FEATURES, NUM_BINS),
+            fresh=np.asarray(d["fresh"], dtype=np.float64).reshape(NUM_FEATURES, NUM_BINS),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class IncidentScored:
-    raw: np.ndarray  # (k, NUM_FEATURES) raw statistics
+    raw: np.ndarray  # (k, NUM_FEATURES) raw statistics (the six, then the detector's four)
     features: np.ndarray  # (k, NUM_FEATURES) calibrated surprises minus 1 (the model's input)
     scored: np.ndarray  # bool: enough history
     state: IncidentState
@@ -112,7 +159,7 @@ def _floor(level: float) -> float:
 def raw_statistics(
     state: IncidentState, timestamps: np.ndarray, values: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, IncidentState]:
-    """The six raw statistics of each reading against the history before it, in order.
+    """The six statistics of each reading against the history before it, in order.
 
     One loop on Python floats (each baseline decides per reading how much of it to take in).
 
@@ -126,7 +173,7 @@ def raw_statistics(
     ts = np.asarray(timestamps, dtype=np.float64).tolist()
     xs = np.asarray(values, dtype=np.float64).tolist()
     k = len(xs)
-    out = np.zeros((k, NUM_FEATURES))
+    out = np.zeros((k, NUM_STATS))
     ok = np.zeros(k, dtype=bool)
     n, last_t, last_x = state.count, state.last_t, state.last_x
     level, spread, ewm_z = state.level, state.spread, state.ewm_z
@@ -244,49 +291,46 @@ def _null_shares(raw: np.ndarray) -> np.ndarray:
 
 
 @cache
-def null_tables(readings: int = 40_000, seed: int = 0, features: int = NUM_FEATURES) -> np.ndarray:
+def null_tables(readings: int = 40_000, seed: int = 0) -> np.ndarray:
     """Each raw statistic's distribution under the null (i.i.d. N(0, 1), 5-minute steps), as shares per bin.
 
-    ``features`` 10: the six statistics, then ``detection.score_batch``'s four (uncentred) on the
-    same readings.
+    The six statistics, then ``detection.score_batch``'s four (uncentred) on the same readings.
 
     >>> p = null_tables()
     >>> p.shape == (NUM_FEATURES, NUM_BINS) and bool(np.allclose(p.sum(axis=1), 1.0))
     True
-    >>> null_tables(features=10).shape
-    (10, 23)
     """
+    from flead_app.algorithms import detection
+
     rng = np.random.default_rng(seed)
     t = np.arange(readings) * 300.0
     x = rng.standard_normal(readings)
     raw, ok, _ = raw_statistics(IncidentState(), t, x)
-    if features == NUM_FEATURES:
-        return _null_shares(raw[ok])
-    extra, ok2 = detector_raw(x)
-    return _null_shares(np.concatenate((raw, extra), axis=1)[ok & ok2])
-
-
-def detector_raw(values: np.ndarray, state=None) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
-    """``detection.score_batch``'s four features without their centring, and which readings it scored.
-
-    (What the worker computes anyway for the z-rule; the incident learner calibrates them.)
-    """
-    from flead_app.algorithms import detection
-
-    r = detection.score_batch(state or detection.DetectorState(), values)
-    return uncentred_detector_features(r.features), r.scored
+    det = detection.score_batch(detection.DetectorState(), x)
+    extra = uncentred_detector_features(det.features)
+    return _null_shares(np.concatenate((raw, extra), axis=1)[ok & det.scored])
 
 
 def uncentred_detector_features(features: np.ndarray) -> np.ndarray:
-    """``detection`` features plus their normal-operation centres: every one >= 0, like the six."""
+    """``detection`` features plus their normal-operation centres: every one >= 0, like the six.
+
+    >>> from flead_app.algorithms.detection import FEATURE_CENTRES
+    >>> uncentred_detector_features(-np.array([FEATURE_CENTRES])).tolist()
+    [[0.0, 0.0, 0.0, 0.0]]
+    """
     from flead_app.algorithms.detection import FEATURE_CENTRES
 
     return np.maximum(np.asarray(features, dtype=np.float64) + np.asarray(FEATURE_CENTRES), 0.0)
 
 
 def prepare(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Counts with the null prior, their survival sums and totals: what ``calibrate`` reads."""
-    counts = table + PRIOR_READINGS * null_tables(features=table.shape[0])
+    """Counts with the null prior, their survival sums and totals: what ``calibrate`` reads.
+
+    >>> counts, surv, total = prepare(np.zeros((NUM_FEATURES, NUM_BINS)))
+    >>> bool(np.allclose(total, PRIOR_READINGS))
+    True
+    """
+    counts = table + PRIOR_READINGS * null_tables()
     return counts, _survival(counts), counts.sum(axis=1)
 
 
@@ -314,36 +358,23 @@ def _calibrated(
 
 
 def score(
-    state: IncidentState, timestamps: np.ndarray, values: np.ndarray, extra: np.ndarray | None = None
+    state: IncidentState, timestamps: np.ndarray, values: np.ndarray, detector_features: np.ndarray
 ) -> IncidentScored:
     """Raw statistics, calibrated features (surprise - 1) and the new state for one device's readings.
 
-    ``extra``: further raw statistics of the same readings, calibrated alike after the six
-    (``FEATURE_SETS["union"]``: the detector's four, ``uncentred_detector_features``); a state's
-    tables take the width of the first batch it sees.
+    ``detector_features``: ``detection.score_batch``'s features of the same readings (centred,
+    as it returns them), calibrated after the six.
 
     Calibration uses the device's table as of its last refresh; every ``REFRESH`` readings the
     counts since then are merged in, at fixed positions of the device's reading count, so
-    splitting the readings into other batches gives the same result.
-
-    >>> import numpy as np
-    >>> t = np.arange(400) * 300.0
-    >>> x = np.random.default_rng(1).normal(10, 2, 400); x[300] += 30
-    >>> r = score(IncidentState(), t, x)
-    >>> r.features.shape, bool(r.features[300, 0] > r.features[299, 0] + 2)
-    ((400, 6), True)
+    splitting the readings into other batches gives the same result (the example at the top).
     """
     start = state.count
     raw, ok, new = raw_statistics(state, timestamps, values)
-    if extra is not None:
-        raw = np.concatenate((raw, np.asarray(extra, dtype=np.float64)), axis=1)
+    raw = np.concatenate((raw, uncentred_detector_features(detector_features).reshape(-1, 4)), axis=1)
     k, width = raw.shape
     feats = np.zeros((k, width))
     table, fresh, prepared = state.table, state.fresh, state.prepared
-    if table.shape[0] != width:
-        if state.count or table.any():
-            raise ValueError(f"a state calibrated for {table.shape[0]} features was given {width}")
-        table, fresh, prepared = np.zeros((width, NUM_BINS)), np.zeros((width, NUM_BINS)), None
     offsets = (np.arange(width) * NUM_BINS)[None, :]
     idx, above = _bin_position(raw)
     # segments of the batch between refresh points (a refresh happens before reading number m*REFRESH)

@@ -1,3 +1,5 @@
+"""The learner: calibrated features, the decision rule, held windows, rounds and the server step."""
+
 import math
 
 import numpy as np
@@ -5,7 +7,35 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flead_app.algorithms.device_holdout import device_held_out, held_out_devices
+from flead_app.algorithms import detection
+from flead_app.algorithms.decision import (
+    NEVER,
+    NUM_SCORE_BINS,
+    ScoreRule,
+    central_rule,
+    dense_histogram,
+    merge_histograms,
+    merge_moments,
+    moments_of,
+    refractory_alarms,
+    score_histogram,
+    score_location_scale,
+    sparse_histogram,
+    threshold_for_budget,
+)
+from flead_app.algorithms.device import (
+    DeviceConfig,
+    DeviceMessage,
+    DeviceState,
+    GlobalParams,
+    ingest,
+    initial_global,
+    step,
+    train_round,
+    training_targets,
+)
+from flead_app.algorithms.fedbuff import FedBuffConfig, FedBuffState
+from flead_app.algorithms.holdout import device_held_out, held_out_devices
 from flead_app.algorithms.incident_features import (
     NUM_FEATURES,
     REFRESH,
@@ -14,19 +44,7 @@ from flead_app.algorithms.incident_features import (
     raw_statistics,
     score,
 )
-from flead_app.algorithms.incident_learner import (
-    IncidentUpdate,
-    LearnerConfig,
-    LearnerState,
-    ingest,
-    initial_model,
-    merge_histograms,
-    next_global,
-    refractory_alarms,
-    score_histogram,
-    threshold_for_budget,
-    train_round,
-)
+from flead_app.models import LocalModelUpdate, format_timestamp
 
 
 def _series(n, seed=0, step=300.0):
@@ -34,17 +52,29 @@ def _series(n, seed=0, step=300.0):
     return np.arange(n) * step, rng.normal(20.0, 3.0, n)
 
 
+def _det(x):
+    return detection.score_batch(detection.DetectorState(), x).features
+
+
+def _score(t, x, state=None):
+    return score(state or IncidentState(), t, x, _det(x))
+
+
+# --- features -----------------------------------------------------------------------------------
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(1, 90), min_size=1, max_size=6))
 def test_batching_does_not_change_features(cuts):
     t, x = _series(300, 1)
-    whole = score(IncidentState(), t, x)
+    det = _det(x)
+    whole = score(IncidentState(), t, x, det)
     parts, state, a = [], IncidentState(), 0
     for c in [*np.cumsum(cuts).tolist(), 300]:
         c = min(c, 300)
         if c <= a:
             continue
-        r = score(state, t[a:c], x[a:c])
+        r = score(state, t[a:c], x[a:c], det[a:c])
         parts.append(r.features)
         state, a = r.state, c
     np.testing.assert_allclose(np.vstack(parts), whole.features, atol=1e-9)
@@ -53,38 +83,39 @@ def test_batching_does_not_change_features(cuts):
 
 def test_features_are_unitless():
     t, x = _series(500, 2)
-    a = score(IncidentState(), t, x).features
-    b = score(IncidentState(), t, 1000.0 * x - 7.0).features  # other units and offset
+    a = _score(t, x).features
+    b = _score(t, 1000.0 * x - 7.0).features  # other units and offset
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_null_calibration_is_close_to_exponential():
+def test_null_calibration_is_close_to_exponential_for_all_ten():
     t, x = _series(6000, 3)
-    r = score(IncidentState(), t, x)
-    u = r.features[r.scored] + 1.0  # surprises
+    r = _score(t, x)
+    assert r.features.shape == (6000, NUM_FEATURES) == (6000, 10)
+    u = r.features[r.scored][500:] + 1.0  # surprises
     assert u.min() >= -1e-9
     # under the null each surprise is about Exp(1): mean near 1 and P(u > 3) near e^-3
-    assert np.all(np.abs(u.mean(axis=0) - 1.0) < 0.25)
-    assert np.all(np.abs((u > 3.0).mean(axis=0) - math.exp(-3.0)) < 0.03)
+    assert np.all(np.abs(u.mean(axis=0) - 1.0) < 0.35), u.mean(axis=0)
+    assert np.all(np.abs((u > 3.0).mean(axis=0) - math.exp(-3.0)) < 0.04)
 
 
 def test_level_shift_and_stuck_sensor_raise_their_features():
     t, x = _series(2000, 4)
     shifted = x.copy()
     shifted[1500:] += 15.0  # 5 standard deviations
-    r = score(IncidentState(), t, shifted)
+    r = _score(t, shifted)
     assert r.features[1505, 1] > r.features[1400:1500, 1].max()
     stuck = x.copy()
     stuck[1500:] = stuck[1499]
-    r = score(IncidentState(), t, stuck)
+    r = _score(t, stuck)
     assert r.features[1510, 3] > np.quantile(r.features[500:1500, 3], 0.999)
 
 
 def test_constant_and_repeated_timestamps_stay_finite():
-    r = score(IncidentState(), np.zeros(200), np.full(200, 5.0))
+    r = _score(np.zeros(200), np.full(200, 5.0))
     assert np.isfinite(r.features).all() and np.isfinite(r.raw).all()
     t, x = _series(100, 5)
-    r = score(IncidentState(), t[::-1], x)  # time running backwards
+    r = _score(t[::-1], x)  # time running backwards
     assert np.isfinite(r.features).all()
 
 
@@ -96,7 +127,7 @@ def test_state_size_and_null_tables():
 
 def test_table_refreshes_every_refresh_readings():
     t, x = _series(3 * REFRESH + 5, 6)
-    s = score(IncidentState(), t, x).state
+    s = _score(t, x).state
     assert s.table.sum(axis=1)[0] + s.fresh.sum(axis=1)[0] == pytest.approx(3 * REFRESH + 5 - 10)
     assert s.fresh.sum(axis=1)[0] == 5  # readings since the last refresh
 
@@ -107,7 +138,16 @@ def test_raw_statistics_warm_up():
     assert not ok[:10].any() and ok[10:].all() and st_.count == 30
 
 
-# --- thresholds, histograms, alarms --------------------------------------------------------
+def test_feature_state_round_trips():
+    t, x = _series(77, 8)
+    s = _score(t, x).state
+    back = IncidentState.from_dict(s.to_dict())
+    assert back.to_dict() == s.to_dict()
+    t2, x2 = _series(40, 9)
+    np.testing.assert_allclose(score(back, t2, x2, _det(x2)).features, score(s, t2, x2, _det(x2)).features)
+
+
+# --- the decision rule ----------------------------------------------------------------------------
 
 
 @settings(max_examples=50, deadline=None)
@@ -120,88 +160,107 @@ def test_threshold_meets_the_budget(budget, seed):
 
 
 def test_empty_histogram_means_no_alarm():
-    assert threshold_for_budget(np.zeros(480), 0.01) == math.inf
+    assert threshold_for_budget(np.zeros(NUM_SCORE_BINS), 0.01) == math.inf
+    assert not ScoreRule(np.ones(2), 0.0, 0.0, 1.0, None).candidates(np.full((3, 2), 50.0)).any()
 
 
 def test_merge_keeps_a_window_of_histogram_readings():
-    cfg = LearnerConfig(alarm_budget=0.01, tail_readings=100)  # 10,000 readings
-    h = np.zeros(480)
+    h = np.zeros(NUM_SCORE_BINS)
     for _ in range(100):
-        h = merge_histograms(h, [score_histogram(np.zeros(500))], cfg)
-    assert 0.99 * cfg.histogram_readings <= h.sum() <= cfg.histogram_readings  # converges to the window
+        h = merge_histograms(h, [score_histogram(np.zeros(500))], 10_000.0)
+    assert 0.99 * 10_000 <= h.sum() <= 10_000  # converges to the window
+
+
+def test_sparse_histograms_round_trip():
+    h = score_histogram(np.random.default_rng(1).normal(size=50))
+    assert np.array_equal(dense_histogram(sparse_histogram(h)), h)
+    assert len(sparse_histogram(h)) < 40
+
+
+def test_moments_give_the_mean_and_std_of_any_model():
+    rng = np.random.default_rng(2)
+    x = rng.exponential(size=(5000, 4)) - 1.0
+    w, b = np.array([0.5, -1.0, 0.2, 0.0]), -2.0
+    merged = merge_moments(moments_of(x[:2000]), [moments_of(x[2000:])], 1e9)
+    loc, scale = score_location_scale(merged, w, b)
+    s = x @ w + b
+    assert loc == pytest.approx(s.mean()) and scale == pytest.approx(s.std())
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.booleans(), max_size=200), st.integers(1, 50), st.integers(1, 60))
+@given(st.lists(st.booleans(), max_size=200), st.integers(0, 50), st.integers(1, 60))
 def test_refractory_alarms_are_spaced_and_batching_does_not_matter(cands, refractory, cut):
     c = np.array(cands, dtype=bool)
-    whole, since = refractory_alarms(c, 1 << 30, refractory)
+    whole, since = refractory_alarms(c, NEVER, refractory)
     idx = np.flatnonzero(whole)
-    assert (np.diff(idx) >= refractory).all()
-    assert not (c & ~whole).any() or whole.sum() <= c.sum()
+    assert (np.diff(idx) >= max(refractory, 1)).all()
     assert not (whole & ~c).any()
-    a, s1 = refractory_alarms(c[:cut], 1 << 30, refractory)
+    a, s1 = refractory_alarms(c[:cut], NEVER, refractory)
     b, s2 = refractory_alarms(c[cut:], s1, refractory)
     np.testing.assert_array_equal(np.concatenate((a, b)), whole)
+    assert s2 == since
 
 
-# --- the device step ----------------------------------------------------------------------------
+def test_central_rule_is_the_servers_rule_on_pooled_normal_scores():
+    rng = np.random.default_rng(3)
+    normal = rng.exponential(size=(30_000, NUM_FEATURES)) - 1.0
+    w = rng.normal(size=NUM_FEATURES)
+    rule = central_rule(w, -3.0, normal, budget=0.01, refractory=100)
+    assert (rule.standardised(normal) > rule.threshold).mean() == pytest.approx(0.01, abs=0.002)
+    # the same numbers published by a server give the same decisions
+    pub = ScoreRule.published(w.tolist(), -3.0, rule.threshold, rule.loc, rule.scale, 100)
+    assert np.array_equal(pub.candidates(normal), rule.candidates(normal))
+    # and on probabilities: p > probability_threshold is the same decision
+    p = 1 / (1 + np.exp(-(normal @ w - 3.0)))
+    assert np.array_equal(p > rule.probability_threshold, rule.candidates(normal))
 
 
-def _window_labels(n, start, end):
-    y = np.zeros(n, np.int8)
-    y[start:end] = 1
-    return y
+# --- training targets and held windows ---------------------------------------------------------
 
 
 def test_window_positives_are_held_until_the_window_closes_and_first_half_skipped():
-    cfg = LearnerConfig(positive_skip=0.5, features="incident")
+    cfg = DeviceConfig(positive_skip=0.5)
     t, x = _series(300, 8)
-    y = _window_labels(300, 100, 140)
-    st_, _ = ingest(LearnerState(), t[:120], x[:120], y[:120], initial_model(cfg), cfg)
-    assert st_.train_y.sum() == 0 and st_.window_x.shape[0] == 20  # window still open
-    st_, _ = ingest(st_, t[120:], x[120:], y[120:], initial_model(cfg), cfg)
-    assert st_.train_y.sum() == 20 and st_.window_x.shape[0] == 0  # second half of 40 readings
-    assert (st_.train_y == 0).sum() == 300 - 10 - 40
+    y = np.zeros(300, np.int8)
+    y[100:140] = 1
+    st_, _ = ingest(DeviceState(), t[:120], x[:120], y[:120], 0.0, cfg)
+    assert st_.buffer_labels.sum() == 0 and st_.window_length == 20  # window still open
+    st_, _ = ingest(st_, t[120:], x[120:], y[120:], 0.0, cfg)
+    assert st_.buffer_labels.sum() == 20 and st_.window_length == 0  # second half of 40 readings
+    assert (st_.buffer_labels == 0).sum() == 300 - 10 - 40
 
 
-def test_held_out_readings_never_train():
-    cfg = LearnerConfig(features="incident")
-    t, x = _series(200, 9)
-    y = _window_labels(200, 100, 150)
-    st_, _ = ingest(LearnerState(), t, x, y, initial_model(cfg), cfg, trainable=np.zeros(200, bool))
-    assert st_.train_y.shape[0] == 0
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.sampled_from([0, 0, 0, 1, 1, -1]), min_size=12, max_size=120), st.integers(1, 40),
+       st.sampled_from([0.0, 0.5, 0.25]))  # fmt: skip
+def test_streaming_releases_what_training_targets_says(labels, cut, skip):
+    """Whatever the batching, the samples a device trains on are ``training_targets``' (closed windows)."""
+    cfg = DeviceConfig(positive_skip=skip, holdout_device_percent=0, holdout_percent=0)
+    y = np.array([*labels, 0], dtype=np.int8)  # a last normal reading closes any window
+    n = y.shape[0]
+    t, x = _series(n, 11)
+    state, a = DeviceState(), 0
+    for c in [*range(cut, n, cut), n]:
+        state, _ = ingest(state, t[a:c], x[a:c], y[a:c], 0.0, cfg)
+        a = c
+    want = training_targets(y, cfg)
+    want[:10] = -1  # not scored yet
+    assert sorted(state.buffer_labels.tolist()) == sorted(want[want >= 0].tolist())
 
 
-def test_alarm_rule_zscore_uses_the_z_decisions():
-    cfg = LearnerConfig(alarm_rule="zscore", refractory=5, features="incident")
-    t, x = _series(50, 10)
-    z = np.zeros(50, bool)
-    z[[20, 22, 30]] = True
-    _, out = ingest(LearnerState(), t, x, np.zeros(50, np.int8), initial_model(cfg), cfg, zscore_alarm=z)
-    assert np.flatnonzero(out.alarm).tolist() == [20, 30]
-
-
-def test_round_reports_normal_histogram_and_learns_towards_positives():
-    cfg = LearnerConfig(learning_rate=0.1, features="incident")
-    rng = np.random.default_rng(11)
-    x = np.vstack((rng.normal(0, 1, (200, NUM_FEATURES)), rng.normal(3, 1, (20, NUM_FEATURES))))
-    y = np.r_[np.zeros(200), np.ones(20)].astype(np.int8)
-    st_, up = train_round(LearnerState(train_x=x, train_y=y), 0.0, cfg, initial_model(cfg))
-    assert up.samples == 220 and up.positives == 20 and up.normal_histogram.sum() == 200
-    assert (up.weights > 0).all()
-    assert st_.train_y.shape[0] == 0 and st_.rounds == 1
-
-
-def test_next_global_sets_threshold_and_averages():
-    cfg = LearnerConfig(alarm_budget=0.1, averaging=3.0, features="incident", threshold_rule="raw")
-    g = initial_model(cfg)
-    ups = [IncidentUpdate(0, np.ones(6), -2.0, 10, 0, 1.0, 0.1, score_histogram(np.linspace(-4, 0, 1000)))]
-    g1 = next_global(g, np.ones(6), -2.0, ups, cfg)
-    assert g1.version == 1 and np.allclose(g1.scoring().weights, 1.0)  # version 1 is its own average
-    g2 = next_global(g1, np.full(6, 3.0), -2.0, ups, cfg)
-    assert np.allclose(g2.scoring().weights, 1.0 + (4.0 / 5.0) * 2.0)
-    assert -0.6 < g2.threshold < -0.2
+def test_held_out_device_never_buffers_but_alarms():
+    ids = [f"device_{i}" for i in range(50)]
+    held = next(d for d in ids if device_held_out(d))
+    cfg = DeviceConfig(alarm_rule="zrule", refractory=0)
+    t, x = _series(300, 9)
+    x[200] += 60
+    y = np.zeros(300, np.int8)
+    y[150:180] = 1
+    msgs = [DeviceMessage(float(i), t[i : i + 30], x[i : i + 30], y[i : i + 30]) for i in range(0, 300, 30)]
+    out = step(DeviceState(), msgs, initial_global(cfg), held, cfg)
+    assert out.state.buffer_labels.shape[0] == 0 and out.state.window_features.shape[0] == 0
+    assert not out.updates and any(a.reading == 20 and a.message == 6 for a in out.alarms)
+    assert all(s.device_heldout and s.heldout.all() for s in out.scores)
 
 
 def test_device_split_is_stable_and_near_the_percent():
@@ -212,55 +271,106 @@ def test_device_split_is_stable_and_near_the_percent():
     assert (held_out_devices(ids, 20.0, "x") != h).any()
 
 
-def _union_inputs(n, seed=0):
-    from flead_app.algorithms import detection
-    from flead_app.algorithms.incident_features import uncentred_detector_features
-
-    t, x = _series(n, seed)
-    det = detection.score_batch(detection.DetectorState(), x)
-    return t, x, det.features, uncentred_detector_features(det.features)
-
-
-def test_union_features_are_calibrated_like_the_six():
-    from flead_app.algorithms.incident_features import FEATURE_SETS
-
-    t, x, _, extra = _union_inputs(3_000, 3)
-    r = score(IncidentState(), t, x, extra)
-    assert r.features.shape == (3_000, len(FEATURE_SETS["union"])) == (3_000, 10)
-    assert r.state.table.shape[0] == 10 and r.state.state_floats() == 12 + 48 + 2 * 10 * 23
-    # the null is i.i.d. normal: every calibrated feature has mean ~0 (surprise ~ Exp(1) minus 1)
-    u = r.features[r.scored][500:]
-    assert np.all(np.abs(u.mean(axis=0)) < 0.35), u.mean(axis=0)
-    # and the first six are the incident set's own
-    six = score(IncidentState(), t, x)
-    assert np.allclose(r.features[:, :6], six.features)
-    with pytest.raises(ValueError):
-        score(r.state, t[:5] + 1e6, x[:5])  # a 10-feature state given 6 features
+def test_the_refractory_period_spans_messages_and_both_rules():
+    cfg = DeviceConfig(alarm_rule="zrule", refractory=50, holdout_device_percent=0)
+    t = np.arange(400) * 300.0
+    x = 20.0 + np.sin(np.arange(400.0))  # no |z| above 2.5 but the three spikes
+    x[[100, 120, 200]] += 80
+    msgs = [DeviceMessage(float(i), t[i : i + 7], x[i : i + 7], np.zeros(7, np.int8)) for i in range(0, 399, 7)]
+    out = step(DeviceState(), msgs, initial_global(cfg), "device_r", cfg)
+    flagged = [a.message * 7 + a.reading for a in out.alarms]
+    assert 100 in flagged and 120 not in flagged and 200 in flagged
 
 
-@settings(max_examples=20, deadline=None)
-@given(st.lists(st.integers(1, 90), min_size=1, max_size=6))
-def test_union_batching_does_not_change_features(cuts):
-    t, x, _, extra = _union_inputs(300, 1)
-    whole = score(IncidentState(), t, x, extra).features
-    state, parts, i = IncidentState(), [], 0
-    for c in [*cuts, 300]:
-        j = min(300, i + c)
-        if j > i:
-            r = score(state, t[i:j], x[i:j], extra[i:j])
-            parts.append(r.features)
-            state, i = r.state, j
-    assert np.allclose(np.concatenate(parts), whole)
+# --- rounds and the server ----------------------------------------------------------------------
 
 
-def test_ingest_with_union_features_trains_a_ten_feature_model():
-    t, x, det, _ = _union_inputs(400, 2)
-    cfg = LearnerConfig(features="union")
-    labels = np.zeros(400, np.int8)
-    labels[300:340] = 1
-    st_, step = ingest(LearnerState(), t, x, labels, initial_model(cfg), cfg, detector_features=det)
-    assert step.features.shape == (400, 10) and st_.train_x.shape[1] == 10
-    st_, up = train_round(st_, 0.0, cfg, initial_model(cfg))
-    assert up.weights.shape == (10,) and up.curvature.packed().shape == (11 + 66,)
-    with pytest.raises(ValueError):
-        ingest(LearnerState(), t, x, labels, initial_model(cfg), cfg)
+def test_round_reports_curvature_histogram_and_moments():
+    rng = np.random.default_rng(11)
+    x = np.vstack((rng.normal(0, 1, (200, NUM_FEATURES)), rng.normal(3, 1, (20, NUM_FEATURES))))
+    y = np.r_[np.zeros(200), np.ones(20)].astype(np.int8)
+    g = GlobalParams(4, np.zeros(NUM_FEATURES), -3.0, threshold=2.0, score_loc=-3.0, score_scale=0.5)
+    st_, r = train_round(DeviceState(buffer_features=x, buffer_labels=y), 0.0, DeviceConfig(learning_rate=0.1), g)
+    assert r.samples == 220 and r.positives == 20 and sum(r.normal_histogram.values()) == 200
+    assert (r.weights > 0).all() and r.base_global_version == 4
+    assert r.curvature.shape == (77,) and r.base_params.tolist() == [0.0] * NUM_FEATURES + [-3.0]
+    assert r.normal_moments[0] == 200 and r.normal_moments.shape == (66,)
+    assert st_.buffer_labels.shape[0] == 0 and st_.model_version == 1
+    # version 0 has no scale yet: no histogram, but moments
+    v0 = initial_global(DeviceConfig())
+    _, r0 = train_round(DeviceState(buffer_features=x, buffer_labels=y), 0.0, DeviceConfig(), v0)
+    assert r0.normal_histogram == {} and r0.normal_moments[0] == 200
+
+
+def _update(r, device="d1", version=1):
+    return LocalModelUpdate(
+        device, version, r.base_global_version, r.weights.tolist(), r.bias, r.accuracy, r.loss, r.samples,
+        format_timestamp(1.7e9), positives=r.positives, base_params=r.base_params.tolist(),
+        curvature=r.curvature.tolist(), normal_histogram={str(k): int(v) for k, v in r.normal_histogram.items()},
+        normal_moments=r.normal_moments.tolist(),
+    )  # fmt: skip
+
+
+def test_standardised_threshold_follows_a_new_model():
+    """Histograms of older versions' standardised scores still give the newest version's quantile."""
+    rng = np.random.default_rng(8)
+    x = rng.exponential(size=(20_000, NUM_FEATURES)) - 1.0
+    y = (x[:, 0] + rng.logistic(size=20_000) > 4.0).astype(np.int8)
+    dcfg = DeviceConfig()
+    v0 = initial_global(dcfg)
+    cfg = FedBuffConfig(buffer_size=1, initial=(*v0.weights, v0.bias), alarm_budget=0.01)
+    state = FedBuffState.start(cfg)
+    _, r = train_round(DeviceState(buffer_features=x, buffer_labels=y), 0.0, dcfg, v0)
+    state, out = state.offer(_update(r), 0.0, cfg)
+    g1 = GlobalParams.from_record(out.model)
+    assert g1.score_scale is not None and g1.threshold is None  # v1: no standardised histogram yet
+    _, r1 = train_round(DeviceState(buffer_features=x, buffer_labels=y), 0.0, dcfg, g1)
+    state, out = state.offer(_update(r1, version=2), 1.0, cfg)
+    g2 = GlobalParams.from_record(out.model)
+    assert g2.threshold is not None and np.linalg.norm(g2.weights - g1.weights) > 0.01
+    normal = x[y == 0]
+    share = float(g2.rule(dcfg).candidates(normal).mean())
+    assert 0.005 < share < 0.02
+    # the rule from the record's fields is the same rule
+    assert ScoreRule.published(out.model.weights, out.model.bias, out.model.threshold, out.model.score_loc,
+                               out.model.score_scale).threshold == g2.threshold  # fmt: skip
+
+
+def test_newton_server_reaches_the_central_model_from_device_rounds():
+    """Rounds of 50 from the newest version, 20 per version: the global model ends near scikit-learn's."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(12)
+    x = rng.exponential(size=(20_000, NUM_FEATURES)) - 1.0
+    y = (x @ np.linspace(1.0, -0.5, NUM_FEATURES) - 3.5 + rng.logistic(size=20_000) > 0).astype(np.int8)
+    dcfg = DeviceConfig()
+    g = initial_global(dcfg)
+    cfg = FedBuffConfig(buffer_size=20, initial=(*g.weights, g.bias))
+    state = FedBuffState.start(cfg)
+    for k, a in enumerate(range(0, 20_000, 50)):
+        _, r = train_round(DeviceState(buffer_features=x[a : a + 50], buffer_labels=y[a : a + 50]), 0.0, dcfg, g)
+        state, out = state.offer(_update(r, f"d{k % 97}", k + 1), float(k), cfg)
+        if out.model is not None:
+            g = GlobalParams.from_record(out.model)
+    central = LogisticRegression().fit(x, y)
+    assert np.abs(g.weights - central.coef_[0]).max() < 0.05
+    assert abs(g.bias - central.intercept_[0]) < 0.2
+    assert g.threshold is not None and state.information and len(state.moments) == 66
+
+
+def test_fedbuff_state_with_server_parts_round_trips_through_json():
+    import orjson
+
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(60, NUM_FEATURES))
+    y = (x[:, 0] > 1).astype(np.int8)
+    dcfg = DeviceConfig()
+    v0 = initial_global(dcfg)
+    cfg = FedBuffConfig(buffer_size=2, initial=(*v0.weights, v0.bias))
+    _, r = train_round(DeviceState(buffer_features=x, buffer_labels=y), 0.0, dcfg, v0)
+    state, _ = FedBuffState.start(cfg).offer(_update(r), 0.0, cfg)
+    state, out = state.offer(_update(r, "d2"), 1.0, cfg)
+    assert out.model is not None
+    state, _ = state.offer(_update(r, "d3"), 2.0, cfg)
+    back = FedBuffState.from_dict(orjson.loads(orjson.dumps(state.to_dict())))
+    assert back == state

@@ -58,6 +58,9 @@ def global_model_row(rec: GlobalModel) -> dict[str, Any]:
         "bias": float(rec.bias),
         "aggregator": rec.aggregator,
         "mean_staleness": float(rec.mean_staleness),
+        "threshold": None if rec.threshold is None else float(rec.threshold),
+        "score_loc": None if rec.score_loc is None else float(rec.score_loc),
+        "score_scale": None if rec.score_scale is None else float(rec.score_scale),
         "created_at": parse_time(rec.timestamp),
     }
 
@@ -78,4 +81,3 @@ def anomaly_row(rec: Anomaly, now: datetime | None = None) -> dict[str, Any]:
         "timestamp": parse_time(rec.timestamp),
         "detected_at": parse_time(detected),
     }
-

@@ -60,6 +60,10 @@ federated_models = Table(
     Column("bias", Float, nullable=False),
     Column("aggregator", Text, nullable=False),
     Column("mean_staleness", Float, nullable=False, server_default="0"),
+    # the decision rule devices apply: threshold on (logit - score_loc) / score_scale (NULL: none yet)
+    Column("threshold", Float, nullable=True),
+    Column("score_loc", Float, nullable=True),
+    Column("score_scale", Float, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("global_version", "created_at", name="federated_models_natural_key"),
     Index("federated_models_created_at_idx", "created_at"),
