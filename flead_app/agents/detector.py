@@ -139,6 +139,11 @@ def output_records(
             samples=r.samples,
             timestamp=format_timestamp(r.trained_at),
             partition=partition,
+            positives=r.positives,
+            base_params=None if r.base_params is None else r.base_params.tolist(),
+            curvature=None if r.curvature is None else r.curvature.tolist(),
+            normal_histogram={str(b): int(c) for b, c in r.normal_histogram.items()},
+            normal_moments=None if r.normal_moments is None else r.normal_moments.tolist(),
         )
         records.append((r.message, (LOCAL_UPDATES, FLEET_KEY, update.to_json())))
     return records
