@@ -13,7 +13,7 @@ from collections.abc import Collection
 import numpy as np
 from sqlalchemy import and_, func, select
 
-from flead_app.algorithms.detection import NUM_FEATURES
+from flead_app.algorithms.incident_features import NUM_FEATURES
 from flead_app.io.db.schema import evaluation_summaries, federated_models
 from flead_app.io.db.store import Database
 from flead_app.spark_support.analytics import Window

@@ -41,8 +41,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from flead_app.algorithms.detection import NUM_FEATURES
 from flead_app.algorithms.device import DeviceConfig, DeviceMessage, DeviceState, current_model, step, train_round
+from flead_app.algorithms.incident_features import NUM_FEATURES
 from flead_app.algorithms.metrics import Scores, classification_scores, label_windows
 from flead_app.algorithms.sgd import LinearModel, predict_proba
 
@@ -134,7 +134,7 @@ def replay_device(device_id: str, messages: Iterable[MessageTuple], cfg: DeviceC
 
 
 def history_rows(h: DeviceHistory) -> list[tuple]:
-    """Flat rows for Spark: (device_id, heldout, window_id, ts, label, f0..f3, local_p)."""
+    """Flat rows for Spark: (device_id, heldout, window_id, ts, label, f0..f9, local_p)."""
     local_p = predict_proba(h.local_model, h.features) if h.labels.shape[0] else np.empty(0)
     return [
         (h.device_id, bool(hold), int(w), float(t), int(y), *map(float, f), float(p))
@@ -144,7 +144,8 @@ def history_rows(h: DeviceHistory) -> list[tuple]:
     ]
 
 
-ROW_FIELDS = ("device_id", "heldout", "window_id", "ts", "label", "f0", "f1", "f2", "f3", "local_p")
+FEATURE_FIELDS = tuple(f"f{j}" for j in range(NUM_FEATURES))
+ROW_FIELDS = ("device_id", "heldout", "window_id", "ts", "label", *FEATURE_FIELDS, "local_p")
 
 
 @dataclass(frozen=True)

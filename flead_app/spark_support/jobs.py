@@ -26,6 +26,7 @@ from flead_app.settings import Settings
 from flead_app.spark_support import analytics as an
 from flead_app.spark_support import dbio
 from flead_app.spark_support.evaluation import (
+    FEATURE_FIELDS,
     ROW_FIELDS,
     EvalSet,
     history_rows,
@@ -192,8 +193,8 @@ def fit_central(train_df: DataFrame) -> LinearModel | None:
     from pyspark.ml.feature import VectorAssembler
     from pyspark.sql import functions as F
 
-    data = VectorAssembler(inputCols=["f0", "f1", "f2", "f3"], outputCol="features").transform(
-        train_df.select("f0", "f1", "f2", "f3", F.col("label").cast("double").alias("label"))
+    data = VectorAssembler(inputCols=list(FEATURE_FIELDS), outputCol="features").transform(
+        train_df.select(*FEATURE_FIELDS, F.col("label").cast("double").alias("label"))
     )
     model = LogisticRegression(maxIter=100, regParam=0.0, standardization=True).fit(data)
     import numpy as np
@@ -233,7 +234,9 @@ def evaluate_job(
     )  # fmt: skip
     parts = int(spark.conf.get("spark.sql.shuffle.partitions"))
     rows = per_device.groupByKey(parts).flatMap(lambda kv: history_rows(replay_device(kv[0], kv[1], cfg)))
-    types = [T.StringType(), T.BooleanType(), T.LongType(), T.DoubleType(), T.IntegerType()] + [T.DoubleType()] * 5
+    types = [T.StringType(), T.BooleanType(), T.LongType(), T.DoubleType(), T.IntegerType()] + [T.DoubleType()] * (
+        len(FEATURE_FIELDS) + 1
+    )
     schema = T.StructType([T.StructField(n, t) for n, t in zip(ROW_FIELDS, types, strict=True)])
     df = spark.createDataFrame(rows, schema).persist()
     try:

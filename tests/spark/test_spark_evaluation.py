@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 
 from flead_app.algorithms.detection import DetectorState, score_batch
-from flead_app.algorithms.device import DeviceConfig, initial_model
+from flead_app.algorithms.device import NUM_FEATURES, DeviceConfig, DeviceMessage, DeviceState, step
 from flead_app.algorithms.holdout import holdout_mask
+from flead_app.algorithms.incident_features import IncidentState
+from flead_app.algorithms.incident_features import score as feature_score
 from flead_app.algorithms.metrics import classification_scores
-from flead_app.algorithms.sgd import LinearModel, predict_proba, sgd_train
+from flead_app.algorithms.sgd import LinearModel, predict_proba
 from flead_app.spark_support.evaluation import (
     KIND_CENTRAL,
     KIND_GLOBAL,
@@ -26,7 +28,9 @@ from flead_app.spark_support.evaluation import (
     window_ids,
 )
 
-CFG = DeviceConfig(min_history=10, train_every=50, learning_rate=0.01, local_epochs=2, holdout_percent=20.0)
+CFG = DeviceConfig(
+    min_history=10, train_every=50, learning_rate=0.01, local_epochs=2, holdout_percent=20.0, holdout_device_percent=0.0
+)
 T0 = 1_700_000_000.0
 
 
@@ -63,8 +67,9 @@ def test_window_ids_number_runs_of_label_one():
 def test_replay_gives_the_features_of_one_pass_over_the_whole_history():
     ts, values, labels = device_stream(1)
     h = replay_device("dev-a", as_messages(ts, values, labels, [1, 7, 1, 20]), CFG)
-    whole = score_batch(DetectorState(), values, CFG.min_history)
-    keep = whole.scored & (labels >= 0)
+    det = score_batch(DetectorState(), values, CFG.min_history)
+    whole = feature_score(IncidentState(), ts, values, det.features)
+    keep = whole.scored & det.scored & (labels >= 0)
     np.testing.assert_allclose(h.features, whole.features[keep], rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(h.labels, labels[keep])
     np.testing.assert_array_equal(h.heldout, holdout_mask("dev-a", ts, CFG.holdout_percent)[keep])
@@ -82,20 +87,16 @@ def test_replay_orders_messages_by_partition_and_offset():
     np.testing.assert_array_equal(a.local_model.weights, b.local_model.weights)
 
 
-def test_local_model_is_the_worker_sgd_on_training_readings_in_rounds():
+def test_local_model_is_the_workers_local_only_step_in_rounds():
     ts, values, labels = device_stream(3)
     cfg = dataclasses.replace(CFG, train_interval_s=3600.0)  # rounds by count only, however spaced
     h = replay_device("d", as_messages(ts, values, labels, [1]), cfg)  # single readings: rounds of exactly 50
-    whole = score_batch(DetectorState(), values, CFG.min_history)
-    train = whole.scored & (labels >= 0) & ~holdout_mask("d", ts, CFG.holdout_percent)
-    model = initial_model(CFG)  # local-only models start where global version 0 starts
-    for start in range(0, len(values), CFG.train_every):
-        sl = slice(start, start + CFG.train_every)
-        m = train[sl]
-        if m.any():
-            model = sgd_train(model, whole.features[sl][m], labels[sl][m], CFG.learning_rate, CFG.local_epochs)
-    np.testing.assert_allclose(h.local_model.weights, model.weights, rtol=1e-12)
-    assert h.local_model.bias == pytest.approx(model.bias)
+    state = DeviceState()
+    for i in range(len(values)):
+        msg = DeviceMessage(T0 + i, ts[i : i + 1], values[i : i + 1], labels[i : i + 1])
+        state = step(state, [msg], None, "d", cfg).state
+    np.testing.assert_allclose(h.local_model.weights, state.weights, rtol=1e-12)
+    assert h.local_model.bias == pytest.approx(state.bias)
     assert h.local_rounds == 8
 
 
@@ -180,11 +181,11 @@ def test_run_evaluation_scores_versions_and_baselines_at_the_newest():
     es = _evalset()
     now = datetime(2025, 11, 7, tzinfo=UTC)
     versions = [
-        GlobalVersion(3, np.array([0.0, 1.0, 0.0, 0.5]), -3.0),
-        GlobalVersion(4, np.zeros(4), -5.0),
-        GlobalVersion(5, np.zeros(3), 0.0),  # wrong feature count: skipped
+        GlobalVersion(3, np.eye(NUM_FEATURES)[0] + 0.5 * np.eye(NUM_FEATURES)[6], -3.0),
+        GlobalVersion(4, np.zeros(NUM_FEATURES), -5.0),
+        GlobalVersion(5, np.zeros(4), 0.0),  # wrong feature count: skipped
     ]
-    central = LinearModel(np.array([0.0, 2.0, 0.0, 0.0]), -4.0)
+    central = LinearModel(2.0 * np.eye(NUM_FEATURES)[0], -4.0)
     res = run_evaluation(es, versions, central, sample_cap=30, now=now)
     assert res.skipped_versions == [5] and res.baseline_version == 4
     kinds = [(ev.kind, ev.version) for ev in res.evaluations]
@@ -198,7 +199,7 @@ def test_run_evaluation_scores_versions_and_baselines_at_the_newest():
     v4 = next(r for r in res.summaries if r["model_version"] == 4 and r["model_kind"] == KIND_GLOBAL)
     assert v4["recall"] == 0.0 and v4["tn"] == int((es.labels == 0).sum())
     v3 = next(ev for ev in res.evaluations if ev.version == 3)
-    assert v3.pooled.recall > 0.5  # abs_z separates the +6 level shifts
+    assert v3.pooled.recall > 0.5  # the level |z| separates the +6 level shifts
     row = next(r for r in res.samples if r["model_kind"] == KIND_GLOBAL and r["model_version"] == 3)
     assert row["confidence"] == pytest.approx(max(row["prediction"], 1 - row["prediction"]))
     assert row["is_correct"] == ((row["prediction"] >= 0.5) == (row["actual_result"] == 1))
@@ -206,7 +207,8 @@ def test_run_evaluation_scores_versions_and_baselines_at_the_newest():
 
 
 def test_nothing_to_score_writes_nothing():
-    res = run_evaluation(EvalSet.from_rows([]), [GlobalVersion(1, np.zeros(4), 0.0)], None, 10, datetime.now(UTC))
+    empty = EvalSet.from_rows([])
+    res = run_evaluation(empty, [GlobalVersion(1, np.zeros(NUM_FEATURES), 0.0)], None, 10, datetime.now(UTC))
     assert res.evaluations == [] and res.summaries == []
 
 
