@@ -1,43 +1,45 @@
-"""Offline replica of the federated incident learner on a long CSV (NAB) or the simulator.
+"""Offline replica of FLEAD's federated learner on a long CSV (NAB) or the simulator, through the product's code.
 
-No Kafka: the pure functions of ``flead_app.algorithms.incident_learner`` run on the readings in
-the order a CSV replay sends them (``ReplayData.schedule(batch)``: devices take turns, ``batch``
-readings per message; message m is sent at m * batch / rate seconds), each device with its own
-state, local rounds from the newest global version visible (``--latency`` after it was made),
-a server step every ``--buffer`` updates (``incident_learner.server_step``: FedBuff's mean change with
-``--server-lr``/``--server-momentum``, or ``--server newton``: online Newton on the rounds' curvature).
+No Kafka, but nothing else replaced: every device is stepped by ``flead_app.algorithms.device.step``
+(the detector agent's pure core) with its own ``DeviceState``, its local updates become
+``LocalModelUpdate`` records, and the server is ``flead_app.algorithms.fedbuff.FedBuffState.offer``
+(the FedAvg agent's pure core) with the product's ``FedBuffConfig``: online Newton by default, a
+global version every ``--buffer`` updates, its threshold, score_loc and score_scale from the merged
+histograms and moments. A version becomes visible to devices ``--latency`` seconds after it was
+made (``GlobalParams.from_record``). Readings come in the order a CSV replay sends them
+(``ReplayData.schedule(batch)``: devices take turns, ``batch`` readings per message; message m is
+sent at m * batch / rate seconds), or as ``flead simulate`` drives the simulator.
 
 Splits (``--split``):
 
-* ``devices`` (default): a stable ``FLEAD_HOLDOUT_DEVICE_PERCENT`` (20) % of the devices, by a
-  hash of (``--salt``, device_id) (``device_holdout.held_out_devices``), never train any model;
-  every model is scored on them. Prequential figures come from the same run: each labelled
-  reading scored by the newest global version that existed when it arrived, and the alarms the
-  devices actually raised.
-* ``readings``: today's hash of (device, timestamp) (``holdout.holdout_mask``); every device
+* ``devices`` (default): ``FLEAD_HOLDOUT_DEVICE_PERCENT`` (20) % of the devices, by CRC-32 of
+  (``--salt``, device_id) (``holdout.device_held_out``: the step itself holds them out), never
+  train; every model is scored on them. Prequential figures come from the same run: each labelled
+  reading scored by the version visible when it arrived, and the alarms the devices raised.
+* ``readings``: the hash of (device, timestamp) (``holdout.holdout_mask``, 20%); every device
   trains on its other readings; scored on the held-out readings only.
 
-Models: latest global; central (scikit-learn ``LogisticRegression()`` on the pooled training
-samples of the training devices, the same target; threshold at the same budget of its own
-normal training scores); local-only (each device's own rounds and threshold; readings split
-only); the z-rule (|z| > 2.5, every reading, as the ``anomalies`` topic has it; and with the
-same refractory period); random alarms at the latest global model's alarm rate.
+Models, all judged by one rule (``decision``: standardised score, threshold at the budget of normal
+readings, refractory period): latest global (its published fields: ``ScoreRule.published``);
+central (scikit-learn ``LogisticRegression()`` on the pooled training samples of the training
+devices, the target ``device.training_targets``, ``decision.central_rule``); local-only (each
+device stepped again with ``global_params`` None: its own rounds and threshold; readings split
+only); the z-rule (|z| > 2.5, as the ``anomalies`` topic has it with ``FLEAD_ALARM_RULE=zrule
+FLEAD_REFRACTORY=0``; and with the refractory period); random alarms at the global model's rate.
 
     .venv/bin/python scripts/nab_replica.py                           # NAB, all 47 series, held-out devices
     .venv/bin/python scripts/nab_replica.py --split readings
     .venv/bin/python scripts/nab_replica.py --salt 3                   # another device split
     .venv/bin/python scripts/nab_replica.py --simulator --split readings --positive-skip 0
-    .venv/bin/python scripts/nab_replica.py --server fedbuff --averaging 3 --features incident \
-        --threshold-rule raw --tail-readings 100            # the first round's configuration
+    .venv/bin/python scripts/nab_replica.py --aggregator fedavg        # the description's FedAvg
 
-Defaults are ``LearnerConfig``'s: online Newton server, union features, standardised thresholds.
+Defaults are the product's (``DeviceConfig()``, ``FedBuffConfig()``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -46,24 +48,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flead_app.algorithms import detection
-from flead_app.algorithms.device_holdout import held_out_devices
-from flead_app.algorithms.holdout import holdout_mask
-from flead_app.algorithms.incident_learner import (
-    IncidentModel,
-    LearnerConfig,
-    LearnerState,
-    ingest,
-    initial_model,
-    merge_histograms,
-    refractory_alarms,
-    server_step,
-    threshold_for_budget,
-    train_round,
-    training_due,
+from flead_app.algorithms.aggregation import make_aggregator
+from flead_app.algorithms.decision import ScoreRule, central_rule, refractory_alarms
+from flead_app.algorithms.device import (
+    NUM_FEATURES,
+    DeviceConfig,
+    DeviceMessage,
+    DeviceState,
+    GlobalParams,
+    initial_global,
+    local_rule,
+    step,
+    training_targets,
 )
+from flead_app.algorithms.fedbuff import FedBuffConfig, FedBuffState
+from flead_app.algorithms.holdout import held_out_devices
 from flead_app.algorithms.metrics import label_windows, model_metrics, pr_auc, roc_auc
-from flead_app.algorithms.second_order import NewtonConfig
+from flead_app.models import GlobalModel, LocalModelUpdate, format_timestamp
 
 DEFAULT_CSV = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "nab", "nab_real_all.csv.gz")
 T0 = 1_700_000_000.0
@@ -127,172 +128,113 @@ def simulator_data(devices: int, rate: float, seconds: float, seed: int) -> Data
 
 
 @dataclass
-class Device:
-    state: LearnerState = field(default_factory=LearnerState)
-    detector: detection.DetectorState = field(default_factory=detection.DetectorState)
-    local: IncidentModel | None = None  # local-only model (readings split)
-
-
-@dataclass
 class Trace:
-    """Per reading, in send order: what the evaluation needs."""
+    """Per reading, in send order: what the evaluation needs (all from ``step``'s ``MessageScores``)."""
 
     features: np.ndarray
     scored: np.ndarray
     z: np.ndarray
-    z_scored: np.ndarray
-    pre_score: np.ndarray
-    pre_alarm: np.ndarray
-    pre_above: np.ndarray  # score over the visible version's threshold (before the refractory period)
-    pre_version: np.ndarray
-    trainable: np.ndarray
-    validation: np.ndarray  # the version gate's validation readings (neither training nor evaluated)
-    train_label: np.ndarray  # 1 positive, 0 negative, -1 not a training sample (first half, held out)
+    heldout: np.ndarray  # never trained on
+    pre_score: np.ndarray  # standardised score under the version visible when it arrived
+    pre_alarm: np.ndarray  # the alarm the device raised
+    pre_above: np.ndarray  # over the visible version's threshold (before the refractory period)
+    train_label: np.ndarray = field(default_factory=lambda: np.empty(0, np.int8))
 
 
-def train_target(label: np.ndarray, positive_skip: float) -> np.ndarray:
-    """1 for the trainable share of each window, 0 for normal, -1 for the skipped start of windows."""
-    t = np.where(label == 1, 1, np.where(label == 0, 0, -1)).astype(np.int8)
-    for s, e in label_windows(label == 1):
-        t[s : s + int(math.floor((e - s) * positive_skip))] = -1
-    return t
+def configs(args: argparse.Namespace) -> tuple[DeviceConfig, FedBuffConfig]:
+    """The product's configurations for this run (the split decides which holdout applies)."""
+    devices = args.split == "devices"
+    dcfg = DeviceConfig(
+        learning_rate=args.learning_rate, positive_skip=args.positive_skip, alarm_budget=args.budget,
+        refractory=args.refractory, train_every=args.train_every, train_interval_s=args.train_interval,
+        holdout_percent=0.0 if devices else args.readings_percent,
+        holdout_device_percent=args.device_percent if devices else 0.0, holdout_device_salt=args.salt,
+        threshold_tail_readings=args.tail_readings, alarm_rule="model",
+    )  # fmt: skip
+    v0 = initial_global(dcfg)
+    fcfg = FedBuffConfig(
+        buffer_size=args.buffer, timeout_s=1e18,
+        aggregator=make_aggregator(args.aggregator, args.staleness_exponent, 0.1, args.ridge, 1e-3, args.max_step),
+        initial=(*v0.weights.tolist(), v0.bias), alarm_budget=args.budget, tail_readings=args.tail_readings,
+    )  # fmt: skip
+    return dcfg, fcfg
+
+
+def update_record(device_id: str, r, now: float) -> LocalModelUpdate:  # noqa: ANN001 - a RoundResult
+    """The record the detector agent sends for a round (``agents.detector.output_records``'s fields)."""
+    return LocalModelUpdate(
+        device_id=device_id, model_version=r.model_version, global_version=r.base_global_version,
+        weights=r.weights.tolist(), bias=r.bias, accuracy=r.accuracy, loss=r.loss, samples=r.samples,
+        timestamp=format_timestamp(T0 + now), positives=r.positives, base_params=r.base_params.tolist(),
+        curvature=r.curvature.tolist(), normal_histogram={str(b): int(c) for b, c in r.normal_histogram.items()},
+        normal_moments=None if r.normal_moments is None else r.normal_moments.tolist(),
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace, data: Data) -> dict:
-    cfg = LearnerConfig(
-        learning_rate=args.learning_rate, positive_skip=args.positive_skip, alarm_budget=args.budget,
-        refractory=args.refractory, train_every=args.train_every, train_interval_s=args.train_interval,
-        shuffle=not args.no_shuffle, averaging=None if args.averaging < 0 else args.averaging,
-        server=args.server, server_lr=args.server_lr, server_momentum=args.server_momentum,
-        staleness_exponent=args.staleness_exponent, equal_update_weights=args.aggregation == "steps",
-        tail_readings=args.tail_readings, features=args.features, threshold_rule=args.threshold_rule,
-        newton=NewtonConfig(ridge=args.ridge, memory=args.memory or None, max_step=args.max_step or None),
-    )  # fmt: skip
+    dcfg, fcfg = configs(args)
     n = data.value.shape[0]
     n_dev = len(data.device_ids)
     held_dev = held_out_devices(data.device_ids, args.device_percent, args.salt)
-    if args.split == "devices":
-        trainable = ~held_dev[data.device]
-    else:
-        trainable = np.ones(n, bool)
-        for d, name in enumerate(data.device_ids):
-            m = data.device == d
-            trainable[m] = ~holdout_mask(name, data.timestamp[m], args.readings_percent)
-    # the version gate's validation stream: a hash share of the trainable readings, which then do not train
-    validation = np.zeros(n, bool)
-    if args.gate:
-        for d, name in enumerate(data.device_ids):
-            m = data.device == d
-            validation[m] = holdout_mask(f"validation|{name}", data.timestamp[m], args.gate) & trainable[m]
-        trainable = trainable & ~validation
-    val_rows = np.flatnonzero(validation)
-    val_target = np.full(n, -1, np.int8)
-    for d in range(n_dev):
-        m = np.flatnonzero(data.device == d)
-        val_target[m] = train_target(data.label[m], cfg.positive_skip)
-    devices = [Device() for _ in range(n_dev)]
-    if args.split == "readings":
-        for dv in devices:  # the local-only model: the same rounds on the same samples, from its own weights
-            dv.local = initial_model(cfg)
+    states = [DeviceState() for _ in range(n_dev)]
+    local = [DeviceState() for _ in range(n_dev)] if args.split == "readings" else None
     tr = Trace(
-        features=np.zeros((n, cfg.num_features)), scored=np.zeros(n, bool), z=np.zeros(n), z_scored=np.zeros(n, bool),
-        pre_score=np.full(n, -np.inf), pre_alarm=np.zeros(n, bool), pre_above=np.zeros(n, bool),
-        pre_version=np.zeros(n, np.int32),
-        trainable=trainable, validation=validation, train_label=np.full(n, -1, np.int8),
+        features=np.zeros((n, NUM_FEATURES)), scored=np.zeros(n, bool), z=np.zeros(n), heldout=np.zeros(n, bool),
+        pre_score=np.full(n, np.nan), pre_alarm=np.zeros(n, bool), pre_above=np.zeros(n, bool),
     )  # fmt: skip
-    current = initial_model(cfg)
-    visible = current
-    pending: list[tuple[float, IncidentModel]] = []
-    buffer: list = []
-    versions: list[IncidentModel] = []
-    made_at: list[float] = []
-    stats = {"rounds": 0, "samples": 0, "positives": 0, "staleness": [], "ingest_s": 0.0, "round_s": 0.0, "gated": 0}
-
-    published = current
-
-    def aggregate(now: float, upto: int) -> None:
-        nonlocal current, published
-        stats["staleness"].extend(current.version - u.base_version for u in buffer)
-        current = server_step(current, buffer, cfg)
-        if not args.gate or gate_passes(current, published, upto):
-            published = current
-        else:
-            stats["gated"] += 1
-        versions.append(published)
-        made_at.append(now)
-        pending.append((now + args.latency, published))
-        buffer.clear()
-
-    def gate_passes(candidate: IncidentModel, incumbent: IncidentModel, upto: int) -> bool:
-        """The candidate's validation F1 (validation readings so far) is not below the incumbent's."""
-        if incumbent.version == 0 or not np.isfinite(incumbent.threshold):
-            return True
-        rows = val_rows[val_rows < upto]
-        rows = rows[tr.scored[rows]]
-        y = val_target[rows] == 1
-        if not y.any():
-            return True
-
-        def f1(mdl: IncidentModel) -> float:
-            sm = mdl.scoring()
-            p = tr.features[rows] @ sm.weights + sm.bias > mdl.threshold
-            tp = int((p & y).sum())
-            return 2.0 * tp / max(int(p.sum()) + int(y.sum()), 1)
-
-        return f1(candidate) >= f1(incumbent) - args.gate_tolerance
-
+    server = FedBuffState.start(fcfg)
+    visible = initial_global(dcfg)
+    pending: list[tuple[float, GlobalParams]] = []
+    versions: list[GlobalModel] = []
+    stats = {"rounds": 0, "samples": 0, "positives": 0, "staleness": [], "step_s": 0.0, "server_s": 0.0}
     started = time.perf_counter()
     bounds = np.concatenate((data.starts, [n]))
-    # per device: readings so far, for the local-only threshold
     for m in range(data.starts.shape[0]):
         a, b = int(bounds[m]), int(bounds[m + 1])
         now = float(data.send_s[m])
         while pending and pending[0][0] <= now:
             visible = pending.pop(0)[1]
         d = int(data.device[a])
-        dv = devices[d]
-        ts, xs, ys = data.timestamp[a:b], data.value[a:b], data.label[a:b]
-        det = detection.score_batch(dv.detector, xs)
-        dv.detector = det.state
-        z_alarm = det.scored & (np.abs(det.z) > 2.5)
+        name = data.device_ids[d]
+        msg = DeviceMessage(now, data.timestamp[a:b], data.value[a:b], data.label[a:b].astype(np.int8))
         t = time.perf_counter()
-        dv.state, step = ingest(dv.state, ts, xs, ys, visible, cfg, trainable[a:b], z_alarm, now, det.features)
-        stats["ingest_s"] += time.perf_counter() - t
-        tr.features[a:b], tr.scored[a:b] = step.features, step.scored
-        tr.z[a:b], tr.z_scored[a:b] = det.z, det.scored
-        tr.pre_score[a:b], tr.pre_alarm[a:b], tr.pre_version[a:b] = step.score, step.alarm, visible.version
-        tr.pre_above[a:b] = step.above
-        if training_due(dv.state, now, cfg):
-            before = dv.state
-            t = time.perf_counter()
-            dv.state, up = train_round(before, now, cfg, visible)
-            stats["round_s"] += time.perf_counter() - t
-            if up is None:
-                continue
-            if dv.local is not None:
-                _, lup = train_round(before, now, cfg, dv.local)
-                hist = merge_histograms(dv.local.histogram, [lup.normal_histogram], cfg)
-                dv.local = IncidentModel(dv.local.version + 1, lup.weights, lup.bias,
-                                         threshold_for_budget(hist, cfg.alarm_budget), hist)  # fmt: skip
+        out = step(states[d], [msg], visible, name, dcfg)
+        stats["step_s"] += time.perf_counter() - t
+        states[d] = out.state
+        seen = out.scores[0]
+        tr.features[a:b], tr.scored[a:b], tr.z[a:b], tr.heldout[a:b] = seen.features, seen.scored, seen.z, seen.heldout
+        tr.pre_score[a:b] = seen.score
+        tr.pre_above[a:b] = seen.scored & (np.nan_to_num(seen.score, nan=-np.inf) > visible.threshold
+                                           if visible.threshold is not None else False)  # fmt: skip
+        for al in out.alarms:
+            tr.pre_alarm[a + al.reading] = True
+        if local is not None:
+            local[d] = step(local[d], [msg], None, name, dcfg).state
+        for r in out.updates:
             stats["rounds"] += 1
-            stats["samples"] += up.samples
-            stats["positives"] += up.positives
-            buffer.append(up)
-            if len(buffer) >= args.buffer:
-                aggregate(now, b)
+            stats["samples"] += r.samples
+            stats["positives"] += r.positives
+            stats["staleness"].append(server.version - r.base_global_version)
+            t = time.perf_counter()
+            server, offered = server.offer(update_record(name, r, now), now, fcfg)
+            stats["server_s"] += time.perf_counter() - t
+            if offered.model is not None:
+                versions.append(offered.model)
+                pending.append((now + args.latency, GlobalParams.from_record(offered.model)))
     stream_s = time.perf_counter() - started
     for d in range(n_dev):
-        m = data.device == d
-        tr.train_label[m] = np.where(trainable[m] & tr.scored[m], train_target(data.label[m], cfg.positive_skip), -1)
-    res = evaluate(args, cfg, data, tr, devices, versions, held_dev)
+        mk = data.device == d
+        tr.train_label = tr.train_label if tr.train_label.shape[0] else np.full(n, -1, np.int8)
+        tr.train_label[mk] = np.where(~tr.heldout[mk] & tr.scored[mk], training_targets(data.label[mk], dcfg), -1)
+    res = evaluate(args, dcfg, data, tr, local, versions, held_dev)
     res["stream"] = {
         "readings": n, "devices": n_dev, "held_out_devices": int(held_dev.sum()) if args.split == "devices" else 0,
         "messages": int(data.starts.shape[0]), "local_rounds": stats["rounds"],
         "mean_round_samples": stats["samples"] / max(stats["rounds"], 1), "positives": stats["positives"],
-        "global_versions": len(versions), "gated_versions": stats["gated"],
+        "global_versions": len(versions),
         "mean_staleness": float(np.mean(stats["staleness"])) if stats["staleness"] else 0.0,
-        "ingest_us_per_reading": 1e6 * stats["ingest_s"] / n,
-        "round_us": 1e6 * stats["round_s"] / max(stats["rounds"], 1),
+        "step_us_per_reading": 1e6 * stats["step_s"] / n,
+        "server_us_per_update": 1e6 * stats["server_s"] / max(stats["rounds"], 1),
         "seconds": stream_s,
     }  # fmt: skip
     res["config"] = {k: v for k, v in vars(args).items() if k not in {"json"}}
@@ -352,7 +294,7 @@ def metrics(data: Data, rows: np.ndarray, score: np.ndarray, above: np.ndarray, 
     }  # fmt: skip
 
 
-def evaluate(args, cfg, data, tr, devices, versions, held_dev) -> dict:  # noqa: ANN001, C901
+def evaluate(args, cfg, data, tr, local, versions, held_dev) -> dict:  # noqa: ANN001, C901
     from sklearn.linear_model import LogisticRegression
 
     n = data.value.shape[0]
@@ -363,75 +305,72 @@ def evaluate(args, cfg, data, tr, devices, versions, held_dev) -> dict:  # noqa:
         eval_mask[rows] = True
     else:
         rows = np.arange(n)
-        eval_mask = ~tr.trainable & ~tr.validation
+        eval_mask = tr.heldout.copy()
     point = eval_mask & tr.scored & (data.label >= 0)
     F = tr.features
-    latest = versions[-1] if versions else initial_model(cfg)
     out: dict = {"models": {}}
 
-    def model_entry(score: np.ndarray, thr: float | np.ndarray, restrict: np.ndarray) -> dict:
-        above = tr.scored & (score > thr) & restrict
+    def entry(rule: ScoreRule) -> dict:
+        """A model judged by its rule: candidates over its threshold, alarms after the refractory period."""
+        score = np.where(tr.scored, rule.logits(F), -np.inf)
+        above = tr.scored & rule.candidates(F) & eval_mask
         alarm = per_device_alarms(above, dev, cfg.refractory)
         return metrics(data, rows, score, above, alarm, point)
 
-    def lin(m: IncidentModel) -> np.ndarray:
-        sm = m.scoring()
-        return np.where(tr.scored, F @ sm.weights + sm.bias, -np.inf)
+    def published(m: GlobalModel) -> ScoreRule:
+        return ScoreRule.published(m.weights, m.bias, m.threshold, m.score_loc, m.score_scale, cfg.refractory)
 
-    restrict = eval_mask  # alarms only where the model may be evaluated
-    out["models"]["global"] = model_entry(lin(latest), latest.threshold, restrict)
-    out["models"]["global"]["version"] = latest.version
-    out["models"]["global"]["threshold"] = latest.threshold
-    # central: the pooled training samples of the training devices / readings
+    v0 = initial_global(cfg)
+    latest = versions[-1] if versions else None
+    g_rule = published(latest) if latest else ScoreRule(v0.weights, v0.bias, None, None, None, cfg.refractory)
+    out["models"]["global"] = entry(g_rule)
+    out["models"]["global"]["version"] = latest.global_version if latest else 0
+    out["models"]["global"]["threshold"] = g_rule.threshold
+    # central: the pooled training samples of the training devices / readings, the same target and rule
     tmask = tr.train_label >= 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         central = LogisticRegression().fit(F[tmask], tr.train_label[tmask])
-    c_train = F[tmask] @ central.coef_[0] + central.intercept_[0]
-    c_thr = float(np.quantile(c_train[tr.train_label[tmask] == 0], 1 - cfg.alarm_budget))
-    c_score = np.where(tr.scored, F @ central.coef_[0] + central.intercept_[0], -np.inf)
-    out["models"]["central"] = model_entry(c_score, c_thr, restrict)
-    # diagnostic: the latest global weights with the central model's threshold rule (its own
-    # normal training scores, pooled): how much of the gap is the threshold, how much the weights
-    g_score = lin(latest)
-    g_thr = float(np.quantile(g_score[tmask][tr.train_label[tmask] == 0], 1 - cfg.alarm_budget))
-    out["models"]["global_pooled_threshold"] = model_entry(g_score, g_thr, restrict)
-    if args.split == "readings":
-        l_score = np.full(n, -np.inf)
-        l_thr = np.full(n, np.inf)
-        for d, dv in enumerate(devices):
+    normal = F[tmask][tr.train_label[tmask] == 0]
+    c_rule = central_rule(central.coef_[0], float(central.intercept_[0]), normal, cfg.alarm_budget, cfg.refractory)
+    out["models"]["central"] = entry(c_rule)
+    # diagnostic: the latest global weights with the central model's rule (its own normal training scores)
+    out["models"]["global_pooled_threshold"] = entry(
+        central_rule(g_rule.weights, g_rule.bias, normal, cfg.alarm_budget, cfg.refractory)
+    )
+    if local is not None:
+        l_score, l_above = np.full(n, -np.inf), np.zeros(n, bool)
+        for d, st in enumerate(local):
             m = dev == d
-            l_score[m] = np.where(tr.scored[m], F[m] @ dv.local.weights + dv.local.bias, -np.inf)
-            l_thr[m] = dv.local.threshold
-        out["models"]["local_only"] = model_entry(l_score, l_thr, restrict)
+            rule = local_rule(st, cfg)
+            l_score[m] = np.where(tr.scored[m], rule.logits(F[m]), -np.inf)
+            l_above[m] = tr.scored[m] & rule.candidates(F[m]) & eval_mask[m]
+        out["models"]["local_only"] = metrics(data, rows, l_score, l_above,
+                                              per_device_alarms(l_above, dev, cfg.refractory), point)  # fmt: skip
     # the z-rule: every reading with |z| > 2.5 alarms (and the same with the refractory period)
-    z_score = np.where(tr.z_scored, np.abs(tr.z), -np.inf)
-    z_above = tr.z_scored & (np.abs(tr.z) > 2.5) & restrict
+    z_score = np.where(tr.scored, np.abs(tr.z), -np.inf)
+    z_above = tr.scored & (np.abs(tr.z) > 2.5) & eval_mask
     out["models"]["zrule"] = metrics(data, rows, z_score, z_above, z_above, point)
     out["models"]["zrule_refractory"] = metrics(data, rows, z_score, z_above,
                                                 per_device_alarms(z_above, dev, cfg.refractory), point)  # fmt: skip
     g_alarms = out["models"]["global"]["alarms"]
-    rate = g_alarms / max(int((restrict & tr.scored).sum()), 1)
+    rate = g_alarms / max(int((eval_mask & tr.scored).sum()), 1)
     rng = np.random.default_rng(args.seed)
     r_score = rng.random(n)
-    r_above = tr.scored & restrict & (r_score < rate)
+    r_above = tr.scored & eval_mask & (r_score < rate)
     out["models"]["random"] = metrics(data, rows, r_score, r_above, r_above, point)
     # prequential: the score and alarms each reading got from the version visible when it arrived
     if args.split == "devices":
-        pre_above = tr.scored & restrict & tr.pre_above
-        out["models"]["prequential_global"] = metrics(
-            data, rows, tr.pre_score, pre_above, tr.pre_alarm & restrict, point
-        )
-        out["models"]["prequential_global"]["note"] = (
-            "point-wise: over the visible version's threshold; events: the alarms raised"
-        )
+        pre = np.nan_to_num(tr.pre_score, nan=-1e9)
+        out["models"]["prequential_global"] = metrics(data, rows, pre, tr.pre_above & eval_mask,
+                                                      tr.pre_alarm & eval_mask, point)  # fmt: skip
     # stability: held-out F1 and NAB of every k-th version
     curve = []
     if versions:
-        step = max(1, len(versions) // args.curve_points)
-        for v in versions[step - 1 :: step]:
-            e = model_entry(lin(v), v.threshold, restrict)
-            curve.append({"version": v.version, "f1": e["f1"], "nab_standard": e["nab_standard"],
+        k = max(1, len(versions) // args.curve_points)
+        for v in versions[k - 1 :: k]:
+            e = entry(published(v))
+            curve.append({"version": v.global_version, "f1": e["f1"], "nab_standard": e["nab_standard"],
                           "event_recall": e["event_recall"], "fa": e["false_alarms_per_1000"]})  # fmt: skip
     out["curve"] = curve
     second = curve[len(curve) // 2 :]
@@ -445,7 +384,7 @@ def evaluate(args, cfg, data, tr, devices, versions, held_dev) -> dict:  # noqa:
             "second_half_nab_max": max(nabs, default=None),
         }  # fmt: skip
     out["weights"] = {
-        "global": [*np.round(latest.scoring().weights, 3).tolist(), round(latest.scoring().bias, 3)],
+        "global": [*np.round(g_rule.weights, 3).tolist(), round(g_rule.bias, 3)],
         "central": [*np.round(central.coef_[0], 3).tolist(), round(float(central.intercept_[0]), 3)],
     }
     out["eval"] = {
@@ -461,7 +400,8 @@ def report(res: dict) -> str:
     lines = [
         f"{s['readings']:,} readings, {s['devices']} devices ({s['held_out_devices']} held out), "
         f"{s['local_rounds']:,} rounds of {s['mean_round_samples']:.1f} samples, {s['global_versions']} versions, "
-        f"staleness {s['mean_staleness']:.1f}; ingest {s['ingest_us_per_reading']:.1f} us/reading; "
+        f"staleness {s['mean_staleness']:.1f}; step {s['step_us_per_reading']:.1f} us/reading, server "
+        f"{s['server_us_per_update']:.0f} us/update; "
         f"{s['seconds']:.0f} s",
         f"evaluated: {res['eval']['devices']} devices, {res['eval']['point_readings']:,} labelled readings",
         "| model | P | R | F1 | device-mean F1 | ROC-AUC | PR-AUC | event recall | FA/1000 | delay | NAB std "
@@ -492,6 +432,7 @@ def report(res: dict) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    d, f = DeviceConfig(), FedBuffConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--csv", default=DEFAULT_CSV)
     p.add_argument("--simulator", action="store_true", help="the simulator's stream instead of a CSV")
@@ -500,59 +441,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=180.0, help="simulator: duration")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--split", choices=("devices", "readings"), default="devices")
-    p.add_argument("--device-percent", type=float, default=float(os.environ.get("FLEAD_HOLDOUT_DEVICE_PERCENT", 20)))
-    p.add_argument("--readings-percent", type=float, default=20.0)
+    p.add_argument("--device-percent", type=float, default=d.holdout_device_percent)
+    p.add_argument("--readings-percent", type=float, default=d.holdout_percent)
     p.add_argument("--salt", default="", help="device split salt ('' = the official split)")
     p.add_argument("--batch", type=int, default=10, help="readings per message (CSV replay)")
     p.add_argument("--rate", type=float, default=20_000.0, help="CSV replay: readings per second")
-    p.add_argument("--learning-rate", type=float, default=0.03)
-    p.add_argument("--positive-skip", type=float, default=0.5)
-    p.add_argument("--budget", type=float, default=0.01)
-    p.add_argument("--refractory", type=int, default=100)
-    p.add_argument("--train-every", type=int, default=50)
-    p.add_argument("--train-interval", type=float, default=60.0)
-    p.add_argument("--buffer", type=int, default=20)
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--positive-skip", type=float, default=d.positive_skip)
+    p.add_argument("--budget", type=float, default=d.alarm_budget)
+    p.add_argument("--refractory", type=int, default=d.refractory)
+    p.add_argument("--train-every", type=int, default=d.train_every)
+    p.add_argument("--train-interval", type=float, default=d.train_interval_s)
+    p.add_argument("--buffer", type=int, default=f.buffer_size)
+    p.add_argument("--aggregator", choices=("newton", "fedavg", "median", "trimmed_mean"), default="newton")
     p.add_argument("--staleness-exponent", type=float, default=0.5)
     p.add_argument("--latency", type=float, default=0.2)
     p.add_argument("--curve-points", type=int, default=20)
-    p.add_argument("--no-shuffle", action="store_true")
     p.add_argument(
         "--exclude-official",
         action="store_true",
         help="drop the official held-out devices (settings are chosen this way, with other salts)",
     )
     p.add_argument(
-        "--aggregation",
-        choices=("steps", "samples"),
-        default="steps",
-        help="weigh each update's change equally (steps) or by its samples (FedAvg's rule)",
-    )
-    p.add_argument("--averaging", type=float, default=-1.0, help="eta of the polynomial-decay average; <0: none")
-    p.add_argument("--server", choices=("fedbuff", "newton"), default="newton", help="the server step")
-    p.add_argument("--server-lr", type=float, default=1.0, help="fedbuff: server learning rate")
-    p.add_argument("--server-momentum", type=float, default=0.0, help="fedbuff: server momentum (FedAvgM)")
-    p.add_argument(
         "--tail-readings",
         type=float,
-        default=1000.0,
+        default=d.threshold_tail_readings,
         help="normal readings above the threshold in the histogram window (window = this / budget)",
     )
-    p.add_argument(
-        "--features",
-        choices=("incident", "union"),
-        default="union",
-        help="the six incident statistics, or those and detection.py's four, all calibrated",
-    )
-    p.add_argument("--threshold-rule", choices=("raw", "standardised"), default="standardised")
-    p.add_argument(
-        "--gate",
-        type=float,
-        default=0.0,
-        help="version gate: %% of trainable readings kept as its validation stream (0: no gate)",
-    )
-    p.add_argument("--gate-tolerance", type=float, default=0.0, help="version gate: F1 a candidate may lose")
     p.add_argument("--ridge", type=float, default=1.0, help="newton: prior precision of each weight")
-    p.add_argument("--memory", type=float, default=0.0, help="newton: curvature memory in samples (0: all)")
     p.add_argument("--max-step", type=float, default=1.0, help="newton: trust region (0: none)")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
