@@ -389,39 +389,41 @@ def _close_window(state: DeviceState, cfg: DeviceConfig) -> np.ndarray:
     return state.window_features[state.window_positions >= first]
 
 
-def ingest(
-    state: DeviceState,
-    timestamps: np.ndarray,
-    values: np.ndarray,
-    labels: np.ndarray,
-    now: float,
-    cfg: DeviceConfig,
-    holdout: np.ndarray | None = None,
-    phase_s: float = 0.0,
+def score_readings(
+    state: DeviceState, timestamps: np.ndarray, values: np.ndarray, cfg: DeviceConfig
 ) -> tuple[DeviceState, Ingested]:
-    """Score readings in order; release the trainable ones as training samples.
+    """Score readings in order against the device's history (z-rule and the ten features); nothing is buffered.
 
-    ``labels``: 1 in a labelled window, 0 normal, -1 unknown (never trains); ``holdout``: True
-    for readings no model may train on. Normal readings are released at once; a window's
-    readings when it closes (the first reading not labelled 1), without its first
-    ``positive_skip`` share. ``phase_s`` (``round_phase``) moves a new device's round clock
-    back, so that its first time-based round comes that much earlier.
-
-    >>> cfg = DeviceConfig(positive_skip=0.5)
-    >>> labels = np.r_[np.zeros(20), np.ones(4), [0, -1]].astype(np.int8)
-    >>> state, seen = ingest(DeviceState(), np.arange(26.0), np.ones(26), labels, 100.0, cfg)
-    >>> state.pending, state.buffer_labels.tolist().count(1), int(seen.scored.sum())
-    (26, 2, 16)
+    >>> state, seen = score_readings(DeviceState(), np.arange(12.0), np.ones(12), DeviceConfig())
+    >>> seen.features.shape, seen.scored.tolist().count(True), state.features.count
+    ((12, 10), 2, 12)
     """
-    labels = np.asarray(labels)
-    k = labels.shape[0]
     det = score_batch(state.detector, values, cfg.min_history)
     inc = feature_score(state.features, timestamps, values, det.features)
-    feats, ok = inc.features, inc.scored & det.scored
-    train = ok & (labels >= 0)
+    return replace(state, detector=det.state, features=inc.state), Ingested(det.z, det.scored, inc.features,
+                                                                           inc.scored & det.scored)  # fmt: skip
+
+
+def release(
+    state: DeviceState, seen: Ingested, labels: np.ndarray, cfg: DeviceConfig, holdout: np.ndarray | None = None
+) -> DeviceState:
+    """Buffer the trainable ones of scored readings: normal ones at once, a labelled window's when it
+    closes (the first reading not labelled 1), without its first ``positive_skip`` share.
+
+    >>> labels = np.r_[np.zeros(20), np.ones(4), [0, -1]].astype(np.int8)
+    >>> seen = Ingested(np.zeros(26), np.ones(26, bool), np.zeros((26, NUM_FEATURES)), np.ones(26, bool))
+    >>> st = release(DeviceState(), seen, labels, DeviceConfig(positive_skip=0.5))
+    >>> st.buffer_labels.tolist().count(1), st.buffer_labels.tolist().count(0)
+    (2, 21)
+    """
+    labels = np.asarray(labels)
+    feats = seen.features
+    train = seen.scored & (labels >= 0)
     if holdout is not None:
         train &= ~np.asarray(holdout, dtype=bool)
-    xs, ys = [state.buffer_features], [state.buffer_labels]
+    # released samples in reading order (a window's positives just before the reading that closed it),
+    # so that how readings are split into messages does not change a round's samples or their order
+    xs, ps = [], []
     wlen, wx, wpos = state.window_length, state.window_features, state.window_positions
     if wlen or (labels == 1).any():
         rows: list[int] = []  # trainable readings of the open window in this batch
@@ -436,28 +438,61 @@ def ingest(
                 wx = np.concatenate((wx, feats[rows]))
                 xs.append(_close_window(replace(state, window_length=wlen, window_features=wx,
                                                 window_positions=wpos), cfg))  # fmt: skip
-                ys.append(np.ones(xs[-1].shape[0], np.int8))
+                ps.append(np.full(xs[-1].shape[0], i - 0.5))
                 wlen, wx, wpos, rows = 0, _empty_rows(), np.empty(0, np.int64), []
         if rows:
             wx = np.concatenate((wx, feats[rows]))
-    normal = train & (labels == 0)
-    if normal.any():
-        xs.append(feats[normal])
-        ys.append(np.zeros(int(normal.sum()), np.int8))
-    new = replace(
+    positives = sum(x.shape[0] for x in xs)
+    normal = np.flatnonzero(train & (labels == 0))
+    if positives or normal.shape[0]:
+        if positives:
+            order = np.argsort(np.concatenate((*ps, normal.astype(np.float64))), kind="stable")
+            new_x = np.concatenate((*xs, feats[normal]))[order]
+            new_y = np.concatenate((np.ones(positives, np.int8), np.zeros(normal.shape[0], np.int8)))[order]
+        else:
+            new_x, new_y = feats[normal], np.zeros(normal.shape[0], np.int8)
+        buf_x = np.concatenate((state.buffer_features, new_x)) if state.buffer_labels.shape[0] else new_x
+        buf_y = np.concatenate((state.buffer_labels, new_y)) if state.buffer_labels.shape[0] else new_y
+    else:
+        buf_x, buf_y = state.buffer_features, state.buffer_labels
+    return replace(
         state,
-        detector=det.state,
-        features=inc.state,
-        buffer_features=np.concatenate(xs) if len(xs) > 1 else state.buffer_features,
-        buffer_labels=np.concatenate(ys) if len(ys) > 1 else state.buffer_labels,
+        buffer_features=buf_x,
+        buffer_labels=buf_y,
         window_length=wlen,
         window_features=wx,
         window_positions=wpos,
-        pending=state.pending + k,
-        last_round_at=state.last_round_at or now - phase_s,
-        readings=state.readings + k,
     )
-    return new, Ingested(det.z, det.scored, feats, ok)
+
+
+def ingest(
+    state: DeviceState,
+    timestamps: np.ndarray,
+    values: np.ndarray,
+    labels: np.ndarray,
+    now: float,
+    cfg: DeviceConfig,
+    holdout: np.ndarray | None = None,
+    phase_s: float = 0.0,
+) -> tuple[DeviceState, Ingested]:
+    """Score readings in order (``score_readings``) and release the trainable ones (``release``).
+
+    ``labels``: 1 in a labelled window, 0 normal, -1 unknown (never trains); ``holdout``: True
+    for readings no model may train on. ``phase_s`` (``round_phase``) moves a new device's round
+    clock back, so that its first time-based round comes that much earlier.
+
+    >>> cfg = DeviceConfig(positive_skip=0.5)
+    >>> labels = np.r_[np.zeros(20), np.ones(4), [0, -1]].astype(np.int8)
+    >>> state, seen = ingest(DeviceState(), np.arange(26.0), np.ones(26), labels, 100.0, cfg)
+    >>> state.pending, state.buffer_labels.tolist().count(1), int(seen.scored.sum())
+    (26, 2, 16)
+    """
+    k = int(np.asarray(values).shape[0])
+    state, seen = score_readings(state, timestamps, values, cfg)
+    state = release(state, seen, labels, cfg, holdout)
+    state = replace(state, pending=state.pending + k, last_round_at=state.last_round_at or now - phase_s,
+                    readings=state.readings + k)  # fmt: skip
+    return state, seen
 
 
 def training_due(state: DeviceState, now: float, cfg: DeviceConfig) -> bool:
@@ -652,37 +687,85 @@ def step(
     scores the readings and every round starts from it. None runs the device local-only: its
     own model and threshold score and its rounds continue from it (the evaluation's baseline).
     A held-out device (``holdout_device_percent``) scores and alarms but never buffers a reading.
+
+    The readings of all messages are scored and decided in one pass (features, the refractory
+    period and the rule do not depend on how readings are split into messages, and the global
+    model is the same for the whole call); samples are released up to each message that ends in
+    a round. So the result is the same as one call per message, at the cost of one.
     """
+    if global_params is None and len(messages) > 1:  # the local rule changes with every round
+        return _one_at_a_time(state, messages, device_id, cfg)
     alarms: list[Alarm] = []
     updates: list[RoundResult] = []
-    scores: list[MessageScores | None] = []
+    scores: list[MessageScores | None] = [None] * len(messages)
     phase = round_phase(device_id, cfg)
     held_device = device_held_out(device_id, cfg.holdout_device_percent, cfg.holdout_device_salt)
     rule = local_rule(state, cfg) if global_params is None else global_params.rule(cfg)
+    data = [k for k, m in enumerate(messages) if not m.train_now]
+    ends = np.cumsum([messages[k].values.shape[0] for k in data]).tolist()
+    if data:
+        parts = [messages[k] for k in data]
+        ts = np.concatenate([m.timestamps for m in parts]) if len(parts) > 1 else parts[0].timestamps
+        xs = np.concatenate([m.values for m in parts]) if len(parts) > 1 else parts[0].values
+        labels = np.concatenate([m.labels for m in parts]) if len(parts) > 1 else parts[0].labels
+        n = xs.shape[0]
+        holdout = np.ones(n, bool) if held_device else holdout_mask(device_id, ts, cfg.holdout_percent)
+        state, seen = score_readings(state, ts, xs, cfg)
+        logits = rule.logits(seen.features)
+        s = np.where(seen.scored, standardise(logits, rule.loc, rule.scale), np.nan)
+        proba = predict_proba(LinearModel(rule.weights, rule.bias), seen.features)
+        flagged, since = decide(seen, s, rule.threshold, state.since_alarm, cfg)
+        hits = np.flatnonzero(flagged)
+        which = np.searchsorted(ends, hits, side="right")  # the message of each alarm
+        begins = [0, *ends[:-1]]
+        for i, j in zip(hits.tolist(), which.tolist(), strict=True):
+            z = float(seen.z[i])
+            level = severity(z, cfg.z_threshold, cfg.z_critical) if cfg.alarm_rule == "zrule" else None
+            if level is None:  # the model flagged a reading the z-rule would not
+                level = "critical" if abs(z) >= cfg.z_critical else "warning"
+            alarms.append(Alarm(data[j], i - begins[j], z, float(proba[i]), cfg.alarm_rule, level, float(s[i])))
+        for j, k in enumerate(data):
+            a, b = begins[j], ends[j]
+            scores[k] = MessageScores(seen.z[a:b], proba[a:b], seen.features[a:b], seen.scored[a:b],
+                                      holdout[a:b], s[a:b], held_device)  # fmt: skip
+        state = replace(state, since_alarm=since, anomalies=state.anomalies + int(hits.shape[0]))
+    released = 0  # readings of the concatenation already released to the buffer
+    j = 0
     for k, msg in enumerate(messages):
-        if msg.train_now:
-            scores.append(None)
-        else:
-            n = msg.values.shape[0]
-            holdout = np.ones(n, bool) if held_device else holdout_mask(device_id, msg.timestamps, cfg.holdout_percent)
-            state, seen = ingest(state, msg.timestamps, msg.values, msg.labels, msg.received_at, cfg, holdout, phase)
-            logits = rule.logits(seen.features)
-            s = np.where(seen.scored, standardise(logits, rule.loc, rule.scale), np.nan)
-            proba = predict_proba(LinearModel(rule.weights, rule.bias), seen.features)
-            scores.append(MessageScores(seen.z, proba, seen.features, seen.scored, holdout, s, held_device))
-            flagged, since = decide(seen, s, rule.threshold, state.since_alarm, cfg)
-            hits = np.flatnonzero(flagged).tolist()
-            for i in hits:
-                z = float(seen.z[i])
-                level = severity(z, cfg.z_threshold, cfg.z_critical) if cfg.alarm_rule == "zrule" else None
-                if level is None:  # the model flagged a reading the z-rule would not
-                    level = "critical" if abs(z) >= cfg.z_critical else "warning"
-                alarms.append(Alarm(k, i, z, float(proba[i]), cfg.alarm_rule, level, float(s[i])))
-            state = replace(state, since_alarm=since, anomalies=state.anomalies + len(hits))
+        if not msg.train_now:
+            size = msg.values.shape[0]
+            state = replace(state, pending=state.pending + size, readings=state.readings + size,
+                            last_round_at=state.last_round_at or msg.received_at - phase)  # fmt: skip
+            j += 1
         if round_due(state, msg.received_at, cfg, requested=msg.train_now):
+            upto = ends[j - 1] if j else 0
+            if upto > released:
+                state = _release_slice(state, seen, labels, holdout, released, upto, cfg)
+                released = upto
             state, result = train_round(state, msg.received_at, cfg, global_params)
             if result is not None:
                 updates.append(replace(result, message=k))
-                if global_params is None:
-                    rule = local_rule(state, cfg)
+    if data and released < ends[-1]:
+        state = _release_slice(state, seen, labels, holdout, released, ends[-1], cfg)
+    return StepResult(state, tuple(alarms), tuple(updates), tuple(scores))
+
+
+def _release_slice(state: DeviceState, seen: Ingested, labels: np.ndarray, holdout: np.ndarray, a: int, b: int,
+                   cfg: DeviceConfig) -> DeviceState:  # fmt: skip
+    part = Ingested(seen.z[a:b], seen.z_scored[a:b], seen.features[a:b], seen.scored[a:b])
+    return release(state, part, labels[a:b], cfg, holdout[a:b])
+
+
+def _one_at_a_time(state: DeviceState, messages: Sequence[DeviceMessage], device_id: str, cfg: DeviceConfig
+                   ) -> StepResult:  # fmt: skip
+    """A local-only ``step``, message by message (its own rule changes after each of its rounds)."""
+    alarms: list[Alarm] = []
+    updates: list[RoundResult] = []
+    scores: list[MessageScores | None] = []
+    for k, msg in enumerate(messages):
+        out = step(state, [msg], None, device_id, cfg)
+        state = out.state
+        alarms += [replace(a, message=k) for a in out.alarms]
+        updates += [replace(u, message=k) for u in out.updates]
+        scores += out.scores
     return StepResult(state, tuple(alarms), tuple(updates), tuple(scores))

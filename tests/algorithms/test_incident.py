@@ -374,3 +374,42 @@ def test_fedbuff_state_with_server_parts_round_trips_through_json():
     state, _ = state.offer(_update(r, "d3"), 2.0, cfg)
     back = FedBuffState.from_dict(orjson.loads(orjson.dumps(state.to_dict())))
     assert back == state
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, 30), min_size=1, max_size=12), st.integers(0, 3), st.sampled_from(["model", "zrule"]))
+def test_one_step_over_many_messages_is_one_step_per_message(sizes, controls, alarm_rule):
+    """The detector agent's micro-batches: the same alarms, updates, scores and state as message by message."""
+    cfg = DeviceConfig(alarm_rule=alarm_rule, refractory=7, train_every=25, holdout_device_percent=0.0)
+    w = np.zeros(NUM_FEATURES)
+    w[[0, 6]] = 1.0
+    g = GlobalParams(2, w, -3.0, threshold=1.5, score_loc=-3.0, score_scale=1.0)
+    n = sum(sizes)
+    t, x = _series(n, 14)
+    x[n // 2] += 40
+    y = np.zeros(n, np.int8)
+    y[n // 3 : n // 3 + 9] = 1
+    msgs, a = [], 0
+    for k, size in enumerate(sizes):
+        msgs.append(DeviceMessage(float(k), t[a : a + size], x[a : a + size], y[a : a + size]))
+        if k < controls:
+            msgs.append(DeviceMessage(float(k) + 0.5, np.empty(0), np.empty(0), np.empty(0, np.int8), train_now=True))
+        a += size
+    together = step(DeviceState(), msgs, g, "device_p", cfg)
+    state, alarms, updates, scores = DeviceState(), [], [], []
+    for k, m in enumerate(msgs):
+        one = step(state, [m], g, "device_p", cfg)
+        state = one.state
+        alarms += [(k, al.reading, al.score) for al in one.alarms]
+        updates += [(k, u.samples, u.positives, u.weights.tolist()) for u in one.updates]
+        scores += one.scores
+    assert [(al.message, al.reading, al.score) for al in together.alarms] == alarms
+    assert [(u.message, u.samples, u.positives, u.weights.tolist()) for u in together.updates] == updates
+    assert together.state.to_dict().keys() == state.to_dict().keys()
+    assert together.state.summary() == state.summary()
+    np.testing.assert_array_equal(together.state.buffer_labels, state.buffer_labels)
+    for a_, b_ in zip(together.scores, scores, strict=True):
+        assert (a_ is None) == (b_ is None)
+        if a_ is not None:
+            np.testing.assert_allclose(a_.features, b_.features, atol=1e-12)
+            np.testing.assert_array_equal(np.isnan(a_.score), np.isnan(b_.score))
