@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import create_engine
 
+from flead_app.algorithms.holdout import device_held_out
 from flead_app.dashboard.queries import PANELS, run_all_queries
 from flead_app.io.db.store import sqlalchemy_url
 from flead_app.settings import load_settings
@@ -68,7 +69,12 @@ def test_simulator_to_dashboards(pipeline_env, fresh_schema_url, monkeypatch):
         summary = asyncio.run(simulate(settings, opts, None))
         assert summary.readings == DEVICES * PER_DEVICE and summary.failed_messages == 0
         wait_for(lambda: worker.stats()["detector"].get("readings", 0) == summary.readings, 240, "every reading")
-        rounds = DEVICES * (PER_DEVICE // settings.train_every)
+        # held-out devices (FLEAD_HOLDOUT_DEVICE_PERCENT) score and alarm but never train
+        training = [
+            f"device_{i}" for i in range(DEVICES)
+            if not device_held_out(f"device_{i}", settings.holdout_device_percent, settings.holdout_device_salt)
+        ]  # fmt: skip
+        rounds = len(training) * (PER_DEVICE // settings.train_every)
         engine = create_engine(sqlalchemy_url(fresh_schema_url))
 
         def rows(table: str) -> int:
@@ -84,7 +90,7 @@ def test_simulator_to_dashboards(pipeline_env, fresh_schema_url, monkeypatch):
             lambda: (rows("federated_models"), worker.stats().get("fedavg")),
         )  # fmt: skip
 
-        device = "device_3"
+        device = training[0]
         shown = flead("device", device, "--json", env=env)
         assert shown.returncode == 0, shown.stderr
         state = json.loads(shown.stdout)
