@@ -2,9 +2,11 @@
 
 ``--set inner`` (default): the 4 inner splits of the official training devices (``--exclude-official
 --salt cvN``), the only runs settings are chosen on; ``--set outer``: the official split and salts
-1-5 (reported, never chosen on). Extra arguments go to ``scripts/nab_replica.py``.
+1-5 (reported, never chosen on). Extra arguments go to ``scripts/nab_replica.py``, which runs the
+product's ``device.step`` and ``FedBuffState.offer``.
 
-    nice -n 10 .venv/bin/python scripts/nab_cv.py --set inner -- --server newton --averaging -1
+    nice -n 10 .venv/bin/python scripts/nab_cv.py --set outer
+    nice -n 10 .venv/bin/python scripts/nab_cv.py --set inner -- --aggregator fedavg
 """
 
 from __future__ import annotations

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flead_app.algorithms.second_order import upper_indices
+
 #: fixed bins of the standardised-score histograms every device and the server share
 SCORE_EDGES = np.linspace(-12.0, 12.0, 481)
 NUM_SCORE_BINS = SCORE_EDGES.shape[0] - 1
@@ -153,8 +155,7 @@ def moments_of(x: np.ndarray) -> np.ndarray:
     [2.0, 4.0, 6.0, 10.0, 14.0, 20.0]
     """
     x = np.asarray(x, dtype=np.float64)
-    f = x.shape[1]
-    return np.concatenate(([float(x.shape[0])], x.sum(axis=0), (x.T @ x)[np.triu_indices(f)]))
+    return np.concatenate(([float(x.shape[0])], x.sum(axis=0), (x.T @ x)[upper_indices(x.shape[1])]))
 
 
 def _unpack_moments(m: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -163,7 +164,7 @@ def _unpack_moments(m: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     if moments_size(f) != m.shape[0]:
         raise ValueError(f"{m.shape[0]} numbers are no packed moments")
     s2 = np.zeros((f, f))
-    s2[np.triu_indices(f)] = m[1 + f :]
+    s2[np.triu_indices(f)] = m[1 + f :]  # (the server's step, once per version)
     return float(m[0]), m[1 : 1 + f], s2 + np.triu(s2, 1).T
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -56,6 +57,16 @@ def num_packed(params: int) -> int:
     return params * (params + 1) // 2
 
 
+@cache
+def upper_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.triu_indices(n)``, computed once per size (a round packs two matrices: the hot path).
+
+    >>> [i.tolist() for i in upper_indices(2)]
+    [[0, 0, 1], [0, 1, 1]]
+    """
+    return np.triu_indices(n)
+
+
 def pack_symmetric(matrix: np.ndarray) -> np.ndarray:
     """The upper triangle (row by row) of a symmetric matrix: what goes on the wire.
 
@@ -63,7 +74,7 @@ def pack_symmetric(matrix: np.ndarray) -> np.ndarray:
     [1.0, 2.0, 3.0]
     """
     m = np.asarray(matrix, dtype=np.float64)
-    return m[np.triu_indices(m.shape[0])]
+    return m[upper_indices(m.shape[0])]
 
 
 def unpack_symmetric(packed: np.ndarray) -> np.ndarray:
@@ -77,7 +88,7 @@ def unpack_symmetric(packed: np.ndarray) -> np.ndarray:
     if num_packed(n) != p.shape[0]:
         raise ValueError(f"{p.shape[0]} numbers are no packed symmetric matrix")
     m = np.zeros((n, n))
-    m[np.triu_indices(n)] = p
+    m[upper_indices(n)] = p
     return m + np.triu(m, 1).T
 
 
