@@ -282,7 +282,7 @@ class ScoreRule:
         s = self.standardised(features)
         if self.threshold is None:
             return np.zeros(s.shape[0], dtype=bool)
-        return np.nan_to_num(s, nan=-np.inf) > self.threshold
+        return s > self.threshold  # NaN (no scale yet) is never above it
 
     def alarms(self, features: np.ndarray, since_alarm: int = NEVER) -> np.ndarray:
         """The alarms one device raises on these readings, in order."""

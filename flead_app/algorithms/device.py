@@ -416,6 +416,12 @@ def release(
     >>> st.buffer_labels.tolist().count(1), st.buffer_labels.tolist().count(0)
     (2, 21)
     """
+    return replace(state, **_released(state, seen, labels, cfg, holdout))
+
+
+def _released(state: DeviceState, seen: Ingested, labels: np.ndarray, cfg: DeviceConfig, holdout: np.ndarray | None
+              ) -> dict:  # fmt: skip
+    """``release``'s new buffer and window fields (``step`` applies them with its other fields at once)."""
     labels = np.asarray(labels)
     feats = seen.features
     train = seen.scored & (labels >= 0)
@@ -455,14 +461,8 @@ def release(
         buf_y = np.concatenate((state.buffer_labels, new_y)) if state.buffer_labels.shape[0] else new_y
     else:
         buf_x, buf_y = state.buffer_features, state.buffer_labels
-    return replace(
-        state,
-        buffer_features=buf_x,
-        buffer_labels=buf_y,
-        window_length=wlen,
-        window_features=wx,
-        window_positions=wpos,
-    )
+    return {"buffer_features": buf_x, "buffer_labels": buf_y, "window_length": wlen, "window_features": wx,
+            "window_positions": wpos}  # fmt: skip
 
 
 def ingest(
@@ -668,7 +668,7 @@ def decide(seen: Ingested, score: np.ndarray, threshold: float | None, since_ala
         if threshold is None:
             candidates = np.zeros(seen.scored.shape[0], dtype=bool)
         else:
-            candidates = seen.scored & (np.nan_to_num(score, nan=-np.inf) > threshold)
+            candidates = seen.scored & (score > threshold)  # NaN (no scale yet) is never above it
     else:
         candidates = seen.z_scored & (np.abs(seen.z) > cfg.z_threshold)
     return refractory_alarms(candidates, since_alarm, cfg.refractory)
@@ -703,6 +703,7 @@ def step(
     rule = local_rule(state, cfg) if global_params is None else global_params.rule(cfg)
     data = [k for k, m in enumerate(messages) if not m.train_now]
     ends = np.cumsum([messages[k].values.shape[0] for k in data]).tolist()
+    changes: dict = {}  # the state's new fields, applied at once (``replace`` is not free on the hot path)
     if data:
         parts = [messages[k] for k in data]
         ts = np.concatenate([m.timestamps for m in parts]) if len(parts) > 1 else parts[0].timestamps
@@ -710,50 +711,65 @@ def step(
         labels = np.concatenate([m.labels for m in parts]) if len(parts) > 1 else parts[0].labels
         n = xs.shape[0]
         holdout = np.ones(n, bool) if held_device else holdout_mask(device_id, ts, cfg.holdout_percent)
-        state, seen = score_readings(state, ts, xs, cfg)
+        det = score_batch(state.detector, xs, cfg.min_history)
+        inc = feature_score(state.features, ts, xs, det.features)
+        seen = Ingested(det.z, det.scored, inc.features, inc.scored & det.scored)
         logits = rule.logits(seen.features)
-        s = np.where(seen.scored, standardise(logits, rule.loc, rule.scale), np.nan)
+        s = standardise(logits, rule.loc, rule.scale)
+        s[~seen.scored] = np.nan
         proba = predict_proba(LinearModel(rule.weights, rule.bias), seen.features)
         flagged, since = decide(seen, s, rule.threshold, state.since_alarm, cfg)
         hits = np.flatnonzero(flagged)
-        which = np.searchsorted(ends, hits, side="right")  # the message of each alarm
         begins = [0, *ends[:-1]]
-        for i, j in zip(hits.tolist(), which.tolist(), strict=True):
-            z = float(seen.z[i])
-            level = severity(z, cfg.z_threshold, cfg.z_critical) if cfg.alarm_rule == "zrule" else None
-            if level is None:  # the model flagged a reading the z-rule would not
-                level = "critical" if abs(z) >= cfg.z_critical else "warning"
-            alarms.append(Alarm(data[j], i - begins[j], z, float(proba[i]), cfg.alarm_rule, level, float(s[i])))
+        if hits.shape[0]:
+            which = np.searchsorted(ends, hits, side="right")  # the message of each alarm
+            for i, j in zip(hits.tolist(), which.tolist(), strict=True):
+                z = float(seen.z[i])
+                level = severity(z, cfg.z_threshold, cfg.z_critical) if cfg.alarm_rule == "zrule" else None
+                if level is None:  # the model flagged a reading the z-rule would not
+                    level = "critical" if abs(z) >= cfg.z_critical else "warning"
+                alarms.append(Alarm(data[j], i - begins[j], z, float(proba[i]), cfg.alarm_rule, level, float(s[i])))
         for j, k in enumerate(data):
-            a, b = begins[j], ends[j]
-            scores[k] = MessageScores(seen.z[a:b], proba[a:b], seen.features[a:b], seen.scored[a:b],
-                                      holdout[a:b], s[a:b], held_device)  # fmt: skip
-        state = replace(state, since_alarm=since, anomalies=state.anomalies + int(hits.shape[0]))
+            lo, hi = begins[j], ends[j]
+            scores[k] = MessageScores(seen.z[lo:hi], proba[lo:hi], seen.features[lo:hi], seen.scored[lo:hi],
+                                      holdout[lo:hi], s[lo:hi], held_device)  # fmt: skip
+        changes = {"detector": det.state, "features": inc.state, "since_alarm": since,
+                   "anomalies": state.anomalies + int(hits.shape[0])}  # fmt: skip
+    pending, readings, last_round_at = state.pending, state.readings, state.last_round_at
     released = 0  # readings of the concatenation already released to the buffer
     j = 0
     for k, msg in enumerate(messages):
         if not msg.train_now:
             size = msg.values.shape[0]
-            state = replace(state, pending=state.pending + size, readings=state.readings + size,
-                            last_round_at=state.last_round_at or msg.received_at - phase)  # fmt: skip
+            pending, readings = pending + size, readings + size
+            last_round_at = last_round_at or msg.received_at - phase
             j += 1
-        if round_due(state, msg.received_at, cfg, requested=msg.train_now):
+        due = pending > 0 if msg.train_now else (
+            pending > 0 and (pending >= cfg.train_every or msg.received_at - last_round_at >= cfg.train_interval_s)
+        )  # fmt: skip  (``round_due``, on the running counts)
+        if due:
             upto = ends[j - 1] if j else 0
             if upto > released:
-                state = _release_slice(state, seen, labels, holdout, released, upto, cfg)
+                changes.update(_released(state, _slice(seen, released, upto), labels[released:upto], cfg,
+                                         holdout[released:upto]))  # fmt: skip
                 released = upto
+            state = replace(state, **changes, pending=pending, readings=readings, last_round_at=last_round_at)
+            changes = {}
             state, result = train_round(state, msg.received_at, cfg, global_params)
+            pending, last_round_at = state.pending, state.last_round_at
             if result is not None:
                 updates.append(replace(result, message=k))
     if data and released < ends[-1]:
-        state = _release_slice(state, seen, labels, holdout, released, ends[-1], cfg)
+        changes.update(_released(state, _slice(seen, released, ends[-1]), labels[released:], cfg, holdout[released:]))
+    if changes or pending != state.pending or readings != state.readings or last_round_at != state.last_round_at:
+        state = replace(state, **changes, pending=pending, readings=readings, last_round_at=last_round_at)
     return StepResult(state, tuple(alarms), tuple(updates), tuple(scores))
 
 
-def _release_slice(state: DeviceState, seen: Ingested, labels: np.ndarray, holdout: np.ndarray, a: int, b: int,
-                   cfg: DeviceConfig) -> DeviceState:  # fmt: skip
-    part = Ingested(seen.z[a:b], seen.z_scored[a:b], seen.features[a:b], seen.scored[a:b])
-    return release(state, part, labels[a:b], cfg, holdout[a:b])
+def _slice(seen: Ingested, a: int, b: int) -> Ingested:
+    if a == 0 and b == seen.z.shape[0]:
+        return seen
+    return Ingested(seen.z[a:b], seen.z_scored[a:b], seen.features[a:b], seen.scored[a:b])
 
 
 def _one_at_a_time(state: DeviceState, messages: Sequence[DeviceMessage], device_id: str, cfg: DeviceConfig

@@ -271,10 +271,11 @@ def raw_statistics(
 
 def _bin_position(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bin index of each value and its share of the bin *above* it (for linear interpolation)."""
-    v = np.clip(raw, 0.0, RAW_CLIP)
-    idx = np.clip(np.searchsorted(EDGES, v, side="right") - 1, 0, NUM_BINS - 1)
+    # minimum/maximum rather than np.clip: the same values, a fraction of the call cost on short batches
+    v = np.minimum(np.maximum(raw, 0.0), RAW_CLIP)
+    idx = np.minimum(np.maximum(np.searchsorted(EDGES, v, side="right") - 1, 0), NUM_BINS - 1)
     above = (EDGES[idx + 1] - v) / _WIDTHS[idx]
-    return idx, np.clip(above, 0.0, 1.0)
+    return idx, np.minimum(np.maximum(above, 0.0), 1.0)
 
 
 def _survival(counts: np.ndarray) -> np.ndarray:
@@ -318,9 +319,14 @@ def uncentred_detector_features(features: np.ndarray) -> np.ndarray:
     >>> uncentred_detector_features(-np.array([FEATURE_CENTRES])).tolist()
     [[0.0, 0.0, 0.0, 0.0]]
     """
+    return np.maximum(np.asarray(features, dtype=np.float64) + _detector_centres(), 0.0)
+
+
+@cache
+def _detector_centres() -> np.ndarray:
     from flead_app.algorithms.detection import FEATURE_CENTRES
 
-    return np.maximum(np.asarray(features, dtype=np.float64) + np.asarray(FEATURE_CENTRES), 0.0)
+    return np.asarray(FEATURE_CENTRES, dtype=np.float64)
 
 
 def prepare(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
