@@ -744,9 +744,9 @@ def step(
             pending, readings = pending + size, readings + size
             last_round_at = last_round_at or msg.received_at - phase
             j += 1
-        due = pending > 0 if msg.train_now else (
-            pending > 0 and (pending >= cfg.train_every or msg.received_at - last_round_at >= cfg.train_interval_s)
-        )  # fmt: skip  (``round_due``, on the running counts)
+        # ``round_due`` on the running counts
+        waited = msg.received_at - last_round_at >= cfg.train_interval_s
+        due = pending > 0 and (msg.train_now or pending >= cfg.train_every or waited)
         if due:
             upto = ends[j - 1] if j else 0
             if upto > released:
