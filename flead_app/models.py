@@ -293,9 +293,41 @@ class Anomaly(_JsonRecord):
             parse_timestamp(self.detected_at)
 
 
+#: bins of the standardised-score histograms (``algorithms.decision.NUM_SCORE_BINS``)
+SCORE_BINS = 480
+
+
+def _packed_size(params: int) -> int:
+    return params * (params + 1) // 2
+
+
+def _check_length(name: str, values: list[float], expected: int) -> None:
+    if len(values) != expected:
+        raise InvalidRecord(f"{name} must hold {expected} numbers for these weights, got {len(values)}")
+
+
 @dataclass(frozen=True)
 class LocalModelUpdate(_JsonRecord):
-    """A device's model after one local round: what FedAvg averages and the sink stores."""
+    """A device's model after one local round: what the FedAvg agent aggregates and the sink stores.
+
+    Beyond the description's fields (weights, bias, accuracy, loss, samples), what the server
+    step needs, for F weights (F = 10): ``base_params`` (the start model, F + 1), ``curvature``
+    (gradient then the Hessian's upper triangle of the round's log-loss there: (F + 1) +
+    (F + 1)(F + 2) / 2 = 77), ``normal_histogram`` ({bin: count} of the start model's standardised
+    scores on the round's normal samples, bins 0-479; ~10-30 entries for a round of 50),
+    ``normal_moments`` (count, sums, upper triangle of the sums of outer products of those samples'
+    features: 1 + F + F(F + 1) / 2 = 66) and ``positives``. About 165 numbers plus the sparse
+    histogram: ~3.5 KB of JSON against ~0.4 KB for the description's fields alone. Updates without
+    them (an older device) still count for the averaging aggregators; the Newton step skips them.
+
+    >>> u = LocalModelUpdate("d1", 1, 0, [0.1, 0.2], -3.0, 0.9, 0.1, 10, "2025-01-01T00:00:00.000Z",
+    ...                      curvature=[0.0] * 3)
+    >>> try:
+    ...     u.validate()
+    ... except InvalidRecord as err:
+    ...     print(err)
+    curvature must hold 9 numbers for these weights, got 3
+    """
 
     device_id: str
     model_version: int
@@ -307,6 +339,11 @@ class LocalModelUpdate(_JsonRecord):
     samples: int
     timestamp: str
     partition: int = -1
+    positives: int = 0
+    base_params: list[float] | None = None
+    curvature: list[float] | None = None
+    normal_histogram: dict[str, int] = field(default_factory=dict)
+    normal_moments: list[float] | None = None
 
     def validate(self) -> None:
         check_device_id(self.device_id)
@@ -316,15 +353,55 @@ class LocalModelUpdate(_JsonRecord):
         if not 0.0 <= self.accuracy <= 1.0:
             raise InvalidRecord("accuracy must lie in [0, 1]")
         _check_int("samples", self.samples, 1)
+        _check_int("positives", self.positives, 0, self.samples)
         _check_int("model_version", self.model_version, 1)
         _check_int("global_version", self.global_version, 0)
         _check_int("partition", self.partition, -1)
         parse_timestamp(self.timestamp)
+        k = len(self.weights) + 1
+        if self.base_params is not None:
+            _check_length("base_params", _finite_list("base_params", self.base_params), k)
+        if self.curvature is not None:
+            _check_length("curvature", _finite_list("curvature", self.curvature), k + _packed_size(k))
+        if self.normal_moments is not None:
+            f = len(self.weights)
+            moments = _finite_list("normal_moments", self.normal_moments)
+            _check_length("normal_moments", moments, 1 + f + _packed_size(f))
+            if moments[0] < 0:
+                raise InvalidRecord("normal_moments must start with a count >= 0")
+        if not isinstance(self.normal_histogram, dict):
+            raise InvalidRecord("normal_histogram must be an object of {bin: count}")
+        for key, count in self.normal_histogram.items():
+            if not (isinstance(key, str) and key.isdigit() and int(key) < SCORE_BINS):
+                raise InvalidRecord(f"normal_histogram bins are 0 to {SCORE_BINS - 1}, got {key!r}")
+            _check_int("a normal_histogram count", count, 0, self.samples)
+
+
+def _optional_value(name: str, value: Any) -> None:
+    if value is not None:
+        try:
+            _check_value(value)
+        except InvalidRecord as err:
+            raise InvalidRecord(f"{name}: {err}") from None
 
 
 @dataclass(frozen=True)
 class GlobalModel(_JsonRecord):
-    """A global model produced by one aggregation round."""
+    """A global model produced by one aggregation round.
+
+    Beyond the description's fields, the decision rule every device applies to it: ``threshold``
+    on the standardised score (logit - ``score_loc``) / ``score_scale``, set so that the alarm
+    budget of normal readings lies above it (None while the server has no normal scores yet:
+    then the model raises no alarm). Three numbers more: ~0.5 KB of JSON with ten weights and
+    the contributors of 20 updates; the server's own state stays in the FedAvg row.
+
+    >>> m = GlobalModel(1, 1, [0.5], -3.0, 0.9, 2, 40, "2025-01-01T00:00:00.000Z", score_scale=0.0)
+    >>> try:
+    ...     m.validate()
+    ... except InvalidRecord as err:
+    ...     print(err)
+    score_scale must be positive
+    """
 
     global_version: int
     aggregation_round: int
@@ -338,6 +415,9 @@ class GlobalModel(_JsonRecord):
     num_updates: int = 0
     mean_staleness: float = 0.0
     contributors: list[str] = field(default_factory=list)
+    threshold: float | None = None
+    score_loc: float | None = None
+    score_scale: float | None = None
 
     def validate(self) -> None:
         _finite_list("weights", self.weights)
@@ -353,6 +433,12 @@ class GlobalModel(_JsonRecord):
         _check_int("num_updates", self.num_updates, 0)
         _check_int("samples", self.samples, 0, 2**63 - 1)
         parse_timestamp(self.timestamp)
+        for name in ("threshold", "score_loc", "score_scale"):
+            _optional_value(name, getattr(self, name))
+        if self.score_scale is not None and self.score_scale <= 0:
+            raise InvalidRecord("score_scale must be positive")
+        if self.threshold is not None and (self.score_loc is None or self.score_scale is None):
+            raise InvalidRecord("a threshold needs score_loc and score_scale")
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from flead_app.algorithms.device import GlobalParams
 from flead_app.models import GlobalModel
 
@@ -68,7 +66,7 @@ class GlobalModelCache:
         """Keep ``model`` if it is newer than what is known; whether it was."""
         if model.global_version <= self.version:
             return False
-        self.params = GlobalParams(model.global_version, np.asarray(model.weights, dtype=np.float64), model.bias)
+        self.params = GlobalParams.from_record(model)
         self.accuracy = model.accuracy
         return True
 

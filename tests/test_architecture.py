@@ -194,7 +194,10 @@ def _has_methods(cls: type) -> bool:
 
 CORE_WITH_EXAMPLES = [
     "flead_app.algorithms.aggregation",
+    "flead_app.algorithms.decision",
     "flead_app.algorithms.device",
+    "flead_app.algorithms.incident_features",
+    "flead_app.algorithms.second_order",
     "flead_app.algorithms.fedbuff",
     "flead_app.algorithms.metrics",
     "flead_app.algorithms.detection",

@@ -31,6 +31,7 @@ from flead_app import faust_patches
 from flead_app.agents.dead_letter import send_dead_letter
 from flead_app.agents.outbox import Outbox
 from flead_app.algorithms.device import DeviceConfig, DeviceMessage, StepResult, initial_global, step
+from flead_app.algorithms.incident_features import null_tables
 from flead_app.app import anomalies_topic, app, local_updates_topic, readings_topic, runtime, settings
 from flead_app.io.kafka import event_time
 from flead_app.models import (
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 config = DeviceConfig.from_settings(settings)
 #: global version 0, which rounds start from until the first FedAvg version arrives
 INITIAL_GLOBAL = initial_global(config)
+null_tables()  # the features' calibration prior (~0.3 s, cached): computed before the worker is ready
 #: a device still sending gets its time-based round in-band, with its next message; the timer
 #: steps in only for devices silent this long past the interval, so a fleet that started
 #: together is not trained in one burst from one stale global version
@@ -139,6 +141,11 @@ def output_records(
             samples=r.samples,
             timestamp=format_timestamp(r.trained_at),
             partition=partition,
+            positives=r.positives,
+            base_params=None if r.base_params is None else r.base_params.tolist(),
+            curvature=None if r.curvature is None else r.curvature.tolist(),
+            normal_histogram={str(b): int(c) for b, c in r.normal_histogram.items()},
+            normal_moments=None if r.normal_moments is None else r.normal_moments.tolist(),
         )
         records.append((r.message, (LOCAL_UPDATES, FLEET_KEY, update.to_json())))
     return records

@@ -1,37 +1,72 @@
-"""The federated-averaging buffer as a pure state machine (FedBuff, buffered asynchronous FL).
+"""The federated server as a pure state machine (FedBuff, buffered asynchronous FL).
 
 Local updates arrive one at a time; ``FedBuffState.offer`` buffers each one and, every
 ``buffer_size`` updates (or on a flush request once the oldest has waited ``timeout_s``),
-aggregates the buffer into the next global version. Aggregation (``federate``) adds to the
-current global model the aggregate of each update's *change from the global version it
-started from*: devices train asynchronously, so a buffer mixes base versions, and averaging
-absolute parameters would pull the model back towards the old versions stale updates began
-at. The state keeps the parameters of the last ``history`` versions for that; an update whose
-base left the history counts with its absolute parameters, as plain FedAvg would.
+makes the next global version from the buffer (``server_step``): new parameters, and the
+decision rule every device applies to them.
+
+Parameters. With ``Newton`` (the default) the state keeps the information matrix A and the
+target vector b summed over every round so far (``second_order``), adds the buffer's rounds
+(each expanded at the parameters it started from, so stale rounds need no special rule) and
+publishes the minimiser of all of them plus a ridge. With the averaging aggregators
+(``FedAvg``: the description's sample-weighted mean, ``CoordinateMedian``, ``TrimmedMean``;
+``federate``) the next version is the current one plus the aggregate of each update's *change
+from the global version it started from*: devices train asynchronously, so a buffer mixes base
+versions, and averaging absolute parameters would pull the model back towards the old versions
+stale updates began at. The state keeps the parameters of the last ``history`` versions for
+that; an update whose base left the history counts with its absolute parameters, as plain FedAvg.
+
+Decision rule (``decision``). The state also keeps the merged histogram of the updates'
+standardised normal scores and the merged moments of their normal features, both over a window
+of ``tail_readings / alarm_budget`` normal readings: the new version's ``score_loc`` and
+``score_scale`` are the mean and std of its own logits under those moments, and its
+``threshold`` the budget quantile of the merged histogram. So the server state (A, b, the
+histogram, the moments: ~620 numbers) lives in this row, and a broadcast carries three numbers
+beside the weights.
 
 A redelivered update (same device and model version, after a crash or a rebalance) is
 recognised by the last ``RECENT_UPDATES`` tags and counted once.
 
->>> cfg = FedBuffConfig(buffer_size=2, initial=(0.0, 0.0, 0.0, 0.0, -3.0))
+>>> cfg = FedBuffConfig(buffer_size=2, aggregator=FedAvg(), initial=(0.0, 0.0, 0.0, 0.0, -3.0))
 >>> state = FedBuffState.start(cfg)
 >>> u = LocalModelUpdate("d1", 1, 0, [0.2, 0.0, 0.0, 0.0], -3.0, 0.9, 0.1, 10, "2025-01-01T00:00:00.000Z")
 >>> state, out = state.offer(u, 0.0, cfg)
 >>> out.model is None, len(state.buffer)
 (True, 1)
 >>> state, out = state.offer(replace(u, device_id="d2"), 1.0, cfg)
->>> out.model.global_version, out.model.weights[0], state.version
-(1, 0.2, 1)
+>>> out.model.global_version, out.model.weights[0], state.version, out.model.threshold
+(1, 0.2, 1, None)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from flead_app.algorithms.aggregation import Aggregator, FedAvg, federated_step, make_aggregator, weighted_accuracy
-from flead_app.models import GlobalModel, LocalModelUpdate, format_timestamp
+from flead_app.algorithms.aggregation import (
+    Aggregator,
+    Averaging,
+    FedAvg,  # noqa: F401 - the examples use it
+    Newton,
+    federated_step,
+    make_aggregator,
+    weighted_accuracy,
+)
+from flead_app.algorithms.decision import (
+    TAIL_READINGS,
+    dense_histogram,
+    histogram_window,
+    merge_histograms,
+    merge_moments,
+    score_location_scale,
+    sparse_histogram,
+    threshold_for_budget,
+)
+from flead_app.algorithms.second_order import Curvature, pack_symmetric, unpack_symmetric
+from flead_app.models import GlobalModel, InvalidRecord, LocalModelUpdate, format_timestamp
 
 RECENT_UPDATES = 1000  # (device, model version) tags remembered to drop redelivered updates
 
@@ -41,19 +76,40 @@ class FedBuffConfig:
     buffer_size: int = 20
     timeout_s: float = 120.0  # a flush request aggregates a partial buffer whose oldest update waited this long
     history: int = 50  # global versions whose parameters are kept, to take changes from
-    aggregator: Aggregator = FedAvg()
+    aggregator: Aggregator = Newton()
     initial: tuple[float, ...] = ()  # global version 0 (weights then bias): the model every device starts from
+    alarm_budget: float = 0.01  # share of normal readings above a version's threshold
+    tail_readings: float = TAIL_READINGS  # normal readings above it in the histogram window
 
     @classmethod
     def from_settings(cls, settings: object, initial: Sequence[float]) -> FedBuffConfig:
+        """The FedAvg agent's configuration from the settings and version 0's parameters.
+
+        >>> from flead_app.settings import Settings
+        >>> FedBuffConfig.from_settings(Settings(), [0.0, -3.0]).aggregator
+        Newton(ridge=1.0, bias_ridge=0.001, max_step=1.0)
+        """
         s = settings
         return cls(
             buffer_size=s.fedavg_buffer,  # type: ignore[attr-defined]
             timeout_s=s.fedavg_timeout_s,  # type: ignore[attr-defined]
             history=s.fedavg_history,  # type: ignore[attr-defined]
-            aggregator=make_aggregator(s.aggregator, s.staleness_exponent, s.trim_ratio),  # type: ignore[attr-defined]
+            aggregator=make_aggregator(
+                s.aggregator,
+                s.staleness_exponent,
+                s.trim_ratio,  # type: ignore[attr-defined]
+                s.newton_ridge,
+                s.newton_bias_ridge,
+                s.newton_max_step,  # type: ignore[attr-defined]
+            ),  # fmt: skip
             initial=tuple(float(x) for x in initial),
+            alarm_budget=s.alarm_budget,  # type: ignore[attr-defined]
+            tail_readings=s.threshold_tail_readings,  # type: ignore[attr-defined]
         )
+
+    @property
+    def window(self) -> float:
+        return histogram_window(self.alarm_budget, self.tail_readings)
 
 
 @dataclass(frozen=True)
@@ -73,16 +129,28 @@ class FedBuffState:
     first_at: float = 0.0  # event time of the oldest buffered update
     recent: tuple[str, ...] = ()
     history: Mapping[int, tuple[float, ...]] = field(default_factory=dict)
+    #: online Newton's sums over every round so far: A (packed upper triangle) and b; () before any
+    information: tuple[float, ...] = ()
+    target: tuple[float, ...] = ()
+    #: the threshold's window: merged standardised normal-score histogram ({bin: count}) and
+    #: normal-feature moments (``decision.moments_of``; () before any)
+    histogram: Mapping[int, float] = field(default_factory=dict)
+    moments: tuple[float, ...] = ()
 
     @classmethod
     def start(cls, cfg: FedBuffConfig) -> FedBuffState:
         """Before any update: version 0 is the initial model."""
-        return cls(history={0: tuple(cfg.initial)})
+        return cls(history={0: tuple(float(x) for x in cfg.initial)})
 
     def offer(self, update: LocalModelUpdate | None, now: float, cfg: FedBuffConfig) -> tuple[FedBuffState, Offered]:
-        """Buffer ``update`` (None: a flush request) at event time ``now``; aggregate when due."""
+        """Buffer ``update`` (None: a flush request) at event time ``now``; aggregate when due.
+
+        An update whose weights do not fit the model (another feature set) raises ``InvalidRecord``.
+        """
         state, duplicate = self, False
         if update is not None:
+            if cfg.initial and len(update.weights) != len(cfg.initial) - 1:
+                raise InvalidRecord(f"an update of {len(update.weights)} weights for a model of {len(cfg.initial) - 1}")
             tag = f"{update.device_id}:{update.model_version}"
             if tag in self.recent:
                 return self, Offered(duplicate=True)
@@ -96,17 +164,7 @@ class FedBuffState:
         stale = update is None and bool(state.buffer) and now - state.first_at >= cfg.timeout_s
         if not (full or stale):
             return state, Offered(duplicate=duplicate)
-        model = federate(state.buffer, state.version, state.round + 1, cfg.aggregator, format_timestamp(now),
-                         state.history)  # fmt: skip
-        history = {**state.history, model.global_version: (*model.weights, model.bias)}
-        keep = sorted(history)[-max(1, cfg.history) :]
-        state = replace(
-            state,
-            version=model.global_version,
-            round=model.aggregation_round,
-            buffer=(),
-            history={v: history[v] for v in keep},
-        )
+        state, model = server_step(state, cfg, now)
         return state, Offered(model=model, partial=not full)
 
     def to_dict(self) -> dict:
@@ -117,10 +175,20 @@ class FedBuffState:
             "first_at": self.first_at,
             "recent": list(self.recent),
             "history": {str(v): list(p) for v, p in self.history.items()},
+            "information": list(self.information),
+            "target": list(self.target),
+            "histogram": {str(k): v for k, v in self.histogram.items()},
+            "moments": list(self.moments),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> FedBuffState:
+        """The state of ``to_dict``'s output.
+
+        >>> s = FedBuffState(version=3, histogram={240: 2.0}, moments=(1.0, 0.5, 0.25))
+        >>> FedBuffState.from_dict(s.to_dict()) == s
+        True
+        """
         return cls(
             version=int(d["version"]),
             round=int(d["round"]),
@@ -128,18 +196,91 @@ class FedBuffState:
             first_at=float(d["first_at"]),
             recent=tuple(d["recent"]),
             history={int(v): tuple(p) for v, p in d["history"].items()},
+            information=tuple(float(v) for v in d.get("information", ())),
+            target=tuple(float(v) for v in d.get("target", ())),
+            histogram={int(k): float(v) for k, v in d.get("histogram", {}).items()},
+            moments=tuple(float(v) for v in d.get("moments", ())),
         )
+
+
+def server_step(state: FedBuffState, cfg: FedBuffConfig, now: float) -> tuple[FedBuffState, GlobalModel]:
+    """The next global version from the buffered updates, and the state after it (buffer emptied).
+
+    >>> from flead_app.algorithms import device
+    >>> dcfg = device.DeviceConfig()
+    >>> v0 = device.initial_global(dcfg)
+    >>> cfg = FedBuffConfig(buffer_size=1, initial=(*v0.weights, v0.bias))
+    >>> x = np.random.default_rng(0).normal(size=(60, 10)); y = (x[:, 0] > 1.5).astype(np.int8)
+    >>> _, r = device.train_round(device.DeviceState(buffer_features=x, buffer_labels=y), 0.0, dcfg, v0)
+    >>> u = LocalModelUpdate("d1", 1, 0, r.weights.tolist(), r.bias, r.accuracy, r.loss, r.samples,
+    ...                      "2025-01-01T00:00:00.000Z", curvature=r.curvature.tolist(),
+    ...                      base_params=r.base_params.tolist(), normal_moments=r.normal_moments.tolist())
+    >>> state, model = server_step(replace(FedBuffState.start(cfg), buffer=(u,)), cfg, 0.0)
+    >>> model.aggregator, bool(model.weights[0] > 0.1), model.score_scale is not None, model.threshold
+    ('newton', True, True, None)
+    """
+    updates = state.buffer
+    staleness = np.array([max(0, state.version - u.global_version) for u in updates], dtype=np.float64)
+    samples = np.array([u.samples for u in updates], dtype=np.float64)
+    information, target = state.information, state.target
+    timestamp = format_timestamp(now)
+    if isinstance(cfg.aggregator, Newton):
+        k = len(updates[0].weights) + 1
+        theta = np.asarray(state.history.get(state.version) or np.zeros(k), dtype=np.float64)
+        a = unpack_symmetric(np.asarray(information)) if information else np.zeros((k, k))
+        b = np.asarray(target, dtype=np.float64) if target else np.zeros(k)
+        rounds = [
+            (Curvature.unpacked(np.asarray(u.curvature)), np.asarray(u.base_params, dtype=np.float64), u.samples)
+            for u in updates if u.curvature is not None and u.base_params is not None
+        ]  # fmt: skip
+        theta, a, b = cfg.aggregator.step(theta, a, b, rounds)
+        information, target = tuple(pack_symmetric(a).tolist()), tuple(b.tolist())
+        model = GlobalModel(
+            global_version=state.version + 1, aggregation_round=state.round + 1, weights=theta[:-1].tolist(),
+            bias=float(theta[-1]), accuracy=weighted_accuracy(np.array([u.accuracy for u in updates]), samples),
+            num_devices=len({u.device_id for u in updates}), samples=int(samples.sum()), timestamp=timestamp,
+            aggregator=cfg.aggregator.name, num_updates=len(updates), mean_staleness=float(staleness.mean()),
+            contributors=sorted({u.device_id for u in updates}),
+        )  # fmt: skip
+    else:
+        model = federate(updates, state.version, state.round + 1, cfg.aggregator, timestamp, state.history)
+    hist = merge_histograms(dense_histogram(state.histogram),
+                            [dense_histogram(u.normal_histogram) for u in updates if u.normal_histogram],
+                            cfg.window)  # fmt: skip
+    moments = merge_moments(np.asarray(state.moments) if state.moments else None,
+                            [None if u.normal_moments is None else np.asarray(u.normal_moments) for u in updates],
+                            cfg.window)  # fmt: skip
+    loc = scale = threshold = None
+    if moments is not None and moments[0] > 1:
+        loc, scale = score_location_scale(moments, np.asarray(model.weights), model.bias)
+        q = threshold_for_budget(hist, cfg.alarm_budget)
+        threshold = q if math.isfinite(q) else None
+    model = replace(model, threshold=threshold, score_loc=loc, score_scale=scale)
+    history = {**state.history, model.global_version: (*model.weights, model.bias)}
+    keep = sorted(history)[-max(1, cfg.history) :]
+    state = replace(
+        state,
+        version=model.global_version,
+        round=model.aggregation_round,
+        buffer=(),
+        history={v: history[v] for v in keep},
+        information=information,
+        target=target,
+        histogram=sparse_histogram(hist),
+        moments=() if moments is None else tuple(moments.tolist()),
+    )
+    return state, model
 
 
 def federate(
     updates: Sequence[LocalModelUpdate],
     current_version: int,
     aggregation_round: int,
-    aggregator: Aggregator,
+    aggregator: Averaging,
     timestamp: str,
     history: Mapping[int, Sequence[float]] | None = None,
 ) -> GlobalModel:
-    """The next global model (version ``current_version + 1``) from buffered updates.
+    """The next global model (version ``current_version + 1``) from buffered updates, by an averaging aggregator.
 
     ``history`` maps global versions to their parameters (weights then bias). Updates are
     combined as changes from their base versions; without the current version in ``history``

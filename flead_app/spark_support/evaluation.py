@@ -69,7 +69,7 @@ def replay_device(device_id: str, messages: Iterable[MessageTuple], cfg: DeviceC
     end counts in the device's final local model.
     """
     ordered = sorted(messages, key=lambda m: (m[0], m[1]))
-    held_device = device_held_out(device_id, cfg.holdout_device_percent)
+    held_device = device_held_out(device_id, cfg.holdout_device_percent, cfg.holdout_device_salt)
     state = DeviceState()
     parts: list[tuple] = []
     for _, _, now, control, ts, values, labels in ordered:

@@ -7,6 +7,15 @@ import asyncio
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def every_device_at_home(monkeypatch):
+    """``test_context`` delivers every message on partition 0: let that be each device's partition,
+    or the detector would forward it (tests/agents/test_partitioner_integration.py tests that)."""
+    from flead_app.agents import detector
+
+    monkeypatch.setattr(detector.placement, "home", lambda key: 0)
+
+
 class Sent(list):
     def of(self, topic: str) -> list:
         return [value for name, _, value in self if name == topic]

@@ -50,7 +50,22 @@ def row_of(key: bytes) -> DeviceRow:
     return detector.rows.cached(key)
 
 
-def test_single_readings_give_anomalies_and_a_local_update(faust_app, sent):
+def _published_model(monkeypatch, version: int = 5) -> None:
+    """The worker knows a global version whose level-|z| weight and threshold flag a 12-sigma spike."""
+    from flead_app.algorithms.device import GlobalParams
+    from flead_app.algorithms.incident_features import NUM_FEATURES
+    from flead_app.app import runtime
+
+    w = np.zeros(NUM_FEATURES)
+    w[0] = 1.0  # the calibrated surprise of the level |z|
+    params = GlobalParams(version, w, -4.0, threshold=4.0, score_loc=-4.0, score_scale=1.0)
+    monkeypatch.setattr(runtime.global_model, "params", params)
+
+
+def test_single_readings_give_anomalies_and_a_local_update(faust_app, sent, monkeypatch):
+    """The default rule: the model's standardised score above the published threshold."""
+    _published_model(monkeypatch)
+
     async def go():
         async with detector.detect.test_context() as agent:
             for r in _readings("dev_a", 50, spike_at=30):
@@ -62,16 +77,21 @@ def test_single_readings_give_anomalies_and_a_local_update(faust_app, sent):
     anomalies = [Anomaly.from_json(v) for v in sent.of(SETTINGS.topic_anomalies)]
     spike = [a for a in anomalies if a.value == 32.0]
     assert len(spike) == 1 and spike[0].severity == "critical" and spike[0].z_score > 3 and spike[0].label == 1
-    assert spike[0].rule == "zrule" and 0.0 <= spike[0].probability <= 1.0  # both rules' view of it
-    assert all(abs(a.z_score) > 2.5 for a in anomalies)
+    assert spike[0].rule == "model" and 0.0 <= spike[0].probability <= 1.0  # both rules' view of it
+    assert len(anomalies) == 1  # the refractory period: one alarm for the incident
     updates = [LocalModelUpdate.from_json(v) for v in sent.of(SETTINGS.topic_local_updates)]
     assert len(updates) == 1
-    assert updates[0].device_id == "dev_a" and updates[0].model_version == 1 and updates[0].global_version == 0
+    assert updates[0].device_id == "dev_a" and updates[0].model_version == 1 and updates[0].global_version == 5
     assert 0 < updates[0].samples <= 40  # warm-up readings and held-out readings are not trained on
+    # what the Newton server and the threshold need travels with it
+    assert len(updates[0].curvature) == 77 and len(updates[0].base_params) == 11
+    assert len(updates[0].normal_moments) == 66 and sum(updates[0].normal_histogram.values()) > 0
     assert state.readings == 50 and state.model_version == 1 and state.pending == 0
 
 
-def test_batched_messages_score_like_single_readings(faust_app, sent):
+def test_batched_messages_score_like_single_readings(faust_app, sent, monkeypatch):
+    """The description's z-rule (``FLEAD_ALARM_RULE=zrule``, no refractory period) stays available."""
+    monkeypatch.setattr(detector, "config", detector.config.__class__(alarm_rule="zrule", refractory=0))
     readings = _readings("dev_b", 100, spike_at=70, seed=4)
 
     async def go():
@@ -86,6 +106,7 @@ def test_batched_messages_score_like_single_readings(faust_app, sent):
     run(go())
     anomalies = [Anomaly.from_json(v) for v in sent.of(SETTINGS.topic_anomalies)]
     assert 32.0 in [a.value for a in anomalies]
+    assert all(a.rule == "zrule" and abs(a.z_score) > 2.5 for a in anomalies)
     updates = [LocalModelUpdate.from_json(v) for v in sent.of(SETTINGS.topic_local_updates)]
     assert [u.model_version for u in updates] == [1, 2]
 
@@ -137,7 +158,7 @@ def test_control_record_trains_a_quiet_device(faust_app, sent, monkeypatch):
 
     async def go():
         async with detector.detect.test_context() as agent:
-            for r in _readings("dev_d", 8):
+            for r in _readings("dev_d", 15):  # the features score from the 11th reading on
                 await agent.put(r.to_json(), key=b"dev_d")
             await agent.put(orjson.dumps({"device_id": "dev_d", "control": "train"}), key=b"dev_d")
             await settled()

@@ -1,4 +1,9 @@
-"""The FedAvg agent through Faust's test_context."""
+"""The FedAvg agent through Faust's test_context.
+
+Most tests here are of the description's FedAvg (``FLEAD_AGGREGATOR=fedavg``: sample-weighted
+FedBuff deltas) on four-weight updates; the last ones are of the default, online Newton, on the
+updates devices send.
+"""
 
 import asyncio
 import dataclasses
@@ -8,7 +13,7 @@ import pytest
 
 from flead_app.agents import fedavg
 from flead_app.algorithms.aggregation import FedAvg
-from flead_app.algorithms.fedbuff import federate
+from flead_app.algorithms.fedbuff import FedBuffState, federate
 from flead_app.app import runtime
 from flead_app.models import FLEET_KEY, GlobalModel, LocalModelUpdate
 from flead_app.settings import load_settings
@@ -51,8 +56,22 @@ async def _settled(timeout: float = 10.0) -> None:
         await asyncio.sleep(SETTINGS.detector_batch_wait_s * 2)
 
 
+DEFAULT_CONFIG = fedavg.config
+
+
 @pytest.fixture(autouse=True)
-def fresh_fedavg_state(faust_app):
+def description_fedavg(request, monkeypatch):
+    """The description's FedAvg over four weights, except for the tests of the default (marked ``newton``)."""
+    if "newton" in request.keywords:
+        return
+    cfg = dataclasses.replace(fedavg.config, aggregator=FedAvg(SETTINGS.staleness_exponent),
+                              initial=(0.0, 0.0, 0.0, 0.0, fedavg.config.initial[-1]))  # fmt: skip
+    monkeypatch.setattr(fedavg, "config", cfg)
+    monkeypatch.setattr(fedavg, "START", FedBuffState.start(cfg))
+
+
+@pytest.fixture(autouse=True)
+def fresh_fedavg_state(faust_app, description_fedavg):
     from flead_app.tables.fedavg_state import fedavg_state
 
     fedavg_state.data.clear()
@@ -150,3 +169,39 @@ def test_federate_without_history_averages_absolute_weights():
     history = {0: [0.0, 0.0, 0.0, 0.0, -0.5], 3: [10.0, 0.0, 0.0, 0.0, -0.5]}
     delta = federate(updates, 3, 4, FedAvg(0.0), at, history=history)
     assert delta.weights[0] == pytest.approx(11.5)  # v3 + the average change from v0
+
+
+def _device_update(device: int, seed: int) -> LocalModelUpdate:
+    """An update as a device sends it: a round of 50 readings from version 0, with its curvature."""
+    from flead_app.algorithms import device as dev
+
+    rng = np.random.default_rng(seed)
+    x = rng.exponential(size=(50, dev.NUM_FEATURES)) - 1.0
+    y = (x[:, 0] > 2.5).astype(np.int8)
+    cfg = dev.DeviceConfig()
+    _, r = dev.train_round(dev.DeviceState(buffer_features=x, buffer_labels=y), 0.0, cfg, dev.initial_global(cfg))
+    return LocalModelUpdate(
+        f"device_{device}", 1, 0, r.weights.tolist(), r.bias, r.accuracy, r.loss, r.samples,
+        "2025-11-07T15:22:31.000Z", positives=r.positives, base_params=r.base_params.tolist(),
+        curvature=r.curvature.tolist(), normal_moments=r.normal_moments.tolist(),
+    )  # fmt: skip
+
+
+@pytest.mark.newton
+def test_the_default_newton_server_publishes_weights_and_a_scale(sent):
+    assert fedavg.config.aggregator.name == "newton" and len(fedavg.config.initial) == 11
+    _run([_device_update(i, i).to_json() for i in range(20)])
+    models = [GlobalModel.from_json(v) for v in sent.of(SETTINGS.topic_global_updates)]
+    assert len(models) == 1 and models[0].aggregator == "newton" and len(models[0].weights) == 10
+    assert models[0].weights[0] > 0.1  # the feature that marks the positives
+    assert models[0].score_scale > 0 and models[0].threshold is None  # no standardised histogram from v0
+    state = _row().state
+    assert len(state.information) == 66 and len(state.target) == 11 and state.moments[0] > 0
+
+
+@pytest.mark.newton
+def test_an_update_of_another_width_is_dead_lettered(sent):
+    _run([_update(1).to_json(), _device_update(2, 2).to_json()])
+    letters = sent.of(SETTINGS.topic_dead_letter)
+    assert len(letters) == 1 and b"4 weights for a model of 10" in letters[0]
+    assert len(_row().state.buffer) == 1

@@ -32,6 +32,13 @@ BAD_MESSAGES = [
 ]
 
 
+#: these tests predict every anomaly with the description's z-rule (``expected_anomalies``) and
+#: every device's rounds: the z-rule without a refractory period, and no held-out devices (the
+#: product's defaults, the model rule at a 1% budget and 20% of devices held out by a hash of
+#: their ids, are tested in tests/agents/test_detector_agent.py and tests/algorithms)
+DESCRIPTION_RULES = {"FLEAD_ALARM_RULE": "zrule", "FLEAD_REFRACTORY": "0", "FLEAD_HOLDOUT_DEVICE_PERCENT": "0"}
+
+
 def make_fleet(run: str, devices: int, per_device: int, seed: int = 7) -> dict[str, list[Reading]]:
     rng = np.random.default_rng(seed)
     t0 = 1_762_000_000.0
@@ -132,7 +139,7 @@ def stored_global_models(engine, models: list[dict]) -> int:
 
 
 def test_real_worker_end_to_end(pipeline_env, monkeypatch):
-    env = {**pipeline_env, "FLEAD_TRAIN_INTERVAL_S": "3600", "FLEAD_FEDAVG_BUFFER": "4"}
+    env = {**pipeline_env, **DESCRIPTION_RULES, "FLEAD_TRAIN_INTERVAL_S": "3600", "FLEAD_FEDAVG_BUFFER": "4"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     settings = load_settings()
@@ -148,9 +155,12 @@ def test_real_worker_end_to_end(pipeline_env, monkeypatch):
         assert stats["detector"].get("dead_letters", 0) == len(BAD_MESSAGES)
 
         boot = settings.bootstrap_servers
-        found = {(a["device_id"], a["value"]) for a in map(orjson.loads, asyncio.run(
-            consume_all(boot, settings.topic_anomalies, len(expected_anomalies(fleet)))
-        ))}
+        found = {
+            (a["device_id"], a["value"])
+            for a in map(
+                orjson.loads, asyncio.run(consume_all(boot, settings.topic_anomalies, len(expected_anomalies(fleet))))
+            )
+        }
         assert found == expected_anomalies(fleet)
 
         updates = [orjson.loads(v) for v in asyncio.run(consume_all(boot, settings.topic_local_updates, 8))]

@@ -14,6 +14,7 @@ from flead_app.io.db.schema import anomalies, federated_models, local_models
 from flead_app.settings import load_settings
 from flead_app.worker import WorkerProcess
 from tests.agents.test_pipeline_integration import (
+    DESCRIPTION_RULES,
     consume_all,
     expected_anomalies,
     make_fleet,
@@ -28,7 +29,7 @@ DEVICES, PER_DEVICE, BUFFER = 20, 500, 10
 
 
 def test_sigkill_and_restart_loses_nothing_and_duplicates_nothing(pipeline_env, monkeypatch):
-    env = {**pipeline_env, "FLEAD_TRAIN_INTERVAL_S": "3600", "FLEAD_FEDAVG_BUFFER": str(BUFFER)}
+    env = {**pipeline_env, **DESCRIPTION_RULES, "FLEAD_TRAIN_INTERVAL_S": "3600", "FLEAD_FEDAVG_BUFFER": str(BUFFER)}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     settings = load_settings()
@@ -83,11 +84,15 @@ def test_sigkill_and_restart_loses_nothing_and_duplicates_nothing(pipeline_env, 
             stamps = [m["timestamp"] for m in models]
             from datetime import datetime
 
-            stored = conn.execute(
-                select(federated_models.c.global_version).where(
-                    federated_models.c.created_at.in_([datetime.fromisoformat(s) for s in stamps])
+            stored = (
+                conn.execute(
+                    select(federated_models.c.global_version).where(
+                        federated_models.c.created_at.in_([datetime.fromisoformat(s) for s in stamps])
+                    )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
         assert sorted(stored) == versions, "each global version stored exactly once"
         assert time.monotonic() - killed_at < 300
     finally:

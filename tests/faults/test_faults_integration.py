@@ -17,13 +17,20 @@ from flead_app.io.db.schema import anomalies, local_models
 from flead_app.settings import load_settings
 from flead_app.stack.postgres import installed_versions
 from flead_app.worker import WorkerProcess, fetch_json
-from tests.agents.test_pipeline_integration import consume_all, expected_anomalies, make_fleet, produce, wait_for
+from tests.agents.test_pipeline_integration import (
+    DESCRIPTION_RULES,
+    consume_all,
+    expected_anomalies,
+    make_fleet,
+    produce,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
 
 def _configure(pipeline_env, monkeypatch, **extra):
-    env = {**pipeline_env, "FLEAD_TRAIN_INTERVAL_S": "3600", "FLEAD_FEDAVG_BUFFER": "10", **extra}
+    env = {**pipeline_env, **DESCRIPTION_RULES, "FLEAD_TRAIN_INTERVAL_S": "3600", "FLEAD_FEDAVG_BUFFER": "10", **extra}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env, load_settings()
@@ -80,9 +87,12 @@ def test_a_broker_killed_mid_run_loses_no_reading_and_no_update(pipeline_env, mo
         engine = create_engine(settings.db_url)
         wait_for(lambda: _db_count(engine, local_models, run) == expected_updates, 120, "every local update stored")
         updates = [
-            u for u in map(orjson.loads, asyncio.run(
-                consume_all(settings.bootstrap_servers, settings.topic_local_updates, expected_updates)
-            )) if "control" not in u
+            u
+            for u in map(
+                orjson.loads,
+                asyncio.run(consume_all(settings.bootstrap_servers, settings.topic_local_updates, expected_updates)),
+            )
+            if "control" not in u
         ]
         assert len({(u["device_id"], u["model_version"]) for u in updates}) == expected_updates
         assert _db_count(engine, anomalies, run) == len(expected_anomalies(fleet))

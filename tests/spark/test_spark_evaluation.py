@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from flead_app.algorithms.detection import DetectorState, score_batch
-from flead_app.algorithms.device import DeviceConfig, initial_model
+from flead_app.algorithms.device import DeviceConfig, DeviceMessage, DeviceState, initial_model, step
 from flead_app.algorithms.holdout import device_held_out, holdout_mask
+from flead_app.algorithms.incident_features import NUM_FEATURES
 from flead_app.algorithms.protocol import Decision, evaluate
-from flead_app.algorithms.sgd import LinearModel, sgd_train
+from flead_app.algorithms.sgd import LinearModel
 from flead_app.spark_support.evaluation import (
     KIND_CENTRAL,
     KIND_GLOBAL,
@@ -60,17 +60,24 @@ TRAINING_DEVICE = next(f"dev-{i}" for i in range(100) if not device_held_out(f"d
 HELD_DEVICE = next(f"dev-{i}" for i in range(100) if device_held_out(f"dev-{i}", CFG.holdout_device_percent))
 
 
+def _one_pass(device: str, ts, values, labels, cfg=CFG):
+    """How ``step`` scores the device's whole history given as one message."""
+    msg = DeviceMessage(T0, np.asarray(ts), np.asarray(values), np.asarray(labels, dtype=np.int8))
+    return step(DeviceState(), [msg], None, device, cfg).scores[0]
+
+
 def test_replay_rows_are_the_features_of_one_pass_over_the_whole_history():
     ts, values, labels = device_stream(1)
     rows = replay_device(TRAINING_DEVICE, as_messages(ts, values, labels, [1, 7, 1, 20]), CFG)
-    whole = score_batch(DetectorState(), values, CFG.min_history)
+    whole = _one_pass(TRAINING_DEVICE, ts, values, labels)
     keep = whole.scored & (labels >= 0)
     (s,) = series_from_rows(reversed(rows), CFG)  # any order: rows carry their position
     np.testing.assert_allclose(s.features, whole.features[keep], rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(s.labels, labels[keep])
     np.testing.assert_array_equal(s.heldout, holdout_mask(TRAINING_DEVICE, ts, CFG.holdout_percent)[keep])
     np.testing.assert_allclose(s.timestamps, ts[keep])
-    assert not s.device_heldout and 0 < s.heldout.mean() < 0.4 and len(rows[0]) == len(ROW_FIXED) + 4
+    assert not s.device_heldout and 0 < s.heldout.mean() < 0.4
+    assert len(rows[0]) == len(ROW_FIXED) + NUM_FEATURES
 
 
 def test_replay_orders_messages_by_partition_and_offset():
@@ -82,20 +89,29 @@ def test_replay_orders_messages_by_partition_and_offset():
     np.testing.assert_array_equal(a.local_final, b.local_final)
 
 
-def test_the_final_local_model_is_the_worker_sgd_on_training_readings_in_rounds():
+def _local_final_by_time(device: str, ts, values, labels, cfg) -> dict[float, float]:
+    (s,) = series_from_rows(replay_device(device, as_messages(ts, values, labels, [1]), cfg), cfg)
+    return dict(zip(s.timestamps.tolist(), s.local_final.tolist(), strict=True))
+
+
+def test_the_final_local_model_learns_from_training_readings_only():
+    """Forgetting a held-out normal reading's label changes nothing the local model learnt;
+    forgetting a training reading's label does."""
     ts, values, labels = device_stream(3)
-    cfg = dataclasses.replace(CFG, train_interval_s=3600.0)  # rounds by count only, however spaced
-    (s,) = series_from_rows(replay_device(TRAINING_DEVICE, as_messages(ts, values, labels, [1]), cfg), cfg)
-    whole = score_batch(DetectorState(), values, CFG.min_history)
-    train = whole.scored & (labels >= 0) & ~holdout_mask(TRAINING_DEVICE, ts, CFG.holdout_percent)
-    model = initial_model(CFG)  # local-only models start where global version 0 starts
-    for start in range(0, len(values), CFG.train_every):
-        sl = slice(start, start + CFG.train_every)
-        m = train[sl]
-        if m.any():
-            model = sgd_train(model, whole.features[sl][m], labels[sl][m], CFG.learning_rate, CFG.local_epochs)
-    keep = whole.scored & (labels >= 0)
-    np.testing.assert_allclose(s.local_final, whole.features[keep] @ model.weights + model.bias, rtol=1e-9)
+    cfg = dataclasses.replace(CFG, train_interval_s=3600.0, positive_skip=0.0)  # rounds by count only
+    base = _local_final_by_time(TRAINING_DEVICE, ts, values, labels, cfg)
+    held = holdout_mask(TRAINING_DEVICE, ts, cfg.holdout_percent)
+    normal_held = np.flatnonzero(held & (labels == 0))[10:20]
+    normal_trained = np.flatnonzero(~held & (labels == 0))[10:20]
+    for picked, same in ((normal_held, True), (normal_trained, False)):
+        changed = labels.copy()
+        changed[picked] = -1
+        other = _local_final_by_time(TRAINING_DEVICE, ts, values, changed, cfg)
+        common = sorted(set(other) & set(base))
+        a, b = np.array([base[t] for t in common]), np.array([other[t] for t in common])
+        assert np.allclose(a, b, rtol=1e-12, atol=1e-12) == same
+    start = initial_model(cfg)
+    assert not np.allclose(np.array(list(base.values())), start.bias)  # it did train
 
 
 def test_a_held_out_device_trains_nothing_and_is_all_held_out():
@@ -115,13 +131,19 @@ def _fleet():
     return rows, series_from_rows(rows, CFG)
 
 
+def _weights(*first: float) -> np.ndarray:
+    return np.r_[first, np.zeros(NUM_FEATURES - len(first))]
+
+
 def test_the_run_scores_versions_on_two_splits_and_the_newest_with_every_baseline():
     rows, series = _fleet()
     assert any(s.device_heldout for s in series) and any(not s.device_heldout for s in series)
-    good = GlobalVersion(7, np.array([1.5, 0.5, 0.0, 0.5]), -4.0, created_at=T0)
-    later = GlobalVersion(9, np.array([1.0, 0.5, 0.0, 0.5]), -3.5, created_at=T0 + 5)
+    good = GlobalVersion(7, _weights(1.5, 0.5, 0.0, 0.5), -4.0, created_at=T0, threshold=2.0, score_loc=-4.0,
+                         score_scale=1.0)  # fmt: skip
+    later = GlobalVersion(9, _weights(1.0, 0.5, 0.0, 0.5), -3.5, created_at=T0 + 5, threshold=2.0, score_loc=-3.5,
+                          score_scale=1.0)  # fmt: skip
     wrong = GlobalVersion(8, np.array([1.0, 2.0]), 0.0)  # another model's weights: skipped
-    central = central_model(LinearModel(np.array([1.2, 0.4, 0.0, 0.4]), -3.8), series, CFG)
+    central = central_model(LinearModel(_weights(1.2, 0.4, 0.0, 0.4), -3.8), series, CFG)
     run = run_evaluation(series, [good, wrong, later], [good, later], central, CFG, NOW, sample_cap=50)
     assert run.latest == 9 and run.skipped_versions == [8] and sorted(run.trend) == [7, 9]
     keys = {(r["model_kind"], r["model_version"], r["split"]) for r in run.summaries}

@@ -61,9 +61,9 @@ def global_model_row(rec: GlobalModel) -> dict[str, Any]:
         "bias": float(rec.bias),
         "aggregator": rec.aggregator,
         "mean_staleness": float(rec.mean_staleness),
-        "threshold": getattr(rec, "threshold", None),
-        "score_loc": getattr(rec, "score_loc", None),
-        "score_scale": getattr(rec, "score_scale", None),
+        "threshold": None if rec.threshold is None else float(rec.threshold),
+        "score_loc": None if rec.score_loc is None else float(rec.score_loc),
+        "score_scale": None if rec.score_scale is None else float(rec.score_scale),
         "created_at": parse_time(rec.timestamp),
     }
 

@@ -60,7 +60,7 @@ federated_models = Table(
     Column("bias", Float, nullable=False),
     Column("aggregator", Text, nullable=False),
     Column("mean_staleness", Float, nullable=False, server_default="0"),
-    # what devices need to alarm on this version's score: its standardisation and threshold
+    # the decision rule devices apply: threshold on (logit - score_loc) / score_scale (NULL: none yet)
     Column("threshold", Float, nullable=True),
     Column("score_loc", Float, nullable=True),
     Column("score_scale", Float, nullable=True),
