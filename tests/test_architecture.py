@@ -201,6 +201,7 @@ CORE_WITH_EXAMPLES = [
     "flead_app.algorithms.running_stats",
     "flead_app.algorithms.sgd",
     "flead_app.algorithms.holdout",
+    "flead_app.algorithms.sites",
     "flead_app.runtime",
     "flead_app.settings",
     "flead_app.tables.rows",
