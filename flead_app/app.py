@@ -88,4 +88,3 @@ anomalies_topic = app.topic(settings.topic_anomalies, partitions=settings.partit
 local_updates_topic = app.topic(settings.topic_local_updates, partitions=settings.partitions)
 global_updates_topic = app.topic(settings.topic_global_updates, partitions=settings.partitions)
 dead_letter_topic = app.topic(settings.topic_dead_letter, partitions=settings.partitions)
-

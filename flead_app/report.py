@@ -132,8 +132,18 @@ def render_text(report: dict[str, Any]) -> str:
     if globals_:
         lines += _table(
             ["version", "round", "devices", "updates", "accuracy", "aggregator", "created_at"],
-            [[str(g["global_version"]), str(g["aggregation_round"]), str(g["num_devices"]), str(g["num_updates"]),
-              _fmt_num(g["accuracy"], 4), g["aggregator"], _fmt_time(g["created_at"])] for g in globals_],
+            [
+                [
+                    str(g["global_version"]),
+                    str(g["aggregation_round"]),
+                    str(g["num_devices"]),
+                    str(g["num_updates"]),
+                    _fmt_num(g["accuracy"], 4),
+                    g["aggregator"],
+                    _fmt_time(g["created_at"]),
+                ]
+                for g in globals_
+            ],
         )
         lines.append("  (accuracy: sample-weighted accuracy of the contributing rounds, measured before training on")
         lines.append("  each round's own readings, so versions are scored on different data; the held-out")
@@ -171,24 +181,53 @@ def render_text(report: dict[str, Any]) -> str:
             )
         lines.append(f"  latest evaluated global version: v{ev['global_version']}")
         lines += _table(
-            ["model", "split", "samples", "accuracy", "precision", "recall", "f1", "roc_auc", "event_recall",
-             "false_alarms/1000", "evaluated_at"],
-            [[f"{r['model_kind']} v{r['model_version']}", r["split"], _fmt_num(r["samples"]),
-              _fmt_num(r["accuracy"]), _fmt_num(r["precision"]), _fmt_num(r["recall"]), _fmt_num(r["f1"]),
-              _fmt_num(r["roc_auc"]), _fmt_num(r["event_recall"]), _fmt_num(r["false_alarms_per_1000"], 2),
-              _fmt_time(r["evaluated_at"])] for r in ev["rows"]],
+            [
+                "model",
+                "split",
+                "samples",
+                "accuracy",
+                "precision",
+                "recall",
+                "f1",
+                "roc_auc",
+                "event_recall",
+                "false_alarms/1000",
+                "evaluated_at",
+            ],
+            [
+                [
+                    f"{r['model_kind']} v{r['model_version']}",
+                    r["split"],
+                    _fmt_num(r["samples"]),
+                    _fmt_num(r["accuracy"]),
+                    _fmt_num(r["precision"]),
+                    _fmt_num(r["recall"]),
+                    _fmt_num(r["f1"]),
+                    _fmt_num(r["roc_auc"]),
+                    _fmt_num(r["event_recall"]),
+                    _fmt_num(r["false_alarms_per_1000"], 2),
+                    _fmt_time(r["evaluated_at"]),
+                ]
+                for r in ev["rows"]
+            ],
         )
     lines.append("")
 
     tr = report["training"]
     lines.append("Training rate (local models per minute)")
-    lines.append(f"  overall     {_fmt_num(tr['per_minute'], 2):>10}   {tr['local_models']:,} models over "
-                 f"{tr['span_minutes']:.1f} min ({_fmt_time(tr['first_at'])} .. {_fmt_time(tr['last_at'])})")
-    lines.append(f"  last {tr['recent_minutes']:g} min  {_fmt_num(tr['recent_per_minute'], 2):>10}   "
-                 f"{tr['recent_local_models']:,} models up to now")
+    lines.append(
+        f"  overall     {_fmt_num(tr['per_minute'], 2):>10}   {tr['local_models']:,} models over "
+        f"{tr['span_minutes']:.1f} min ({_fmt_time(tr['first_at'])} .. {_fmt_time(tr['last_at'])})"
+    )
+    lines.append(
+        f"  last {tr['recent_minutes']:g} min  {_fmt_num(tr['recent_per_minute'], 2):>10}   "
+        f"{tr['recent_local_models']:,} models up to now"
+    )
     if tr.get("final_local_models") is not None:
-        lines.append(f"  final {tr['recent_minutes']:g} min {_fmt_num(tr['final_per_minute'], 2):>10}   "
-                     f"{tr['final_local_models']:,} models up to the newest one")
+        lines.append(
+            f"  final {tr['recent_minutes']:g} min {_fmt_num(tr['final_per_minute'], 2):>10}   "
+            f"{tr['final_local_models']:,} models up to the newest one"
+        )
     lines.append("")
 
     an = report["anomalies"]
@@ -203,18 +242,30 @@ def render_text(report: dict[str, Any]) -> str:
     if k["measured_at"] is None:
         lines.append(f"  no measurement: {k.get('note') or 'Kafka not reachable and no stored snapshot'}")
     else:
-        lines.append(f"  measured {_fmt_time(k['measured_at'])} via {k['method']}"
-                     + (f"  [{k['note']}]" if k.get("note") else ""))
+        lines.append(
+            f"  measured {_fmt_time(k['measured_at'])} via {k['method']}"
+            + (f"  [{k['note']}]" if k.get("note") else "")
+        )
         s = k["summary"]
         lines += _table(
             ["topic", "partitions", "messages", "bytes", ""],
-            [[t, str(v["partitions"]), _fmt_num(v["messages"]), _fmt_num(v["bytes"]), human_bytes(v["bytes"])]
-             for t, v in s["topics"].items()],
+            [
+                [t, str(v["partitions"]), _fmt_num(v["messages"]), _fmt_num(v["bytes"]), human_bytes(v["bytes"])]
+                for t, v in s["topics"].items()
+            ],
         )
         lines += _table(
             ["broker", "leader partitions", "messages", "bytes", ""],
-            [[str(b), str(v["leader_partitions"]), _fmt_num(v["messages"]), _fmt_num(v["bytes"]),
-              human_bytes(v["bytes"])] for b, v in s["brokers"].items()],
+            [
+                [
+                    str(b),
+                    str(v["leader_partitions"]),
+                    _fmt_num(v["messages"]),
+                    _fmt_num(v["bytes"]),
+                    human_bytes(v["bytes"]),
+                ]
+                for b, v in s["brokers"].items()
+            ],
         )
         saving = s["bandwidth_saving"]
         shown = "-" if saving is None else f"{saving:.1%}"
@@ -247,13 +298,24 @@ def collect_database(db: Any, now: datetime | None = None) -> dict[str, Any]:
         now = now or conn.execute(select(func.now())).scalar_one()
         out["generated_at"] = now
 
-        rows = conn.execute(
-            select(federated_models.c.global_version, federated_models.c.aggregation_round,
-                   federated_models.c.num_devices, federated_models.c.num_updates, federated_models.c.samples,
-                   federated_models.c.accuracy, federated_models.c.aggregator, federated_models.c.created_at)
-            .order_by(desc(federated_models.c.global_version), desc(federated_models.c.created_at))
-            .limit(LATEST_GLOBALS)
-        ).mappings().all()
+        rows = (
+            conn.execute(
+                select(
+                    federated_models.c.global_version,
+                    federated_models.c.aggregation_round,
+                    federated_models.c.num_devices,
+                    federated_models.c.num_updates,
+                    federated_models.c.samples,
+                    federated_models.c.accuracy,
+                    federated_models.c.aggregator,
+                    federated_models.c.created_at,
+                )
+                .order_by(desc(federated_models.c.global_version), desc(federated_models.c.created_at))
+                .limit(LATEST_GLOBALS)
+            )
+            .mappings()
+            .all()
+        )
         out["global_models"] = [dict(r) for r in rows]
         out["global_trend"] = _global_trend(conn, federated_models)
 
@@ -273,12 +335,18 @@ def collect_database(db: Any, now: datetime | None = None) -> dict[str, Any]:
             ).scalar_one()
         out["training"] = training_rate(int(count), first, last, int(recent), final)
 
-        by_sev = dict(conn.execute(
-            select(anomalies.c.severity, func.count()).group_by(anomalies.c.severity).order_by(anomalies.c.severity)
-        ).all())
-        by_broker = dict(conn.execute(
-            select(anomalies.c.broker_id, func.count()).group_by(anomalies.c.broker_id).order_by(anomalies.c.broker_id)
-        ).all())
+        by_sev = dict(
+            conn.execute(
+                select(anomalies.c.severity, func.count()).group_by(anomalies.c.severity).order_by(anomalies.c.severity)
+            ).all()
+        )
+        by_broker = dict(
+            conn.execute(
+                select(anomalies.c.broker_id, func.count())
+                .group_by(anomalies.c.broker_id)
+                .order_by(anomalies.c.broker_id)
+            ).all()
+        )
         out["anomalies"] = {
             "total": int(sum(by_sev.values())),
             "by_severity": {k: int(v) for k, v in by_sev.items()},
@@ -398,16 +466,36 @@ def _evaluation(conn: Any, t: Any) -> dict[str, Any] | None:
     version = conn.execute(select(func.max(t.c.model_version)).where(t.c.model_kind == "global")).scalar()
     if version is None:
         return None
-    cols = [t.c.model_kind, t.c.model_version, t.c.split, t.c.samples, t.c.accuracy, t.c.precision, t.c.recall,
-            t.c.f1, t.c.roc_auc, t.c.event_recall, t.c.false_alarms_per_1000, t.c.evaluated_at]
-    rows = [dict(r) for r in conn.execute(
-        select(*cols).where(t.c.model_kind == "global", t.c.model_version == version).order_by(t.c.split)
-    ).mappings()]
+    cols = [
+        t.c.model_kind,
+        t.c.model_version,
+        t.c.split,
+        t.c.samples,
+        t.c.accuracy,
+        t.c.precision,
+        t.c.recall,
+        t.c.f1,
+        t.c.roc_auc,
+        t.c.event_recall,
+        t.c.false_alarms_per_1000,
+        t.c.evaluated_at,
+    ]
+    rows = [
+        dict(r)
+        for r in conn.execute(
+            select(*cols).where(t.c.model_kind == "global", t.c.model_version == version).order_by(t.c.split)
+        ).mappings()
+    ]
     splits = [r["split"] for r in rows]
-    baselines = conn.execute(
-        select(*cols).where(t.c.model_kind != "global", t.c.split.in_(splits))
-        .order_by(t.c.model_kind, t.c.split, desc(t.c.evaluated_at), desc(t.c.model_version))
-    ).mappings().all()
+    baselines = (
+        conn.execute(
+            select(*cols)
+            .where(t.c.model_kind != "global", t.c.split.in_(splits))
+            .order_by(t.c.model_kind, t.c.split, desc(t.c.evaluated_at), desc(t.c.model_version))
+        )
+        .mappings()
+        .all()
+    )
     seen = set()
     for r in baselines:
         key = (r["model_kind"], r["split"])
@@ -424,10 +512,15 @@ def latest_snapshot(db: Any) -> tuple[datetime | None, list[dict[str, Any]]]:
         at = conn.execute(select(func.max(kt.c.measured_at))).scalar()
         if at is None:
             return None, []
-        rows = conn.execute(
-            select(kt.c.topic, kt.c.partition, kt.c.broker_id, kt.c.bytes, kt.c.messages)
-            .where(kt.c.measured_at == at).order_by(kt.c.topic, kt.c.partition)
-        ).mappings().all()
+        rows = (
+            conn.execute(
+                select(kt.c.topic, kt.c.partition, kt.c.broker_id, kt.c.bytes, kt.c.messages)
+                .where(kt.c.measured_at == at)
+                .order_by(kt.c.topic, kt.c.partition)
+            )
+            .mappings()
+            .all()
+        )
     return at, [dict(r) for r in rows]
 
 
@@ -442,9 +535,12 @@ def collect_kafka(db: Any, settings: Any, measure: bool = True, timeout_s: float
             if snap.rows:
                 db.insert_rows("kafka_traffic", snap.db_rows())
                 return {
-                    "measured_at": snap.measured_at, "method": snap.method, "note": None,
-                    "summary": summarize(snap.rows, settings.topic_readings, settings.topic_local_updates,
-                                         settings.topic_global_updates),
+                    "measured_at": snap.measured_at,
+                    "method": snap.method,
+                    "note": None,
+                    "summary": summarize(
+                        snap.rows, settings.topic_readings, settings.topic_local_updates, settings.topic_global_updates
+                    ),
                 }
             note = "none of the FLEAD topics exists on the cluster"
         except (KafkaUnreachable, OSError) as err:
@@ -455,9 +551,12 @@ def collect_kafka(db: Any, settings: Any, measure: bool = True, timeout_s: float
     if at is None:
         return {"measured_at": None, "method": None, "note": note, "summary": None}
     return {
-        "measured_at": at, "method": "stored snapshot", "note": note,
-        "summary": summarize(rows, settings.topic_readings, settings.topic_local_updates,
-                             settings.topic_global_updates),
+        "measured_at": at,
+        "method": "stored snapshot",
+        "note": note,
+        "summary": summarize(
+            rows, settings.topic_readings, settings.topic_local_updates, settings.topic_global_updates
+        ),
     }
 
 
@@ -518,7 +617,7 @@ def _tables_present(db: Any) -> dict[str, bool]:
     from flead_app.io.db.schema import metadata
 
     with db.engine.connect() as conn:
-        present = set(conn.execute(
-            text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
-        ).scalars())
+        present = set(
+            conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")).scalars()
+        )
     return {t: t in present for t in metadata.tables}

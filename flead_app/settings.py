@@ -123,23 +123,31 @@ class Settings:
     )
     sites: int = field(
         default=0,
-        metadata={"help": "Sites (their own one-broker Kafka cluster each) beside the central cluster; default: "
-                  "the running stack's, else 0 (one cluster)"},
+        metadata={
+            "help": "Sites (their own one-broker Kafka cluster each) beside the central cluster; default: "
+            "the running stack's, else 0 (one cluster)"
+        },
     )
     site: int = field(
         default=0,
-        metadata={"help": "This process works at site K (1..sites): the simulator sends that site's share of the "
-                  "fleet, workers and tools talk to that site's cluster; 0 = the central cluster"},
+        metadata={
+            "help": "This process works at site K (1..sites): the simulator sends that site's share of the "
+            "fleet, workers and tools talk to that site's cluster; 0 = the central cluster"
+        },
     )
     role: str = field(
         default="all",
-        metadata={"help": "Which agents a worker runs: all (one cluster), site (detector + global-model follower) "
-                  "or central (FedAvg + sink)"},
+        metadata={
+            "help": "Which agents a worker runs: all (one cluster), site (detector + global-model follower) "
+            "or central (FedAvg + sink)"
+        },
     )
     site_port: int = field(
         default=0,
-        metadata={"help": "Client port of site 1's broker (site K: PORT+K-1, its controller 10000 above); "
-                  "default FLEAD_KAFKA_PORT+10"},
+        metadata={
+            "help": "Client port of site 1's broker (site K: PORT+K-1, its controller 10000 above); "
+            "default FLEAD_KAFKA_PORT+10"
+        },
     )
     mirror_heap: str = field(default="320m", metadata={"help": "Java heap of the MirrorMaker 2 process"})
     kafka_cache: str = field(
@@ -275,8 +283,9 @@ class Settings:
         """This worker's local table files (RocksDB), one folder per app id and web port.
 
         Per app id (and site), because the files cache changelog topics of that app on that
-        cluster: a worker of another app (a benchmark, a test) or another site must not find them. ``flead stack up --replace`` and
-        ``flead stack down --wipe`` delete all of them with the Kafka data they cache.
+        cluster: a worker of another app (a benchmark, a test) or another site must not find them.
+        ``flead stack up --replace`` and ``flead stack down --wipe`` delete all of them with the
+        Kafka data they cache.
         """
         site = f"-site{self.site}" if self.site else ""
         return self.home_path / WORKERS_DIR / f"{self.app_id}{site}-{self.web_port}"
@@ -333,7 +342,9 @@ def load_settings() -> Settings:
     if values["role"] not in ROLES:
         raise ValueError(f"FLEAD_ROLE must be all, site or central, got {values['role']!r}")
     if values["site"] < 0 or (values["site"] and values["site"] > values["sites"]):
-        raise ValueError(f"FLEAD_SITE={values['site']} is not one of the {values['sites']} site(s) (1..{values['sites']})")
+        raise ValueError(
+            f"FLEAD_SITE={values['site']} is not one of the {values['sites']} site(s) (1..{values['sites']})"
+        )
     if values["role"] == "site" and not values["site"]:
         raise ValueError("FLEAD_ROLE=site needs FLEAD_SITE=K: which site the worker serves")
     if values["role"] == "central" and values["site"]:
@@ -381,3 +392,29 @@ def load_settings() -> Settings:
     if not 0.0 < values["prior_anomaly_rate"] < 1.0:
         raise ValueError(f"FLEAD_PRIOR_ANOMALY_RATE must lie in (0, 1), got {values['prior_anomaly_rate']}")
     return Settings(**values)
+
+
+def at_site(settings: Settings, site: int, state: dict[str, Any] | None = None, **changes: Any) -> Settings:
+    """``settings`` as a process working at site ``site`` has them: that site's cluster (from
+    ``stack.json`` or ``state``, else its default port) and its replication; ``site=0`` is the centre.
+
+    For commands that talk to several clusters (the demo, the report, tests); a process that
+    works at one site gets ``FLEAD_SITE`` instead (``setting_env(site=K)``).
+
+    >>> s = at_site(Settings(kafka_bootstrap="localhost:29092", sites=2, site_port=29102), 2, state={})
+    >>> s.site, s.kafka_bootstrap, s.replication_factor
+    (2, 'localhost:29103', 1)
+    """
+    from dataclasses import replace
+
+    if not 0 <= site <= settings.sites:
+        raise ValueError(f"site {site} is not one of the {settings.sites} site(s) (1..{settings.sites})")
+    state = read_stack_state() if state is None else state
+    if site == 0:
+        bootstrap = state.get("bootstrap", settings.kafka_bootstrap) if settings.site else settings.kafka_bootstrap
+        rf = min(3, int(state.get("brokers", 1) or 1))
+    else:
+        site_state = (state.get("sites") or {}).get(str(site), {})
+        bootstrap = site_state.get("bootstrap", f"localhost:{settings.site_port + site - 1}")
+        rf = 1
+    return replace(settings, site=site, kafka_bootstrap=bootstrap, replication_factor=rf, **changes)

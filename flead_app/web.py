@@ -3,8 +3,8 @@
 (``flead_app.agents.device_view``).
 
 This module imports no agent, so a worker of any role (``FLEAD_ROLE``) can serve it without
-registering agents it should not run. Every worker serves the live page; all read the same database, so any worker's page shows the
-whole fleet (``flead dashboard serve`` serves the same page without a worker).
+registering agents it should not run. Every worker serves the live page; all read the same
+database, so any worker's page shows the whole fleet (``flead dashboard serve`` serves the same page without a worker).
 """
 
 from __future__ import annotations

@@ -289,15 +289,19 @@ async def _measure(
         if failures and not replica_sizes:
             dirs = stack_data_dirs(state)
             if not dirs:
-                raise KafkaUnreachable("DescribeLogDirs failed on every broker and no stack data directories "
-                                       f"are known: {'; '.join(failures)}")
-            log.warning("DescribeLogDirs failed (%s); summing the stack's data directories instead",
-                        "; ".join(failures))
+                raise KafkaUnreachable(
+                    "DescribeLogDirs failed on every broker and no stack data directories "
+                    f"are known: {'; '.join(failures)}"
+                )
+            log.warning(
+                "DescribeLogDirs failed (%s); summing the stack's data directories instead", "; ".join(failures)
+            )
             replica_sizes = sizes_from_directories(dirs, partitions)
             method = "log_directories"
         elif failures:
-            log.warning("DescribeLogDirs failed on some brokers (%s); their partitions count at a replica",
-                        "; ".join(failures))
+            log.warning(
+                "DescribeLogDirs failed on some brokers (%s); their partitions count at a replica", "; ".join(failures)
+            )
         counted = leader_sizes(replica_sizes, leaders)
         messages = await _message_counts(bootstrap, options, list(counted))
     finally:
@@ -350,8 +354,13 @@ def measure_now(settings: Any, timeout_s: float = 15.0) -> TrafficSnapshot:
     from flead_app.settings import read_stack_state
 
     return asyncio.run(
-        measure(settings.bootstrap_servers, default_topics(settings), kafka_client_options(settings),
-                read_stack_state(), timeout_s)
+        measure(
+            settings.bootstrap_servers,
+            default_topics(settings),
+            kafka_client_options(settings),
+            read_stack_state(),
+            timeout_s,
+        )
     )
 
 
@@ -368,4 +377,3 @@ __all__ = [
     "stack_data_dirs",
     "summarize",
 ]
-

@@ -25,6 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--brokers", type=int, choices=[1, 4], default=None,
                     help="1 (dev) or 4 (3 controllers + 1 broker, RF 3); default: the existing "
                     "cluster's, else 4")  # fmt: skip
+    up.add_argument("--sites", type=int, default=None, metavar="N",
+                    help="N sites beside the central cluster: a one-broker cluster each (ports from "
+                    "$FLEAD_SITE_PORT) and MirrorMaker 2 carrying model updates and anomalies up, global "
+                    "models down; 0 stops them; default: as many as the running stack has")  # fmt: skip
     up.add_argument(
         "--replace", action="store_true", help="stop a running cluster of another size in this FLEAD_HOME first"
     )
@@ -88,7 +92,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from flead_app.stack.local import up
 
     try:
-        res = up(args.brokers, with_db=not args.no_db, timeout=args.timeout, replace=args.replace)
+        res = up(args.brokers, with_db=not args.no_db, timeout=args.timeout, replace=args.replace, sites=args.sites)
     except StackError as exc:
         return _fail(exc)
     c = res.cluster
@@ -101,6 +105,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         if res.preload:
             print(f"  {res.preload}")
         print(f"  schema created or checked: {res.db_backend}")
+    if res.sites is not None:
+        started = (res.sites_result or {}).get("started_sites") or "none, already running"
+        for k, site in res.sites.clusters.items():
+            print(f"Site {k}: 1 broker at {site.bootstrap}, replication 1 (all FLEAD topics)")
+        print(f"  sites started now: {started}; the central cluster has no readings topic")
+        mm = res.sites.mirror
+        how = "started now" if (res.sites_result or {}).get("mirror_started") else "already running"
+        print(f"MirrorMaker 2 ({how}, "
+              f"pid {mm.pid()}): {', '.join(mm.plan.up)} site -> central; {', '.join(mm.plan.down)} central -> "
+              f"site; config {mm.config_file}")  # fmt: skip
     print(f"jars: {'downloaded' if res.downloaded else 'cached, nothing downloaded'}; "
           f"ready in {res.seconds:.1f} s; state in {c.home / 'stack.json'}")  # fmt: skip
     return 0
@@ -113,6 +127,8 @@ def cmd_down(args: argparse.Namespace) -> int:
         out = down(args.wipe)
     except StackError as exc:
         return _fail(exc)
+    for name, result in out.get("sites", {}).items():
+        print(f"{'MirrorMaker 2' if name == 'mirror' else name.replace('site', 'Site ')}: {result}")
     if not out["kafka"]:
         print("Kafka: no cluster in this FLEAD_HOME")
     for node, result in sorted(out["kafka"].items()):
@@ -171,6 +187,18 @@ def format_status(data: dict[str, Any]) -> str:
             cells.append(f"p{p['partition']}: leader {leader} isr [{isr}]")
         for i in range(0, len(cells), 4):
             lines.append("    " + "   ".join(f"{c:<26}" for c in cells[i : i + 4]).rstrip())
+    for k, site in (data.get("sites") or {}).items():
+        b = site["brokers"][0]
+        alive = "yes" if b["alive"] else "NO"
+        bad = [t["name"] for t in site["topics"] if not t["healthy"]]
+        health = f", NOT HEALTHY: {', '.join(bad)}" if bad else ", healthy"
+        lines.append(f"site {k}: broker {b['address']} pid {b['pid'] or '-'} alive {alive}; "
+                     f"{len(site['topics'])} topics{health}")  # fmt: skip
+    if "mirror" in data:
+        m = data["mirror"]
+        lines.append(f"MirrorMaker 2: pid {m['pid'] or 'NOT RUNNING'}  (config {m['config']}, log {m['log']})")
+        for f in m["flows"]:
+            lines.append(f"  {f['source']} -> {f['target']}: {', '.join(f['topics'])}  [{f['state']}]")
     db = data["database"]
     lines.append(
         f"database: {db.get('url') or '-'} {'answers' if db['answers'] else 'DOES NOT ANSWER: ' + db['error']}"

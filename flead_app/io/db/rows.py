@@ -78,4 +78,3 @@ def anomaly_row(rec: Anomaly, now: datetime | None = None) -> dict[str, Any]:
         "timestamp": parse_time(rec.timestamp),
         "detected_at": parse_time(detected),
     }
-
