@@ -3,8 +3,15 @@
 Sections: rows per table; the latest global versions; held-out metrics of the latest
 evaluated global version next to the baselines (local-only, central) when Spark has written
 ``evaluation_summaries``; the training rate in local models per minute; anomalies by severity
-and by broker; Kafka traffic per topic and per broker with the bandwidth saving
-``1 - (local + global update bytes) / reading bytes``.
+and by broker; Kafka traffic per topic and per broker; the bandwidth section.
+
+Bandwidth is counted where a boundary is crossed. With sites (``flead stack up --sites N``)
+each site's readings stay on its cluster and MirrorMaker 2 carries updates and anomalies up and
+global models down: the saving is ``1 - crossed bytes / reading bytes``, per site and in total,
+from the sizes of the site clusters' topics (``flead_app.io.traffic.sites_bandwidth``), and
+``central_readings`` (readings on the central cluster) must be 0. On one cluster every reading
+reaches the cluster, so nothing is saved; the ratio of update to reading bytes there is shown
+under its own name (``one_cluster_bandwidth``).
 
 Kafka traffic is measured on the brokers at each run and stored as a snapshot in
 ``kafka_traffic``; when Kafka is down (or ``--no-kafka``) the newest stored snapshot is shown,
@@ -239,6 +246,8 @@ def render_text(report: dict[str, Any]) -> str:
 
     k = report["kafka"]
     lines.append("Kafka traffic (bytes stored at each partition's leader)")
+    if k["measured_at"] is not None and k["summary"] is None:
+        lines.append("  central cluster: no FLEAD topic measured")
     if k["measured_at"] is None:
         lines.append(f"  no measurement: {k.get('note') or 'Kafka not reachable and no stored snapshot'}")
     else:
@@ -246,6 +255,7 @@ def render_text(report: dict[str, Any]) -> str:
             f"  measured {_fmt_time(k['measured_at'])} via {k['method']}"
             + (f"  [{k['note']}]" if k.get("note") else "")
         )
+    if k["measured_at"] is not None and k["summary"] is not None:
         s = k["summary"]
         lines += _table(
             ["topic", "partitions", "messages", "bytes", ""],
@@ -271,11 +281,70 @@ def render_text(report: dict[str, Any]) -> str:
         shown = "-" if saving is None else f"{saving:.1%}"
         if saving is not None and s["model_bytes"] == 0:
             shown += " (no model-update bytes on Kafka yet)"
-        lines.append(
-            f"  bandwidth saving: {shown}  = 1 - (local {s['local_update_bytes']:,} + global "
-            f"{s['global_update_bytes']:,}) / readings {s['reading_bytes']:,} bytes"
+        if not k.get("sites"):  # one cluster: the old "bandwidth saving", named for what it is
+            lines.append(
+                f"  1 - update bytes / reading bytes on this one cluster: {shown}  = 1 - (local "
+                f"{s['local_update_bytes']:,} + global {s['global_update_bytes']:,}) / readings {s['reading_bytes']:,}"
+            )
+            lines.append("  (not a bandwidth saving: both sit on the same cluster; see Bandwidth below)")
+    for site, ss in (k.get("sites") or {}).items():
+        lines.append(f"  site {site}'s cluster")
+        lines += _table(
+            ["topic", "partitions", "messages", "bytes", ""],
+            [
+                [t, str(v["partitions"]), _fmt_num(v["messages"]), _fmt_num(v["bytes"]), human_bytes(v["bytes"])]
+                for t, v in ss["topics"].items()
+            ],
+            indent="    ",
         )
+    lines.append("")
+    lines += render_bandwidth(report.get("bandwidth"), report.get("central_readings"))
     return "\n".join(lines) + "\n"
+
+
+def render_bandwidth(b: dict[str, Any] | None, central_readings: int | None) -> list[str]:
+    """The bandwidth section: bytes across each site's boundary, or why one cluster saved nothing."""
+    lines = ["Bandwidth"]
+    if b is None:
+        return [*lines, "  not measured"]
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    if b["topology"] == "one-cluster":
+        lines.append(
+            f"  topology: one cluster. Every reading ({b['reading_bytes']:,} bytes) went to it: "
+            "no bandwidth was saved (saving 0%)."
+        )
+        lines.append(
+            f"  update bytes / reading bytes on that same cluster: {pct(b['update_to_reading_ratio'])} "
+            f"({b['update_bytes']:,} / {b['reading_bytes']:,}); a ratio, not a saving"
+        )
+    else:
+        lines.append("  topology: sites; bytes that crossed each site's boundary (MirrorMaker, both directions)")
+        lines += _table(
+            ["site", "reading bytes", "up bytes", "down bytes", "crossed bytes", "saving", "not yet replicated"],
+            [
+                [
+                    k,
+                    _fmt_num(v["reading_bytes"]),
+                    _fmt_num(v["up_bytes"]),
+                    _fmt_num(v["down_bytes"]),
+                    _fmt_num(v["crossed_bytes"]),
+                    pct(v["saving"]),
+                    "-" if v["pending_records"] is None else f"{v['pending_records']:,} records",
+                ]
+                for k, v in b["per_site"].items()
+            ]
+            + [["total", _fmt_num(b["reading_bytes"]), "", "", _fmt_num(b["crossed_bytes"]), pct(b["saving"]), ""]],
+        )
+        lines.append(
+            f"  bandwidth saving: {pct(b['saving'])} = 1 - crossed {b['crossed_bytes']:,} / readings "
+            f"{b['reading_bytes']:,} bytes; the central cluster stored {b['arrived_central_bytes']:,} "
+            "bytes of what came up (MirrorMaker's own batching, copies from re-delivery)"
+        )
+    lines.append(f"  readings on the central cluster: {'-' if central_readings is None else f'{central_readings:,}'}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------
@@ -524,9 +593,40 @@ def latest_snapshot(db: Any) -> tuple[datetime | None, list[dict[str, Any]]]:
     return at, [dict(r) for r in rows]
 
 
+def kafka_section(
+    settings: Any,
+    measured_at: Any,
+    method: str | None,
+    note: str | None,
+    rows: list[dict],
+    pending: dict[int, int | None] | None = None,
+) -> dict[str, Any]:
+    """The Kafka part of the report from one snapshot's rows (the central cluster's and, in the
+    sites topology, each site's): traffic of the central cluster, each site's, and the bandwidth
+    saving of the topology the rows come from."""
+    from flead_app.io.traffic import one_cluster_bandwidth, rows_by_site, sites_bandwidth, summarize
+    from flead_app.stack.sites import down_topics, up_topics
+
+    readings, local, global_ = settings.topic_readings, settings.topic_local_updates, settings.topic_global_updates
+    by_site = rows_by_site(rows)
+    central = by_site.get(0, [])
+    summary = summarize(central, readings, local, global_) if central or not by_site else None
+    if any(by_site.keys() - {0}):
+        bandwidth = sites_bandwidth(by_site, readings, up_topics(settings), down_topics(settings), pending)
+    else:
+        bandwidth = one_cluster_bandwidth(central, readings, [local, global_])
+    return {
+        "measured_at": measured_at, "method": method, "note": note, "summary": summary,
+        "sites": {str(k): summarize(r, readings, local, global_) for k, r in sorted(by_site.items()) if k},
+        "bandwidth": bandwidth,
+        "central_readings": sum(int(r.get("messages") or 0) for r in central if r["topic"] == readings),
+    }  # fmt: skip
+
+
 def collect_kafka(db: Any, settings: Any, measure: bool = True, timeout_s: float = 15.0) -> dict[str, Any]:
-    """Measure now and store the snapshot; else (or on failure) the newest stored snapshot."""
-    from flead_app.io.traffic import KafkaUnreachable, measure_now, summarize
+    """Measure now (the central cluster and every site's) and store the snapshot; else (or on
+    failure) the newest stored snapshot."""
+    from flead_app.io.traffic import KafkaUnreachable, measure_now, mirror_pending
 
     note = None
     if measure:
@@ -534,14 +634,8 @@ def collect_kafka(db: Any, settings: Any, measure: bool = True, timeout_s: float
             snap = measure_now(settings, timeout_s)
             if snap.rows:
                 db.insert_rows("kafka_traffic", snap.db_rows())
-                return {
-                    "measured_at": snap.measured_at,
-                    "method": snap.method,
-                    "note": None,
-                    "summary": summarize(
-                        snap.rows, settings.topic_readings, settings.topic_local_updates, settings.topic_global_updates
-                    ),
-                }
+                pending = mirror_pending(settings, snap.rows) if settings.sites else None
+                return kafka_section(settings, snap.measured_at, snap.method, None, snap.rows, pending)
             note = "none of the FLEAD topics exists on the cluster"
         except (KafkaUnreachable, OSError) as err:
             note = f"Kafka not measured now ({err})"
@@ -549,15 +643,9 @@ def collect_kafka(db: Any, settings: Any, measure: bool = True, timeout_s: float
         note = "Kafka not measured (--no-kafka)"
     at, rows = latest_snapshot(db)
     if at is None:
-        return {"measured_at": None, "method": None, "note": note, "summary": None}
-    return {
-        "measured_at": at,
-        "method": "stored snapshot",
-        "note": note,
-        "summary": summarize(
-            rows, settings.topic_readings, settings.topic_local_updates, settings.topic_global_updates
-        ),
-    }
+        return {"measured_at": None, "method": None, "note": note, "summary": None, "sites": {},
+                "bandwidth": None, "central_readings": None}  # fmt: skip
+    return kafka_section(settings, at, "stored snapshot", note, rows)
 
 
 def collect(db: Any, settings: Any, measure_kafka: bool = True, kafka_timeout_s: float = 15.0) -> dict[str, Any]:
@@ -565,6 +653,8 @@ def collect(db: Any, settings: Any, measure_kafka: bool = True, kafka_timeout_s:
     kafka = collect_kafka(db, settings, measure_kafka, kafka_timeout_s)
     report = collect_database(db)
     report["kafka"] = kafka
+    report["bandwidth"] = kafka["bandwidth"]
+    report["central_readings"] = kafka["central_readings"]
     return report
 
 

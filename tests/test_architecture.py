@@ -206,6 +206,7 @@ CORE_WITH_EXAMPLES = [
     "flead_app.settings",
     "flead_app.tables.rows",
     "flead_app.io.kafka",
+    "flead_app.io.traffic",
     "flead_app.models",
 ]
 
