@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -44,6 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--brokers", type=int, choices=(1, 4), default=None,
         help="cluster size (default: the running stack's, else 1)",
     )  # fmt: skip
+    p.add_argument(
+        "--sites", type=int, default=None, metavar="N",
+        help="N sites beside the central cluster (a cluster, a worker and a simulator each; MirrorMaker "
+        "between them and the centre, where a worker averages and stores); default: the running stack's, else none",
+    )  # fmt: skip
     p.add_argument("--devices", type=int, default=None, help="fleet size (default FLEAD_DEVICES=2407)")
     p.add_argument("--rate", type=int, default=None, help="readings per minute (default FLEAD_READINGS_PER_MINUTE)")
     p.add_argument("--batch", type=int, default=None, help="readings per message (default FLEAD_BATCH_SIZE)")
@@ -61,11 +67,14 @@ def say(text: str) -> None:
     print(f"flead demo: {text}", flush=True)
 
 
-def _flead(*args: str, check: bool = True, log: Path | None = None) -> subprocess.CompletedProcess:
+def _flead(
+    *args: str, check: bool = True, log: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     out = log.open("a") if log else None
     try:
         return subprocess.run([sys.executable, "-m", "flead_app.cli", *args], check=check, stdout=out,
-                              stderr=subprocess.STDOUT if out else None)  # fmt: skip
+                              stderr=subprocess.STDOUT if out else None,
+                              env={**os.environ, **env} if env else None)  # fmt: skip
     finally:
         if out:
             out.close()
@@ -138,7 +147,9 @@ def summary_line(stats: dict, started: float, heldout: str) -> str:
 class SideJobs:
     """Spark jobs the demo runs in the background while the simulator produces, one at a time."""
 
-    def __init__(self, settings: Settings, started_at: datetime) -> None:
+    def __init__(self, settings: Settings, started_at: datetime, env: dict[str, str] | None = None) -> None:
+        """``env``: settings of the jobs (with sites: the site whose readings they read)."""
+        self.env = {**os.environ, **(env or {})}
         self.log = settings.home_path / "logs" / "demo-spark.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.started_at = started_at
@@ -157,7 +168,7 @@ class SideJobs:
             args = self.queue.pop(0)
             out = self.log.open("a")
             self.proc = subprocess.Popen([sys.executable, "-m", "flead_app.cli", *args], stdout=out,
-                                         stderr=subprocess.STDOUT)  # fmt: skip
+                                         stderr=subprocess.STDOUT, env=self.env)  # fmt: skip
             out.close()
 
     def analytics_args(self) -> list[str]:
@@ -175,7 +186,7 @@ class SideJobs:
                 self.proc.kill()
 
 
-def evaluate_trend(settings: Settings, log: Path) -> None:
+def evaluate_trend(settings: Settings, log: Path, env: dict[str, str] | None = None) -> None:
     """Score about ``TREND_POINTS`` global versions (first, last, evenly between) on held-out
     readings with Spark, so the report can compare versions on the same data."""
     from flead_app.report import global_version_count
@@ -186,15 +197,23 @@ def evaluate_trend(settings: Settings, log: Path) -> None:
         return
     every = max(1, math.ceil(versions / TREND_POINTS))
     say(f"held-out evaluation of {versions} global versions (every {every}th, with Spark; log {log}) ...")
-    if _flead("spark", "evaluate", "--every", str(every), check=False, log=log).returncode != 0:
+    if _flead("spark", "evaluate", "--every", str(every), check=False, log=log, env=env).returncode != 0:
         say(f"the evaluation failed (see {log}); the report shows the rest")
 
 
 def run(args: argparse.Namespace) -> int:
     from flead_app.stack.kafka import KafkaCluster
+    from flead_app.stack.local import default_sites
 
     existing = KafkaCluster.from_home(load_settings().home_path)
     brokers = args.brokers or (existing.brokers if existing else 1)
+    sites = args.sites if args.sites is not None else default_sites(load_settings().home_path)
+    if sites:
+        from flead_app.demo_sites import run_sites
+
+        return run_sites(args, brokers, sites)
+    if existing is not None and default_sites(load_settings().home_path):
+        _flead("stack", "up", "--brokers", str(brokers), "--sites", "0", check=False)  # one cluster: sites stop
     say(f"starting the stack ({brokers} broker{'s' if brokers > 1 else ''}) ...")
     if _flead("stack", "up", "--brokers", str(brokers), check=False).returncode != 0:
         print("flead demo: the stack did not start; see the messages above", file=sys.stderr)

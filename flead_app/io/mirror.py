@@ -92,3 +92,24 @@ async def replicated_offsets(settings: Settings, bootstrap: list[str], source: s
             continue
         out[(str(partition["topic"]), int(partition["partition"]))] = int(offset) + 1
     return out
+
+
+async def flow_lag(
+    settings: Settings, source: list[str], target: list[str], source_alias: str, topics: list[str]
+) -> int:
+    """Records of ``topics`` on the ``source`` cluster that the flow to ``target`` has not yet
+    replicated and committed (0 once MirrorMaker has caught up and flushed its offsets)."""
+    from aiokafka import TopicPartition
+
+    done = await replicated_offsets(settings, target, source_alias)
+    reader = consumer(settings, bootstrap_servers=source, group_id=None)
+    await reader.start()
+    try:
+        cluster = await reader._client.fetch_all_metadata()  # noqa: SLF001 - one request, no topic auto-creation
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(cluster.partitions_for_topic(t) or ())]
+        if not tps:
+            return 0
+        begins, ends = await reader.beginning_offsets(tps), await reader.end_offsets(tps)
+        return sum(max(0, ends[tp] - max(done.get((tp.topic, tp.partition), 0), begins[tp])) for tp in tps)
+    finally:
+        await reader.stop()

@@ -157,6 +157,47 @@ def stop_sites(home: Path, keep: int = 0) -> dict[str, str]:
     return out
 
 
+def wipe_sites(settings: Settings) -> list[str]:
+    """Stop the sites and MirrorMaker and delete their data, and the MirrorMaker topics that the
+    central cluster keeps about them; returns what was deleted.
+
+    The central cluster's ``mm2-offsets.site<k>.internal`` remembers how far each flow had
+    replicated: a fresh site cluster starts its offsets at 0 again, and MirrorMaker resuming
+    from the old offsets would skip that many of the new site's records.
+    """
+    import shutil
+
+    home = settings.home_path
+    stop_sites(home)
+    aliases = [c.home.name.replace("-", "") for c in existing_sites(home).values()]
+    gone = []
+    for path in (home / "sites", home / "mirror"):
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            gone.append(str(path))
+    cluster = KafkaCluster.from_home(home)
+    if cluster is not None and cluster.running_nodes() and aliases:
+        from flead_app.stack.kafka import run_async
+
+        names = [f"mm2-{kind}.{alias}.internal" for alias in aliases for kind in ("configs", "offsets", "status")]
+        present = set(run_async(_topic_names(cluster)))
+        doomed = [n for n in names if n in present]
+        if doomed:
+            cluster.delete_topics(doomed)
+            deadline = time.monotonic() + 60
+            while set(run_async(_topic_names(cluster))) & set(doomed) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            gone += doomed
+    return gone
+
+
+async def _topic_names(cluster: KafkaCluster) -> list[str]:
+    from flead_app.stack.kafka import any_metadata
+
+    md = await any_metadata(cluster.addresses(), None)
+    return [t["topic"] for t in (md or {}).get("topics", []) if t["error_code"] == 0]
+
+
 def up(
     brokers: int | None = None,
     with_db: bool = True,
@@ -179,7 +220,12 @@ def up(
     existing = KafkaCluster.from_home(home)
     if replace and existing is not None and existing.plan != cluster.plan and existing.running_nodes():
         log.info("stopping the running %d-broker cluster to start %d broker(s)", existing.brokers, cluster.brokers)
+        stop_sites(home)
         existing.down()
+    if existing is not None and existing.plan != cluster.plan and existing_sites(home):
+        # a new central cluster: the sites' MirrorMaker offsets speak of the old one's topics
+        log.info("the central cluster changes: the sites start afresh too")
+        wipe_sites(settings)
     from flead_app.stack.fetch import fetch, is_cached, require_java
 
     require_java()

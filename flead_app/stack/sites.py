@@ -190,7 +190,7 @@ class MirrorMaker:
         deadline = time.monotonic() + timeout
         flows: list[FlowStatus] = []
         while time.monotonic() < deadline:
-            if not self.pid():
+            if self._exited():
                 raise StackError(self.failure_report("exited during start-up"))
             flows = self.flows()
             if flows and all(f.running for f in flows):
@@ -213,6 +213,14 @@ class MirrorMaker:
                 state = f"unknown ({type(exc).__name__}: {exc})"
             out.append(FlowStatus(source, target, topics, state))
         return out
+
+    def _exited(self) -> bool:
+        """Gone (not merely unrecognised: right after the fork the child's command line is still ours)."""
+        pid = procs.read_pid(self.pid_file)
+        if pid is None:
+            return True
+        procs.reap(pid)
+        return procs.is_zombie(pid)
 
     def stop(self, timeout: float = 30.0) -> str:
         pid = procs.read_pid(self.pid_file)
