@@ -264,6 +264,9 @@ class Sites:
     central: str
     central_replication: int
     port_base: int | None = None
+    #: sites are named <prefix><k> in MirrorMaker (and in its topics on the central cluster); tests
+    #: use a prefix of their own, so their MirrorMaker state never meets the stack's
+    alias_prefix: str = "site"
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= MAX_SITES:
@@ -273,11 +276,14 @@ class Sites:
         plan = MirrorPlan(
             central=self.central,
             central_replication=self.central_replication,
-            sites=tuple((site_alias(k), c.bootstrap) for k, c in self.clusters.items()),
+            sites=tuple((self.alias(k), c.bootstrap) for k, c in self.clusters.items()),
             up=up_topics(self.settings),
             down=down_topics(self.settings),
         )
         self.mirror = MirrorMaker(self.home, plan, self.settings)
+
+    def alias(self, site: int) -> str:
+        return site_alias(site) if self.alias_prefix == "site" else f"{self.alias_prefix}{site}"
 
     def up(self, timeout: float = 180.0) -> dict[str, Any]:
         """Start every site cluster that is not running, create its topics, start MirrorMaker.
@@ -303,14 +309,14 @@ class Sites:
         """MirrorMaker first (it reads and writes every cluster), then the sites."""
         out = {"mirror": self.mirror.stop()}
         for k, cluster in self.clusters.items():
-            out[site_alias(k)] = ", ".join(sorted(set(cluster.down().values()))) or "not running"
+            out[self.alias(k)] = ", ".join(sorted(set(cluster.down().values()))) or "not running"
         return out
 
     def state(self) -> dict[str, Any]:
         """What ``stack.json`` records of the sites (the settings of site workers read it)."""
         return {
             str(k): {"bootstrap": c.bootstrap, "brokers": 1, "port_base": c.plan.port_base, "home": str(c.home),
-                     "alias": site_alias(k)}
+                     "alias": self.alias(k)}
             for k, c in self.clusters.items()
         }  # fmt: skip
 
