@@ -38,17 +38,12 @@ SIDE_JOBS_EVERY_S = 60.0  # a Spark evaluation and analytics run this often whil
 DRAIN_TIMEOUT_S = 180.0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole pipeline here with a live summary, then report")
     p.add_argument("--minutes", type=float, default=3.0, help="how long the simulator runs (default 3)")
     p.add_argument(
         "--brokers", type=int, choices=(1, 4), default=None,
         help="cluster size (default: the running stack's, else 1)",
-    )  # fmt: skip
-    p.add_argument(
-        "--sites", type=int, default=None, metavar="N",
-        help="N sites beside the central cluster (a cluster, a worker and a simulator each; MirrorMaker "
-        "between them and the centre, where a worker averages and stores); default: the running stack's, else none",
     )  # fmt: skip
     p.add_argument("--devices", type=int, default=None, help="fleet size (default FLEAD_DEVICES=2407)")
     p.add_argument("--rate", type=int, default=None, help="readings per minute (default FLEAD_READINGS_PER_MINUTE)")
@@ -61,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="no held-out evaluation with Spark (neither during the run nor at its end)",
     )  # fmt: skip
     p.set_defaults(func=run)
+    return p
 
 
 def say(text: str) -> None:
@@ -203,17 +199,9 @@ def evaluate_trend(settings: Settings, log: Path, env: dict[str, str] | None = N
 
 def run(args: argparse.Namespace) -> int:
     from flead_app.stack.kafka import KafkaCluster
-    from flead_app.stack.local import default_sites
 
     existing = KafkaCluster.from_home(load_settings().home_path)
     brokers = args.brokers or (existing.brokers if existing else 1)
-    sites = args.sites if args.sites is not None else default_sites(load_settings().home_path)
-    if sites:
-        from flead_app.demo_sites import run_sites
-
-        return run_sites(args, brokers, sites)
-    if existing is not None and default_sites(load_settings().home_path):
-        _flead("stack", "up", "--brokers", str(brokers), "--sites", "0", check=False)  # one cluster: sites stop
     say(f"starting the stack ({brokers} broker{'s' if brokers > 1 else ''}) ...")
     if _flead("stack", "up", "--brokers", str(brokers), check=False).returncode != 0:
         print("flead demo: the stack did not start; see the messages above", file=sys.stderr)

@@ -28,6 +28,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from flead_app import demo
 from flead_app.demo import (
     DRAIN_TIMEOUT_S,
     SUMMARY_EVERY_S,
@@ -116,6 +117,32 @@ def start_all(workers: list[WorkerProcess]) -> None:
         t.join()
     if errors:
         raise errors[0]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """``flead demo`` (``flead_app.demo``) with ``--sites N``."""
+    p = demo.register(sub)
+    p.add_argument(
+        "--sites", type=int, default=None, metavar="N",
+        help="N sites beside the central cluster (a cluster, a worker and a simulator each; MirrorMaker "
+        "between them and the centre, where a worker averages and stores); default: the running stack's, else none",
+    )  # fmt: skip
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from flead_app.stack.kafka import KafkaCluster
+    from flead_app.stack.local import default_sites
+
+    home = load_settings().home_path
+    existing = KafkaCluster.from_home(home)
+    brokers = args.brokers or (existing.brokers if existing else 1)
+    sites = args.sites if args.sites is not None else default_sites(home)
+    if sites:
+        return run_sites(args, brokers, sites)
+    if default_sites(home):  # one cluster asked of a stack with sites: they stop first
+        _flead("stack", "up", "--brokers", str(brokers), "--sites", "0", check=False)
+    return demo.run(args)
 
 
 def run_sites(args: argparse.Namespace, brokers: int, sites: int) -> int:

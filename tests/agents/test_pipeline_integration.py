@@ -148,9 +148,12 @@ def test_real_worker_end_to_end(pipeline_env, monkeypatch):
         assert stats["detector"].get("dead_letters", 0) == len(BAD_MESSAGES)
 
         boot = settings.bootstrap_servers
-        found = {(a["device_id"], a["value"]) for a in map(orjson.loads, asyncio.run(
-            consume_all(boot, settings.topic_anomalies, len(expected_anomalies(fleet)))
-        ))}
+        found = {
+            (a["device_id"], a["value"])
+            for a in map(
+                orjson.loads, asyncio.run(consume_all(boot, settings.topic_anomalies, len(expected_anomalies(fleet))))
+            )
+        }
         assert found == expected_anomalies(fleet)
 
         updates = [orjson.loads(v) for v in asyncio.run(consume_all(boot, settings.topic_local_updates, 8))]

@@ -83,11 +83,15 @@ def test_sigkill_and_restart_loses_nothing_and_duplicates_nothing(pipeline_env, 
             stamps = [m["timestamp"] for m in models]
             from datetime import datetime
 
-            stored = conn.execute(
-                select(federated_models.c.global_version).where(
-                    federated_models.c.created_at.in_([datetime.fromisoformat(s) for s in stamps])
+            stored = (
+                conn.execute(
+                    select(federated_models.c.global_version).where(
+                        federated_models.c.created_at.in_([datetime.fromisoformat(s) for s in stamps])
+                    )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
         assert sorted(stored) == versions, "each global version stored exactly once"
         assert time.monotonic() - killed_at < 300
     finally:

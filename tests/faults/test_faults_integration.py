@@ -80,9 +80,12 @@ def test_a_broker_killed_mid_run_loses_no_reading_and_no_update(pipeline_env, mo
         engine = create_engine(settings.db_url)
         wait_for(lambda: _db_count(engine, local_models, run) == expected_updates, 120, "every local update stored")
         updates = [
-            u for u in map(orjson.loads, asyncio.run(
-                consume_all(settings.bootstrap_servers, settings.topic_local_updates, expected_updates)
-            )) if "control" not in u
+            u
+            for u in map(
+                orjson.loads,
+                asyncio.run(consume_all(settings.bootstrap_servers, settings.topic_local_updates, expected_updates)),
+            )
+            if "control" not in u
         ]
         assert len({(u["device_id"], u["model_version"]) for u in updates}) == expected_updates
         assert _db_count(engine, anomalies, run) == len(expected_anomalies(fleet))
