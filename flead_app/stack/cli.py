@@ -60,6 +60,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sb.add_argument("--timeout", type=float, default=180.0)
     sb.set_defaults(func=cmd_start)
 
+    mc = sub.add_parser(
+        "mirror-config",
+        help="print MirrorMaker 2's configuration for sites on other machines (mm2.properties)",
+        description="The mm2.properties `flead stack up --sites N` generates, for clusters anywhere: run it "
+        "with Kafka's bin/connect-mirror-maker.sh (or org.apache.kafka.connect.mirror.MirrorMaker) next to "
+        "the central cluster. Topic names come from the FLEAD_TOPIC_* settings.",
+    )
+    mc.add_argument("--central", default=None, metavar="HOST:PORT[,...]",
+                    help="the central cluster's bootstrap servers (default: the settings')")  # fmt: skip
+    mc.add_argument("--central-replication", type=int, default=None, metavar="N",
+                    help="replication of topics created centrally (default: the settings')")  # fmt: skip
+    mc.add_argument("--site", action="append", required=True, metavar="K=HOST:PORT[,...]",
+                    help="site K's bootstrap servers; once per site")  # fmt: skip
+    mc.set_defaults(func=cmd_mirror_config)
+
     fe = sub.add_parser("fetch", help="only download the Kafka jars into the cache")
     fe.set_defaults(func=cmd_fetch)
 
@@ -237,6 +252,24 @@ def cmd_start(args: argparse.Namespace) -> int:
     except (StackError, ValueError) as exc:
         return _fail(exc)
     print(f"broker {args.node}: {'started and registered' if started else 'already running'}")
+    return 0
+
+
+def cmd_mirror_config(args: argparse.Namespace) -> int:
+    from flead_app.settings import load_settings
+    from flead_app.stack.config import MirrorPlan, render_mm2_properties, site_alias
+    from flead_app.stack.sites import down_topics, up_topics
+
+    settings = load_settings()
+    sites = []
+    for item in args.site:
+        key, sep, bootstrap = item.partition("=")
+        if not sep or not key.isdigit() or not bootstrap:
+            return _fail(StackError(f"--site takes K=HOST:PORT[,...], got {item!r}"))
+        sites.append((site_alias(int(key)), bootstrap))
+    plan = MirrorPlan(args.central or settings.kafka_bootstrap, args.central_replication or settings.replication_factor,
+                      tuple(sites), up_topics(settings), down_topics(settings))  # fmt: skip
+    sys.stdout.write(render_mm2_properties(plan))
     return 0
 
 
