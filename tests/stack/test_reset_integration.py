@@ -115,7 +115,5 @@ def test_reset_empties_a_compacted_changelog_and_gives_back_its_configuration(st
     first, second, own = asyncio.run(go())
     assert (first[topic], second[topic]) == (12, 0)
     assert own["cleanup.policy"] == "compact"
-    assert (
-        own.get("min.insync.replicas") == ("2" if stack.replication_factor >= 3 else None)
-        or stack.replication_factor < 3
-    )
+    if stack.replication_factor >= 3:  # what create_topics set on it is there again
+        assert own["min.insync.replicas"] == "2"
