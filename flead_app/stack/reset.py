@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from flead_app.io import kafka
 from flead_app.io.db.store import Database
-from flead_app.settings import WORKERS_DIR, Settings
+from flead_app.settings import WORKERS_DIR, Settings, at_site
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,14 @@ async def truncate_topics(settings: Settings, topics: list[str]) -> dict[str, in
 
 
 def reset(settings: Settings) -> ResetResult:
-    """Empty the pipeline (topics, changelogs, worker table files, database tables); the stack stays up."""
+    """Empty the pipeline (topics, changelogs, worker table files, database tables), at the centre
+    and at every site; the stack stays up."""
     result = ResetResult()
     topics = pipeline_topics(settings) + changelog_topics(settings)
     result.records_deleted = asyncio.run(truncate_topics(settings, topics))
+    for k in range(1, settings.sites + 1):  # each site's cluster holds its own copy of every topic
+        removed = asyncio.run(truncate_topics(at_site(settings, k), topics))
+        result.records_deleted.update({f"site{k}:{t}": n for t, n in removed.items()})
     workers = settings.home_path / WORKERS_DIR
     for folder in sorted(workers.glob(f"{settings.app_id}-*")) if workers.is_dir() else []:
         shutil.rmtree(folder, ignore_errors=True)
