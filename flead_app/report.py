@@ -341,8 +341,9 @@ def render_bandwidth(b: dict[str, Any] | None, central_readings: int | None) -> 
         lines.append(
             f"  bandwidth saving: {pct(b['saving'])} = 1 - crossed {b['crossed_bytes']:,} / readings "
             f"{b['reading_bytes']:,} bytes; the central cluster stored {b['arrived_central_bytes']:,} "
-            "bytes of what came up (MirrorMaker's own batching, copies from re-delivery)"
+            "bytes of what came up (MirrorMaker's own batching, copies from re-delivery, and after"
         )
+        lines.append("  `flead stack reset` the bytes of deleted records until their log segments roll)")
     lines.append(f"  readings on the central cluster: {'-' if central_readings is None else f'{central_readings:,}'}")
     return lines
 

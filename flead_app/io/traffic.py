@@ -267,7 +267,9 @@ def sites_bandwidth(
     came from the centre), measured in the site's own log. That is what crossed once MirrorMaker
     has caught up; ``pending`` says how many records it had not yet replicated when measured.
     ``arrived_central_bytes`` is the same traffic as the central cluster stored it (MirrorMaker's
-    producer batches records its own way, and re-delivery after a restart adds copies).
+    producer batches records its own way, re-delivery after a restart adds copies, and a log
+    emptied with DeleteRecords, as ``flead stack reset`` does, keeps the bytes of the deleted
+    records until their segment rolls): an informative figure, not the one the saving uses.
 
     >>> site = [{"topic": "r", "bytes": 10000, "messages": 100}, {"topic": "u", "bytes": 300, "messages": 3},
     ...         {"topic": "g", "bytes": 200, "messages": 2}]
