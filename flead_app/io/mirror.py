@@ -32,7 +32,7 @@ def offsets_topic(source: str) -> str:
 
 
 async def read_compacted(settings: Settings, bootstrap: list[str], topic: str, timeout_s: float = 10.0) -> dict:
-    """The newest value of every key of ``topic`` on the cluster at ``bootstrap`` ({} if it does not exist)."""
+    """The newest record of every key of ``topic`` on the cluster at ``bootstrap`` ({} if it does not exist)."""
     from aiokafka import TopicPartition
 
     reader = consumer(settings, bootstrap_servers=bootstrap, group_id=None, request_timeout_ms=int(timeout_s * 1000))
@@ -54,7 +54,7 @@ async def read_compacted(settings: Settings, bootstrap: list[str], topic: str, t
                 raise TimeoutError(f"{topic} was not read to its end within {timeout_s:.0f} s")
             for tp, records in batches.items():
                 for r in records:
-                    latest[r.key] = r.value
+                    latest[r.key] = r
                 if await reader.position(tp) >= ends[tp]:
                     todo.discard(tp)
         return latest
@@ -62,15 +62,16 @@ async def read_compacted(settings: Settings, bootstrap: list[str], topic: str, t
         await reader.stop()
 
 
-async def task_states(settings: Settings, bootstrap: list[str], source: str) -> dict[str, str]:
-    """{"MirrorSourceConnector-0": "RUNNING", ...}: each task's state of the flow from ``source``."""
+async def task_states(settings: Settings, bootstrap: list[str], source: str, since_ms: int = 0) -> dict[str, str]:
+    """{"MirrorSourceConnector-0": "RUNNING", ...}: each task's state of the flow from ``source``,
+    as written at or after ``since_ms`` (a restarted MirrorMaker finds its predecessor's states)."""
     out = {}
-    for key, value in (await read_compacted(settings, bootstrap, status_topic(source))).items():
+    for key, record in (await read_compacted(settings, bootstrap, status_topic(source))).items():
         name = (key or b"").decode(errors="replace")
-        if not name.startswith("status-task-") or value is None:
+        if not name.startswith("status-task-") or record.value is None or record.timestamp < since_ms:
             continue
         try:
-            out[name.removeprefix("status-task-")] = str(json.loads(value).get("state", "?"))
+            out[name.removeprefix("status-task-")] = str(json.loads(record.value).get("state", "?"))
         except ValueError:
             continue
     return out
@@ -80,12 +81,12 @@ async def replicated_offsets(settings: Settings, bootstrap: list[str], source: s
     """{(topic, partition): records replicated and committed} of the flow from ``source`` (the
     committed source offset + 1, i.e. the source offset the flow resumes at)."""
     out: dict[tuple[str, int], int] = {}
-    for key, value in (await read_compacted(settings, bootstrap, offsets_topic(source))).items():
-        if key is None or value is None:
+    for key, record in (await read_compacted(settings, bootstrap, offsets_topic(source))).items():
+        if key is None or record.value is None:
             continue
         try:
             connector, partition = json.loads(key)
-            offset = json.loads(value)["offset"]
+            offset = json.loads(record.value)["offset"]
         except (ValueError, KeyError, TypeError):
             continue
         if connector != "MirrorSourceConnector" or partition.get("cluster") != source:

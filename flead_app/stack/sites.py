@@ -170,6 +170,7 @@ class MirrorMaker:
             f"-Dkafka.logs.dir={self.log_dir}",
             "-cp", str(libs / "*"), MAIN_CLASS, str(self.config_file),
         ]  # fmt: skip
+        started_ms = int(time.time() * 1000) - 1000  # a little slack for clocks of one machine
         with open(self.out_file, "ab") as fh:
             fh.write(f"\n--- flead: starting MirrorMaker at {time.ctime()} ---\n".encode())
             fh.flush()
@@ -180,26 +181,27 @@ class MirrorMaker:
         self.pid_file.write_text(f"{proc.pid}\n")
         log.info("started MirrorMaker 2 (pid %d) for %d flows", proc.pid, len(self.plan.flows()))
         try:
-            self.wait_running(timeout)
+            self.wait_running(timeout, since_ms=started_ms)
         except BaseException:
             self.stop(timeout=10.0)
             raise
         return True
 
-    def wait_running(self, timeout: float) -> None:
+    def wait_running(self, timeout: float, since_ms: int = 0) -> None:
+        """Until every flow's task reports RUNNING (in a status record written from ``since_ms``)."""
         deadline = time.monotonic() + timeout
         flows: list[FlowStatus] = []
         while time.monotonic() < deadline:
             if self._exited():
                 raise StackError(self.failure_report("exited during start-up"))
-            flows = self.flows()
+            flows = self.flows(since_ms)
             if flows and all(f.running for f in flows):
                 return
             time.sleep(1.0)
         waiting = ", ".join(f"{f.source}->{f.target}: {f.state}" for f in flows if not f.running)
         raise StackError(self.failure_report(f"did not run every flow within {timeout:.0f} s ({waiting})"))
 
-    def flows(self) -> list[FlowStatus]:
+    def flows(self, since_ms: int = 0) -> list[FlowStatus]:
         """Each flow's replication task state, read from its target cluster's Connect status topic."""
         from flead_app.io.mirror import task_states
 
@@ -207,7 +209,7 @@ class MirrorMaker:
         out = []
         for source, target, topics in self.plan.flows():
             try:
-                states = run_async(task_states(self.settings, bootstrap[target].split(","), source))
+                states = run_async(task_states(self.settings, bootstrap[target].split(","), source, since_ms))
                 state = states.get("MirrorSourceConnector-0", "NOT STARTED")
             except Exception as exc:  # noqa: BLE001 - a target that does not answer is a status
                 state = f"unknown ({type(exc).__name__}: {exc})"
