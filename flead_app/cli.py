@@ -21,7 +21,7 @@ COMMAND_MODULES = [
     "flead_app.simulate",
     "flead_app.dashboard.cli",
     "flead_app.spark_support.cli",
-    "flead_app.demo",
+    "flead_app.demo_sites",  # flead demo, with --sites (flead_app.demo without them)
     "flead_app.replay_eval",
     "flead_app.bench",
     "flead_app.chaos",

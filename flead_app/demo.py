@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -37,7 +38,7 @@ SIDE_JOBS_EVERY_S = 60.0  # a Spark evaluation and analytics run this often whil
 DRAIN_TIMEOUT_S = 180.0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole pipeline here with a live summary, then report")
     p.add_argument("--minutes", type=float, default=3.0, help="how long the simulator runs (default 3)")
     p.add_argument(
@@ -55,17 +56,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="no held-out evaluation with Spark (neither during the run nor at its end)",
     )  # fmt: skip
     p.set_defaults(func=run)
+    return p
 
 
 def say(text: str) -> None:
     print(f"flead demo: {text}", flush=True)
 
 
-def _flead(*args: str, check: bool = True, log: Path | None = None) -> subprocess.CompletedProcess:
+def _flead(
+    *args: str, check: bool = True, log: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     out = log.open("a") if log else None
     try:
         return subprocess.run([sys.executable, "-m", "flead_app.cli", *args], check=check, stdout=out,
-                              stderr=subprocess.STDOUT if out else None)  # fmt: skip
+                              stderr=subprocess.STDOUT if out else None,
+                              env={**os.environ, **env} if env else None)  # fmt: skip
     finally:
         if out:
             out.close()
@@ -138,7 +143,9 @@ def summary_line(stats: dict, started: float, heldout: str) -> str:
 class SideJobs:
     """Spark jobs the demo runs in the background while the simulator produces, one at a time."""
 
-    def __init__(self, settings: Settings, started_at: datetime) -> None:
+    def __init__(self, settings: Settings, started_at: datetime, env: dict[str, str] | None = None) -> None:
+        """``env``: settings of the jobs (with sites: the site whose readings they read)."""
+        self.env = {**os.environ, **(env or {})}
         self.log = settings.home_path / "logs" / "demo-spark.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.started_at = started_at
@@ -157,7 +164,7 @@ class SideJobs:
             args = self.queue.pop(0)
             out = self.log.open("a")
             self.proc = subprocess.Popen([sys.executable, "-m", "flead_app.cli", *args], stdout=out,
-                                         stderr=subprocess.STDOUT)  # fmt: skip
+                                         stderr=subprocess.STDOUT, env=self.env)  # fmt: skip
             out.close()
 
     def analytics_args(self) -> list[str]:
@@ -175,7 +182,7 @@ class SideJobs:
                 self.proc.kill()
 
 
-def evaluate_trend(settings: Settings, log: Path) -> None:
+def evaluate_trend(settings: Settings, log: Path, env: dict[str, str] | None = None) -> None:
     """Score about ``TREND_POINTS`` global versions (first, last, evenly between) on held-out
     readings with Spark, so the report can compare versions on the same data."""
     from flead_app.report import global_version_count
@@ -186,7 +193,7 @@ def evaluate_trend(settings: Settings, log: Path) -> None:
         return
     every = max(1, math.ceil(versions / TREND_POINTS))
     say(f"held-out evaluation of {versions} global versions (every {every}th, with Spark; log {log}) ...")
-    if _flead("spark", "evaluate", "--every", str(every), check=False, log=log).returncode != 0:
+    if _flead("spark", "evaluate", "--every", str(every), check=False, log=log, env=env).returncode != 0:
         say(f"the evaluation failed (see {log}); the report shows the rest")
 
 

@@ -119,9 +119,7 @@ class Readings:
 
 
 def empty_readings() -> Readings:
-    return Readings(
-        np.empty(0, np.int32), np.empty(0), np.empty(0), np.empty(0, np.int8), np.empty(0, np.int8)
-    )
+    return Readings(np.empty(0, np.int32), np.empty(0), np.empty(0), np.empty(0, np.int8), np.empty(0, np.int8))
 
 
 def message_starts(device: np.ndarray, batch: int) -> np.ndarray:

@@ -3,8 +3,15 @@
 Sections: rows per table; the latest global versions; held-out metrics of the latest
 evaluated global version next to the baselines (local-only, central) when Spark has written
 ``evaluation_summaries``; the training rate in local models per minute; anomalies by severity
-and by broker; Kafka traffic per topic and per broker with the bandwidth saving
-``1 - (local + global update bytes) / reading bytes``.
+and by broker; Kafka traffic per topic and per broker; the bandwidth section.
+
+Bandwidth is counted where a boundary is crossed. With sites (``flead stack up --sites N``)
+each site's readings stay on its cluster and MirrorMaker 2 carries updates and anomalies up and
+global models down: the saving is ``1 - crossed bytes / reading bytes``, per site and in total,
+from the sizes of the site clusters' topics (``flead_app.io.traffic.sites_bandwidth``), and
+``central_readings`` (readings on the central cluster) must be 0. On one cluster every reading
+reaches the cluster, so nothing is saved; the ratio of update to reading bytes there is shown
+under its own name (``one_cluster_bandwidth``).
 
 Kafka traffic is measured on the brokers at each run and stored as a snapshot in
 ``kafka_traffic``; when Kafka is down (or ``--no-kafka``) the newest stored snapshot is shown,
@@ -132,8 +139,18 @@ def render_text(report: dict[str, Any]) -> str:
     if globals_:
         lines += _table(
             ["version", "round", "devices", "updates", "accuracy", "aggregator", "created_at"],
-            [[str(g["global_version"]), str(g["aggregation_round"]), str(g["num_devices"]), str(g["num_updates"]),
-              _fmt_num(g["accuracy"], 4), g["aggregator"], _fmt_time(g["created_at"])] for g in globals_],
+            [
+                [
+                    str(g["global_version"]),
+                    str(g["aggregation_round"]),
+                    str(g["num_devices"]),
+                    str(g["num_updates"]),
+                    _fmt_num(g["accuracy"], 4),
+                    g["aggregator"],
+                    _fmt_time(g["created_at"]),
+                ]
+                for g in globals_
+            ],
         )
         lines.append("  (accuracy: sample-weighted accuracy of the contributing rounds, measured before training on")
         lines.append("  each round's own readings, so versions are scored on different data; the held-out")
@@ -182,13 +199,19 @@ def render_text(report: dict[str, Any]) -> str:
 
     tr = report["training"]
     lines.append("Training rate (local models per minute)")
-    lines.append(f"  overall     {_fmt_num(tr['per_minute'], 2):>10}   {tr['local_models']:,} models over "
-                 f"{tr['span_minutes']:.1f} min ({_fmt_time(tr['first_at'])} .. {_fmt_time(tr['last_at'])})")
-    lines.append(f"  last {tr['recent_minutes']:g} min  {_fmt_num(tr['recent_per_minute'], 2):>10}   "
-                 f"{tr['recent_local_models']:,} models up to now")
+    lines.append(
+        f"  overall     {_fmt_num(tr['per_minute'], 2):>10}   {tr['local_models']:,} models over "
+        f"{tr['span_minutes']:.1f} min ({_fmt_time(tr['first_at'])} .. {_fmt_time(tr['last_at'])})"
+    )
+    lines.append(
+        f"  last {tr['recent_minutes']:g} min  {_fmt_num(tr['recent_per_minute'], 2):>10}   "
+        f"{tr['recent_local_models']:,} models up to now"
+    )
     if tr.get("final_local_models") is not None:
-        lines.append(f"  final {tr['recent_minutes']:g} min {_fmt_num(tr['final_per_minute'], 2):>10}   "
-                     f"{tr['final_local_models']:,} models up to the newest one")
+        lines.append(
+            f"  final {tr['recent_minutes']:g} min {_fmt_num(tr['final_per_minute'], 2):>10}   "
+            f"{tr['final_local_models']:,} models up to the newest one"
+        )
     lines.append("")
 
     wk = report.get("worker")
@@ -209,31 +232,106 @@ def render_text(report: dict[str, Any]) -> str:
 
     k = report["kafka"]
     lines.append("Kafka traffic (bytes stored at each partition's leader)")
+    if k["measured_at"] is not None and k["summary"] is None:
+        lines.append("  central cluster: no FLEAD topic measured")
     if k["measured_at"] is None:
         lines.append(f"  no measurement: {k.get('note') or 'Kafka not reachable and no stored snapshot'}")
     else:
-        lines.append(f"  measured {_fmt_time(k['measured_at'])} via {k['method']}"
-                     + (f"  [{k['note']}]" if k.get("note") else ""))
+        lines.append(
+            f"  measured {_fmt_time(k['measured_at'])} via {k['method']}"
+            + (f"  [{k['note']}]" if k.get("note") else "")
+        )
+    if k["measured_at"] is not None and k["summary"] is not None:
         s = k["summary"]
         lines += _table(
             ["topic", "partitions", "messages", "bytes", ""],
-            [[t, str(v["partitions"]), _fmt_num(v["messages"]), _fmt_num(v["bytes"]), human_bytes(v["bytes"])]
-             for t, v in s["topics"].items()],
+            [
+                [t, str(v["partitions"]), _fmt_num(v["messages"]), _fmt_num(v["bytes"]), human_bytes(v["bytes"])]
+                for t, v in s["topics"].items()
+            ],
         )
         lines += _table(
             ["broker", "leader partitions", "messages", "bytes", ""],
-            [[str(b), str(v["leader_partitions"]), _fmt_num(v["messages"]), _fmt_num(v["bytes"]),
-              human_bytes(v["bytes"])] for b, v in s["brokers"].items()],
+            [
+                [
+                    str(b),
+                    str(v["leader_partitions"]),
+                    _fmt_num(v["messages"]),
+                    _fmt_num(v["bytes"]),
+                    human_bytes(v["bytes"]),
+                ]
+                for b, v in s["brokers"].items()
+            ],
         )
         saving = s["bandwidth_saving"]
         shown = "-" if saving is None else f"{saving:.1%}"
         if saving is not None and s["model_bytes"] == 0:
             shown += " (no model-update bytes on Kafka yet)"
-        lines.append(
-            f"  bandwidth saving: {shown}  = 1 - (local {s['local_update_bytes']:,} + global "
-            f"{s['global_update_bytes']:,}) / readings {s['reading_bytes']:,} bytes"
+        if not k.get("sites"):  # one cluster: the old "bandwidth saving", named for what it is
+            lines.append(
+                f"  1 - update bytes / reading bytes on this one cluster: {shown}  = 1 - (local "
+                f"{s['local_update_bytes']:,} + global {s['global_update_bytes']:,}) / readings {s['reading_bytes']:,}"
+            )
+            lines.append("  (not a bandwidth saving: both sit on the same cluster; see Bandwidth below)")
+    for site, ss in (k.get("sites") or {}).items():
+        lines.append(f"  site {site}'s cluster")
+        lines += _table(
+            ["topic", "partitions", "messages", "bytes", ""],
+            [
+                [t, str(v["partitions"]), _fmt_num(v["messages"]), _fmt_num(v["bytes"]), human_bytes(v["bytes"])]
+                for t, v in ss["topics"].items()
+            ],
+            indent="    ",
         )
+    lines.append("")
+    lines += render_bandwidth(report.get("bandwidth"), report.get("central_readings"))
     return "\n".join(lines) + "\n"
+
+
+def render_bandwidth(b: dict[str, Any] | None, central_readings: int | None) -> list[str]:
+    """The bandwidth section: bytes across each site's boundary, or why one cluster saved nothing."""
+    lines = ["Bandwidth"]
+    if b is None:
+        return [*lines, "  not measured"]
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    if b["topology"] == "one-cluster":
+        lines.append(
+            f"  topology: one cluster. Every reading ({b['reading_bytes']:,} bytes) went to it: "
+            "no bandwidth was saved (saving 0%)."
+        )
+        lines.append(
+            f"  update bytes / reading bytes on that same cluster: {pct(b['update_to_reading_ratio'])} "
+            f"({b['update_bytes']:,} / {b['reading_bytes']:,}); a ratio, not a saving"
+        )
+    else:
+        lines.append("  topology: sites; bytes that crossed each site's boundary (MirrorMaker, both directions)")
+        lines += _table(
+            ["site", "reading bytes", "up bytes", "down bytes", "crossed bytes", "saving", "not yet replicated"],
+            [
+                [
+                    k,
+                    _fmt_num(v["reading_bytes"]),
+                    _fmt_num(v["up_bytes"]),
+                    _fmt_num(v["down_bytes"]),
+                    _fmt_num(v["crossed_bytes"]),
+                    pct(v["saving"]),
+                    "-" if v["pending_records"] is None else f"{v['pending_records']:,} records",
+                ]
+                for k, v in b["per_site"].items()
+            ]
+            + [["total", _fmt_num(b["reading_bytes"]), "", "", _fmt_num(b["crossed_bytes"]), pct(b["saving"]), ""]],
+        )
+        lines.append(
+            f"  bandwidth saving: {pct(b['saving'])} = 1 - crossed {b['crossed_bytes']:,} / readings "
+            f"{b['reading_bytes']:,} bytes; the central cluster stored {b['arrived_central_bytes']:,} "
+            "bytes of what came up (MirrorMaker's own batching, copies from re-delivery, and after"
+        )
+        lines.append("  `flead stack reset` the bytes of deleted records until their log segments roll)")
+    lines.append(f"  readings on the central cluster: {'-' if central_readings is None else f'{central_readings:,}'}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------
@@ -256,13 +354,24 @@ def collect_database(db: Any, now: datetime | None = None) -> dict[str, Any]:
         now = now or conn.execute(select(func.now())).scalar_one()
         out["generated_at"] = now
 
-        rows = conn.execute(
-            select(federated_models.c.global_version, federated_models.c.aggregation_round,
-                   federated_models.c.num_devices, federated_models.c.num_updates, federated_models.c.samples,
-                   federated_models.c.accuracy, federated_models.c.aggregator, federated_models.c.created_at)
-            .order_by(desc(federated_models.c.global_version), desc(federated_models.c.created_at))
-            .limit(LATEST_GLOBALS)
-        ).mappings().all()
+        rows = (
+            conn.execute(
+                select(
+                    federated_models.c.global_version,
+                    federated_models.c.aggregation_round,
+                    federated_models.c.num_devices,
+                    federated_models.c.num_updates,
+                    federated_models.c.samples,
+                    federated_models.c.accuracy,
+                    federated_models.c.aggregator,
+                    federated_models.c.created_at,
+                )
+                .order_by(desc(federated_models.c.global_version), desc(federated_models.c.created_at))
+                .limit(LATEST_GLOBALS)
+            )
+            .mappings()
+            .all()
+        )
         out["global_models"] = [dict(r) for r in rows]
         out["global_trend"] = _global_trend(conn, federated_models)
 
@@ -283,12 +392,18 @@ def collect_database(db: Any, now: datetime | None = None) -> dict[str, Any]:
             ).scalar_one()
         out["training"] = training_rate(int(count), first, last, int(recent), final)
 
-        by_sev = dict(conn.execute(
-            select(anomalies.c.severity, func.count()).group_by(anomalies.c.severity).order_by(anomalies.c.severity)
-        ).all())
-        by_broker = dict(conn.execute(
-            select(anomalies.c.broker_id, func.count()).group_by(anomalies.c.broker_id).order_by(anomalies.c.broker_id)
-        ).all())
+        by_sev = dict(
+            conn.execute(
+                select(anomalies.c.severity, func.count()).group_by(anomalies.c.severity).order_by(anomalies.c.severity)
+            ).all()
+        )
+        by_broker = dict(
+            conn.execute(
+                select(anomalies.c.broker_id, func.count())
+                .group_by(anomalies.c.broker_id)
+                .order_by(anomalies.c.broker_id)
+            ).all()
+        )
         out["anomalies"] = {
             "total": int(sum(by_sev.values())),
             "by_severity": {k: int(v) for k, v in by_sev.items()},
@@ -473,16 +588,52 @@ def latest_snapshot(db: Any) -> tuple[datetime | None, list[dict[str, Any]]]:
         at = conn.execute(select(func.max(kt.c.measured_at))).scalar()
         if at is None:
             return None, []
-        rows = conn.execute(
-            select(kt.c.topic, kt.c.partition, kt.c.broker_id, kt.c.bytes, kt.c.messages)
-            .where(kt.c.measured_at == at).order_by(kt.c.topic, kt.c.partition)
-        ).mappings().all()
+        rows = (
+            conn.execute(
+                select(kt.c.topic, kt.c.partition, kt.c.broker_id, kt.c.bytes, kt.c.messages)
+                .where(kt.c.measured_at == at)
+                .order_by(kt.c.topic, kt.c.partition)
+            )
+            .mappings()
+            .all()
+        )
     return at, [dict(r) for r in rows]
 
 
+def kafka_section(
+    settings: Any,
+    measured_at: Any,
+    method: str | None,
+    note: str | None,
+    rows: list[dict],
+    pending: dict[int, int | None] | None = None,
+) -> dict[str, Any]:
+    """The Kafka part of the report from one snapshot's rows (the central cluster's and, in the
+    sites topology, each site's): traffic of the central cluster, each site's, and the bandwidth
+    saving of the topology the rows come from."""
+    from flead_app.io.traffic import one_cluster_bandwidth, rows_by_site, sites_bandwidth, summarize
+    from flead_app.stack.sites import down_topics, up_topics
+
+    readings, local, global_ = settings.topic_readings, settings.topic_local_updates, settings.topic_global_updates
+    by_site = rows_by_site(rows)
+    central = by_site.get(0, [])
+    summary = summarize(central, readings, local, global_) if central or not by_site else None
+    if any(by_site.keys() - {0}):
+        bandwidth = sites_bandwidth(by_site, readings, up_topics(settings), down_topics(settings), pending)
+    else:
+        bandwidth = one_cluster_bandwidth(central, readings, [local, global_])
+    return {
+        "measured_at": measured_at, "method": method, "note": note, "summary": summary,
+        "sites": {str(k): summarize(r, readings, local, global_) for k, r in sorted(by_site.items()) if k},
+        "bandwidth": bandwidth,
+        "central_readings": sum(int(r.get("messages") or 0) for r in central if r["topic"] == readings),
+    }  # fmt: skip
+
+
 def collect_kafka(db: Any, settings: Any, measure: bool = True, timeout_s: float = 15.0) -> dict[str, Any]:
-    """Measure now and store the snapshot; else (or on failure) the newest stored snapshot."""
-    from flead_app.io.traffic import KafkaUnreachable, measure_now, summarize
+    """Measure now (the central cluster and every site's) and store the snapshot; else (or on
+    failure) the newest stored snapshot."""
+    from flead_app.io.traffic import KafkaUnreachable, measure_now, mirror_pending
 
     note = None
     if measure:
@@ -490,11 +641,8 @@ def collect_kafka(db: Any, settings: Any, measure: bool = True, timeout_s: float
             snap = measure_now(settings, timeout_s)
             if snap.rows:
                 db.insert_rows("kafka_traffic", snap.db_rows())
-                return {
-                    "measured_at": snap.measured_at, "method": snap.method, "note": None,
-                    "summary": summarize(snap.rows, settings.topic_readings, settings.topic_local_updates,
-                                         settings.topic_global_updates),
-                }
+                pending = mirror_pending(settings, snap.rows) if settings.sites else None
+                return kafka_section(settings, snap.measured_at, snap.method, None, snap.rows, pending)
             note = "none of the FLEAD topics exists on the cluster"
         except (KafkaUnreachable, OSError) as err:
             note = f"Kafka not measured now ({err})"
@@ -502,12 +650,9 @@ def collect_kafka(db: Any, settings: Any, measure: bool = True, timeout_s: float
         note = "Kafka not measured (--no-kafka)"
     at, rows = latest_snapshot(db)
     if at is None:
-        return {"measured_at": None, "method": None, "note": note, "summary": None}
-    return {
-        "measured_at": at, "method": "stored snapshot", "note": note,
-        "summary": summarize(rows, settings.topic_readings, settings.topic_local_updates,
-                             settings.topic_global_updates),
-    }
+        return {"measured_at": None, "method": None, "note": note, "summary": None, "sites": {},
+                "bandwidth": None, "central_readings": None}  # fmt: skip
+    return kafka_section(settings, at, "stored snapshot", note, rows)
 
 
 def collect_worker(settings: Any, timeout_s: float = 2.0) -> dict[str, Any] | None:
@@ -537,6 +682,8 @@ def collect(db: Any, settings: Any, measure_kafka: bool = True, kafka_timeout_s:
     report = collect_database(db)
     report["kafka"] = kafka
     report["worker"] = collect_worker(settings)
+    report["bandwidth"] = kafka["bandwidth"]
+    report["central_readings"] = kafka["central_readings"]
     return report
 
 
@@ -589,7 +736,7 @@ def _tables_present(db: Any) -> dict[str, bool]:
     from flead_app.io.db.schema import metadata
 
     with db.engine.connect() as conn:
-        present = set(conn.execute(
-            text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
-        ).scalars())
+        present = set(
+            conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")).scalars()
+        )
     return {t: t in present for t in metadata.tables}

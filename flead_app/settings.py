@@ -28,6 +28,10 @@ MAX_KAFKA_PORT = 65535 - 10000 - 9  # controllers listen 10000 above the brokers
 
 
 WORKERS_DIR = "workers"
+ROLES = ("all", "site", "central")
+#: site K's broker listens on FLEAD_KAFKA_PORT + 10 + K - 1 unless FLEAD_SITE_PORT says otherwise
+#: (the central cluster takes PORT..PORT+9)
+SITE_PORT_OFFSET = 10
 
 
 def _home() -> Path:
@@ -119,6 +123,35 @@ class Settings:
         default=29092,
         metadata={"help": "First client port of the local Kafka cluster (brokers PORT.., controllers PORT+10000..)"},
     )
+    sites: int = field(
+        default=0,
+        metadata={
+            "help": "Sites (their own one-broker Kafka cluster each) beside the central cluster; default: "
+            "the running stack's, else 0 (one cluster)"
+        },
+    )
+    site: int = field(
+        default=0,
+        metadata={
+            "help": "This process works at site K (1..sites): the simulator sends that site's share of the "
+            "fleet, workers and tools talk to that site's cluster; 0 = the central cluster"
+        },
+    )
+    role: str = field(
+        default="all",
+        metadata={
+            "help": "Which agents a worker runs: all (one cluster), site (detector + global-model follower) "
+            "or central (FedAvg + sink)"
+        },
+    )
+    site_port: int = field(
+        default=0,
+        metadata={
+            "help": "Client port of site 1's broker (site K: PORT+K-1, its controller 10000 above); "
+            "default FLEAD_KAFKA_PORT+10"
+        },
+    )
+    mirror_heap: str = field(default="320m", metadata={"help": "Java heap of the MirrorMaker 2 process"})
     kafka_cache: str = field(
         default="", metadata={"help": "Folder of the Kafka jars; default ~/.cache/flead/kafka-<version>"}
     )
@@ -280,6 +313,11 @@ class Settings:
         return Path(self.home).resolve() if self.home else _home()
 
     @property
+    def at_site(self) -> bool:
+        """This process works at a site (its cluster is the site's), not at the centre."""
+        return self.site > 0
+
+    @property
     def sink_group(self) -> str:
         """The database sink's consumer group (the Faust agents use ``app_id``)."""
         return f"{self.app_id}-sink"
@@ -288,11 +326,13 @@ class Settings:
     def worker_dir(self) -> Path:
         """This worker's local table files (RocksDB), one folder per app id and web port.
 
-        Per app id, because the files cache changelog topics of that app: a worker of another
-        app (a benchmark, a test) must not find them. ``flead stack up --replace`` and
-        ``flead stack down --wipe`` delete all of them with the Kafka data they cache.
+        Per app id (and site), because the files cache changelog topics of that app on that
+        cluster: a worker of another app (a benchmark, a test) or another site must not find them.
+        ``flead stack up --replace`` and ``flead stack down --wipe`` delete all of them with the
+        Kafka data they cache.
         """
-        return self.home_path / WORKERS_DIR / f"{self.app_id}-{self.web_port}"
+        site = f"-site{self.site}" if self.site else ""
+        return self.home_path / WORKERS_DIR / f"{self.app_id}{site}-{self.web_port}"
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -340,10 +380,28 @@ def load_settings() -> Settings:
     values = {f.name: _env(f.name, f.default) for f in _settable()}
     values["db_url_given"] = bool(values["db_url"])
     state = read_stack_state()
+    stack_sites = state.get("sites") or {}
+    if not values["sites"]:
+        values["sites"] = len(stack_sites)
+    if values["role"] not in ROLES:
+        raise ValueError(f"FLEAD_ROLE must be all, site or central, got {values['role']!r}")
+    if values["site"] < 0 or (values["site"] and values["site"] > values["sites"]):
+        raise ValueError(
+            f"FLEAD_SITE={values['site']} is not one of the {values['sites']} site(s) (1..{values['sites']})"
+        )
+    if values["role"] == "site" and not values["site"]:
+        raise ValueError("FLEAD_ROLE=site needs FLEAD_SITE=K: which site the worker serves")
+    if values["role"] == "central" and values["site"]:
+        raise ValueError("FLEAD_ROLE=central runs on the central cluster: unset FLEAD_SITE")
+    if not values["site_port"]:
+        values["site_port"] = values["kafka_port"] + SITE_PORT_OFFSET
+    site_state = stack_sites.get(str(values["site"]), {}) if values["site"] else {}
+    cluster_state = site_state if values["site"] else state  # the cluster this process talks to
     if not values["kafka_bootstrap"]:
-        values["kafka_bootstrap"] = state.get("bootstrap", "localhost:29092")
+        default = f"localhost:{values['site_port'] + values['site'] - 1}" if values["site"] else "localhost:29092"
+        values["kafka_bootstrap"] = cluster_state.get("bootstrap", default)
     if not values["replication_factor"]:
-        brokers = int(state.get("brokers", 1) or 1)
+        brokers = int(cluster_state.get("brokers", 1) or 1)
         values["replication_factor"] = min(3, brokers)
     if not values["db_url"]:
         values["db_url"] = state.get("db_url", "")
@@ -378,6 +436,37 @@ def load_settings() -> Settings:
             f"FLEAD_KAFKA_PORT={values['kafka_port']} is out of range: the stack needs PORT..PORT+9 and "
             f"PORT+10000.. free, below 65536"
         )
+    if not 1024 <= values["site_port"] <= 65535 - 10000 - max(values["sites"], 1):
+        raise ValueError(
+            f"FLEAD_SITE_PORT={values['site_port']} is out of range: sites need PORT..PORT+sites-1 and "
+            f"PORT+10000.. free, below 65536"
+        )
     if not 0.0 < values["prior_anomaly_rate"] < 1.0:
         raise ValueError(f"FLEAD_PRIOR_ANOMALY_RATE must lie in (0, 1), got {values['prior_anomaly_rate']}")
     return Settings(**values)
+
+
+def at_site(settings: Settings, site: int, state: dict[str, Any] | None = None, **changes: Any) -> Settings:
+    """``settings`` as a process working at site ``site`` has them: that site's cluster (from
+    ``stack.json`` or ``state``, else its default port) and its replication; ``site=0`` is the centre.
+
+    For commands that talk to several clusters (the demo, the report, tests); a process that
+    works at one site gets ``FLEAD_SITE`` instead (``setting_env(site=K)``).
+
+    >>> s = at_site(Settings(kafka_bootstrap="localhost:29092", sites=2, site_port=29102), 2, state={})
+    >>> s.site, s.kafka_bootstrap, s.replication_factor
+    (2, 'localhost:29103', 1)
+    """
+    from dataclasses import replace
+
+    if not 0 <= site <= settings.sites:
+        raise ValueError(f"site {site} is not one of the {settings.sites} site(s) (1..{settings.sites})")
+    state = read_stack_state() if state is None else state
+    if site == 0:
+        bootstrap = state.get("bootstrap", settings.kafka_bootstrap) if settings.site else settings.kafka_bootstrap
+        rf = min(3, int(state.get("brokers", 1) or 1))
+    else:
+        site_state = (state.get("sites") or {}).get(str(site), {})
+        bootstrap = site_state.get("bootstrap", f"localhost:{settings.site_port + site - 1}")
+        rf = 1
+    return replace(settings, site=site, kafka_bootstrap=bootstrap, replication_factor=rf, **changes)

@@ -30,16 +30,17 @@ import sys
 import textwrap
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 import numpy as np
 import orjson
 
+from flead_app.algorithms.sites import site_of
 from flead_app.fleet import DEFAULT_ANOMALY_RATE, WARMUP_READINGS, Fleet, Readings, empty_readings, message_starts
 from flead_app.models import encode_batch
-from flead_app.settings import Settings, load_settings
+from flead_app.settings import Settings, at_site, load_settings
 
 PROGRESS_EVERY_S = 2.0
 MAX_CHUNK_READINGS = 5_000  # readings generated, encoded and queued per step of the loop
@@ -150,13 +151,28 @@ class Source(Protocol):
 
 
 class FleetSource:
-    """Simulated devices, taking turns; each message is ``batch`` readings of one device."""
+    """Simulated devices, taking turns; each message is ``batch`` readings of one device.
 
-    def __init__(self, fleet: Fleet, batch: int, interval_s: float) -> None:
+    ``devices``: the indices of the devices this run sends (a site's share of the fleet); the
+    whole fleet by default. The others exist (the fleet is the same whatever the share, so a
+    device behaves alike at every site count) but send nothing.
+    """
+
+    def __init__(self, fleet: Fleet, batch: int, interval_s: float, devices: np.ndarray | None = None) -> None:
         self.fleet = fleet
         self.batch = batch
         self.interval_s = interval_s
         self.device_ids = fleet.device_ids
+        self.order = np.arange(fleet.n_devices) if devices is None else np.asarray(devices, np.int64)
+        self._next = 0
+
+    def round_robin(self, m: int) -> np.ndarray:
+        """The next ``m`` (at most all) distinct devices of this run, in cyclic order."""
+        n = len(self.order)
+        m = min(m, n)
+        idx = self.order[(self._next + np.arange(m)) % n]
+        self._next = (self._next + m) % n
+        return idx
 
     def take(self, budget: int, now: float, exact: bool) -> tuple[Readings, np.ndarray]:
         full, rem = divmod(budget, self.batch)
@@ -164,11 +180,11 @@ class FleetSource:
             rem = 0
         parts: list[Readings] = []
         while full > 0:
-            devices = self.fleet.round_robin(full)
+            devices = self.round_robin(full)
             parts.append(self.fleet.next_readings(devices, now, self.batch, self.interval_s))
             full -= devices.shape[0]
         if rem:
-            parts.append(self.fleet.next_readings(self.fleet.round_robin(1), now, rem, self.interval_s))
+            parts.append(self.fleet.next_readings(self.round_robin(1), now, rem, self.interval_s))
         if not parts:
             return empty_readings(), np.empty(0, np.int64)
         readings = parts[0] if len(parts) == 1 else _concat(parts)
@@ -178,10 +194,15 @@ class FleetSource:
 class ReplaySource:
     """Rows of a CSV replay in their send order (see ``ReplayData.schedule``)."""
 
-    def __init__(self, data: Any, batch: int) -> None:
+    def __init__(self, data: Any, batch: int, devices: np.ndarray | None = None) -> None:
         self.data = data
         self.device_ids = data.device_ids
         self.readings, self.starts = data.schedule(batch)
+        if devices is not None:  # a site's share: whole messages of its devices, in the same order
+            r, keep = self.readings, np.isin(self.readings.device, devices)
+            new_index = np.cumsum(keep) - 1
+            self.starts = new_index[self.starts[keep[self.starts]]]
+            self.readings = Readings(r.device[keep], r.timestamp[keep], r.value[keep], r.label[keep], r.kind[keep])
         self._bounds = np.append(self.starts, len(self.readings))
         self.pos = 0
 
@@ -224,6 +245,8 @@ class SimOptions:
     warmup: int = WARMUP_READINGS  # normal readings per device before the first anomaly
     topic: str | None = None
     bootstrap: list[str] | None = None
+    #: (site, sites): send only the devices of this site (``site_of``), at their share of the rate
+    site: tuple[int, int] | None = None
     progress_every_s: float = PROGRESS_EVERY_S
     metadata_timeout_s: float = METADATA_TIMEOUT_S
     #: backpressure: awaited before each chunk with the readings sent so far (``flead bench``
@@ -324,6 +347,14 @@ class _Tally:
         }
 
 
+def site_devices(device_ids: list[str], site: tuple[int, int] | None) -> np.ndarray | None:
+    """Indices of the devices of ``site`` = (k, sites) by ``site_of``; None: every device."""
+    if site is None:
+        return None
+    k, sites = site
+    return np.array([i for i, d in enumerate(device_ids) if site_of(d, sites) == k], np.int64)
+
+
 def _make_source(opts: SimOptions) -> tuple[Source, Fleet | None, Any]:
     if opts.csv:
         from flead_app.replay import load_csv
@@ -331,10 +362,11 @@ def _make_source(opts: SimOptions) -> tuple[Source, Fleet | None, Any]:
         data = load_csv(opts.csv, skip_bad=opts.skip_bad)
         if len(data) == 0:
             raise ValueError(f"{opts.csv} holds no readings")
-        return ReplaySource(data, opts.batch), None, data
+        return ReplaySource(data, opts.batch, site_devices(data.device_ids, opts.site)), None, data
     fleet = Fleet(opts.devices, seed=opts.seed, anomaly_rate=opts.anomaly_rate, warmup=opts.warmup)
     per_device_s = opts.devices * 60.0 / opts.rate if opts.rate > 0 else 0.001
-    return FleetSource(fleet, opts.batch, per_device_s), fleet, None
+    devices = site_devices(fleet.device_ids, opts.site)
+    return FleetSource(fleet, opts.batch, per_device_s, devices), fleet, None
 
 
 def _broker_label(node: Any) -> str:
@@ -382,14 +414,21 @@ async def simulate(
     if opts.rate < 0:
         raise ValueError("--rate must be >= 0 (0 = as fast as possible)")
     source, fleet, data = _make_source(opts)
+    sending = len(source.order) if isinstance(source, FleetSource) else len(np.unique(source.readings.device))
+    if opts.site is not None:
+        if not sending:
+            raise ValueError(f"no device of the fleet belongs to site {opts.site[0]} of {opts.site[1]}")
+        # the fleet's rate is for all its devices: a site sends its share of it
+        opts = replace(opts, rate=opts.rate * sending / max(1, len(source.device_ids)))
     topic = opts.topic or settings.topic_readings
     bootstrap = opts.bootstrap or settings.bootstrap_servers
     stop = stop or asyncio.Event()
+    where = f", site {opts.site[0]} of {opts.site[1]} (site_of: crc32(device_id) % sites + 1)" if opts.site else ""
     summary = Summary(
         topic=topic,
         partitions=0,
-        source=f"csv {opts.csv}" if opts.csv else f"simulated fleet (seed {opts.seed})",
-        devices=len(source.device_ids),
+        source=(f"csv {opts.csv}" if opts.csv else f"simulated fleet (seed {opts.seed})") + where,
+        devices=sending,
         batch=opts.batch,
         target_rate_per_s=opts.rate / 60.0,
         skipped_rows=data.skipped if data is not None else 0,
@@ -576,6 +615,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--csv", default=None, help="replay this long-format CSV (.csv, .csv.gz, or a folder of them)")
     p.add_argument("--skip-bad", action="store_true", help="count and skip bad CSV rows instead of stopping")
+    p.add_argument(
+        "--site", type=int, default=None, metavar="K",
+        help="send only the devices of site K (1..sites; crc32(device_id) % sites + 1) to site K's cluster, "
+        "at their share of the rate (default FLEAD_SITE; required when the stack has sites)",
+    )  # fmt: skip
     p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: the running stack's)")
     p.add_argument("--topic", default=None, help=f"topic (default FLEAD_TOPIC_READINGS, {d.topic_readings})")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -596,6 +640,7 @@ def options_from_args(args: argparse.Namespace, settings: Settings) -> SimOption
         warmup=settings.min_history + 2,  # anomalies start once the detector scores the device
         topic=args.topic,
         bootstrap=[s.strip() for s in args.bootstrap.split(",") if s.strip()] if args.bootstrap else None,
+        site=(settings.site, settings.sites) if settings.site else None,
     )
 
 
@@ -613,6 +658,13 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     try:
+        if args.site is not None:
+            settings = at_site(settings, args.site)
+        if settings.sites and not settings.site and not args.bootstrap:
+            raise ValueError(
+                f"the stack has {settings.sites} sites and its central cluster takes no readings: "
+                f"send to a site with --site K (1..{settings.sites}), one simulator per site"
+            )
         opts = options_from_args(args, settings)
         if opts.devices < 1:
             raise ValueError("--devices must be at least 1")

@@ -1,21 +1,18 @@
-"""The worker's web views: ``/flead/stats/`` (counters), ``/flead/device/{device_id}/`` (a
-device's table row) and the live page ``/dashboard`` (``flead_app.dashboard.page``).
+"""The worker's web views: ``/flead/stats/`` (counters) and the live page ``/dashboard``
+(``flead_app.dashboard.page``); workers that detect also serve ``/flead/device/{device_id}/``
+(``flead_app.agents.device_view``).
 
-The device view is a Faust table route: asked on any worker, it is forwarded to the worker
-that owns the device's partition, so ``flead device`` reads the live table wherever it lives.
-Every worker serves the live page; all read the same database, so any worker's page shows the
-whole fleet (``flead dashboard serve`` serves the same page without a worker).
+This module imports no agent, so a worker of any role (``FLEAD_ROLE``) can serve it without
+registering agents it should not run. Every worker serves the live page; all read the same
+database, so any worker's page shows the whole fleet (``flead dashboard serve`` serves the same page without a worker).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flead_app.agents import detector
-from flead_app.app import app, runtime
+from flead_app.app import app, runtime, settings
 from flead_app.dashboard import page
-from flead_app.tables.device_state import device_state
-from flead_app.tables.rows import DeviceRow
 
 
 def worker_stats() -> dict[str, Any]:
@@ -24,6 +21,8 @@ def worker_stats() -> dict[str, Any]:
     never_acked = sum(group.get("outputs_never_acknowledged", 0) for group in stats.values() if isinstance(group, dict))
     return {
         **stats,
+        "role": settings.role,
+        "site": settings.site,
         "outputs_never_acknowledged": never_acked,
         "global_version": runtime.global_model.version,
         "global_accuracy": runtime.global_model.accuracy,
@@ -34,19 +33,6 @@ def worker_stats() -> dict[str, Any]:
 @app.page("/flead/stats/")
 async def stats_view(web, request):  # noqa: ANN001, ANN201
     return web.json(worker_stats())
-
-
-@app.page("/flead/device/{device_id}/")
-@app.table_route(table=device_state, match_info="device_id")
-async def device_view(web, request, device_id: str):  # noqa: ANN001, ANN201
-    key = device_id.encode()
-    row = detector.rows.cached(key)  # changed since the last commit: newer than the table
-    if row is None:
-        raw = device_state.get(key)
-        if raw is None:
-            return web.json({"device_id": device_id, "found": False}, status=404)
-        row = DeviceRow.from_bytes(raw)
-    return web.json({"device_id": device_id, "found": True, **row.state.summary()})
 
 
 source = page.DataSource()

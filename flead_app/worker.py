@@ -22,6 +22,8 @@ from flead_app.settings import Settings, load_settings
 
 #: the worker's tables (flead_app/tables): Faust names their changelog topics <app id>-<table>-changelog
 TABLES = ("device_state", "fedavg_state")
+#: the tables a worker of each role (FLEAD_ROLE) keeps: a site detects, the centre averages
+ROLE_TABLES = {"all": TABLES, "site": ("device_state",), "central": ("fedavg_state",)}
 
 
 def prepare_changelog_topics(settings: Settings, timeout: float = 60.0) -> list[str]:
@@ -37,7 +39,7 @@ def prepare_changelog_topics(settings: Settings, timeout: float = 60.0) -> list[
 
     from flead_app.io.kafka import create_topics, wait_topics_known
 
-    names = [f"{settings.app_id}-{table}-changelog" for table in TABLES]
+    names = [f"{settings.app_id}-{table}-changelog" for table in ROLE_TABLES[settings.role]]
 
     async def go() -> None:
         await create_topics(settings, names, configs={"cleanup.policy": "compact"})
@@ -82,7 +84,9 @@ class WorkerProcess:
     """A background Faust worker with its log in the state folder.
 
     ``app`` is the Faust app module (the product's by default) and ``ready_path`` the page that
-    answers once its web server is up.
+    answers once its web server is up. ``settings`` are this process's view of the worker's
+    settings (its cluster, web port, role); ``env`` must carry the same ones to the child, which
+    reads its own.
     """
 
     def __init__(

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the test suite against a real stack: setup, `flead stack up --brokers 4` (Kafka on
+# Run the test suite against a real stack: setup, `flead stack up --brokers 4 --sites 0` (Kafka on
 # 29092-29095 unless FLEAD_KAFKA_PORT says otherwise, PostgreSQL), pytest, then stop the stack.
 # Arguments are passed to pytest; pytest's exit code is the script's.
 set -euo pipefail
@@ -15,7 +15,7 @@ stop_stack() {
 trap stop_stack EXIT
 
 echo "[test] starting the stack (FLEAD_HOME=$FLEAD_HOME)"
-.venv/bin/flead stack up --brokers 4 --replace
+.venv/bin/flead stack up --brokers 4 --sites 0 --replace
 
 set +e
 .venv/bin/pytest -q "$@"

@@ -133,7 +133,9 @@ def test_the_core_imports_no_framework_or_service_client():
             roots = (
                 [a.name.split(".")[0] for a in node.names]
                 if isinstance(node, ast.Import)
-                else [node.module.split(".")[0]] if isinstance(node, ast.ImportFrom) and node.module else []
+                else [node.module.split(".")[0]]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else []
             )
             offenders += [f"{name} imports {r}" for r in roots if r in CORE_FORBIDDEN]
     assert not offenders, offenders
@@ -187,9 +189,9 @@ def test_settings_outside_settings_py_are_not_looked_up_by_name():
 
 def _has_methods(cls: type) -> bool:
     """Behaviour beyond a record's own (de)serialisation."""
-    return any(
-        callable(v) and not k.startswith(("_", "to_", "from_")) for k, v in vars(cls).items()
-    ) or any(isinstance(v, property) for v in vars(cls).values())
+    return any(callable(v) and not k.startswith(("_", "to_", "from_")) for k, v in vars(cls).items()) or any(
+        isinstance(v, property) for v in vars(cls).values()
+    )
 
 
 CORE_WITH_EXAMPLES = [
@@ -204,10 +206,12 @@ CORE_WITH_EXAMPLES = [
     "flead_app.algorithms.running_stats",
     "flead_app.algorithms.sgd",
     "flead_app.algorithms.holdout",
+    "flead_app.algorithms.sites",
     "flead_app.runtime",
     "flead_app.settings",
     "flead_app.tables.rows",
     "flead_app.io.kafka",
+    "flead_app.io.traffic",
     "flead_app.models",
 ]
 

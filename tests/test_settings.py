@@ -72,3 +72,64 @@ def test_sasl_ssl_settings_reach_the_kafka_clients(monkeypatch, tmp_path):
 def test_every_setting_is_documented():
     docs = documented_settings()
     assert all(d.name.startswith("FLEAD_") and d.help for d in docs)
+
+
+def test_roles_and_sites_are_checked_and_a_site_talks_to_its_own_cluster(monkeypatch, tmp_path):
+    import json
+
+    from flead_app.settings import at_site
+
+    monkeypatch.setenv("FLEAD_HOME", str(tmp_path))
+    (tmp_path / "stack.json").write_text(json.dumps({
+        "bootstrap": "localhost:29092,localhost:29093", "brokers": 4,
+        "sites": {"1": {"bootstrap": "localhost:29102", "brokers": 1}, "2": {"bootstrap": "localhost:29103"}},
+    }))  # fmt: skip
+    s = load_settings()
+    assert (s.role, s.site, s.sites, s.replication_factor) == ("all", 0, 2, 3)
+    monkeypatch.setenv("FLEAD_ROLE", "site")
+    with pytest.raises(ValueError, match="needs FLEAD_SITE"):
+        load_settings()
+    monkeypatch.setenv("FLEAD_SITE", "2")
+    s = load_settings()
+    assert (s.kafka_bootstrap, s.replication_factor, s.worker_dir.name) == ("localhost:29103", 1, "flead-site2-6066")
+    monkeypatch.setenv("FLEAD_SITE", "3")
+    with pytest.raises(ValueError, match="not one of the 2 site"):
+        load_settings()
+    monkeypatch.setenv("FLEAD_ROLE", "central")
+    monkeypatch.setenv("FLEAD_SITE", "1")
+    with pytest.raises(ValueError, match="central cluster"):
+        load_settings()
+    monkeypatch.delenv("FLEAD_SITE")
+    monkeypatch.setenv("FLEAD_ROLE", "edge")
+    with pytest.raises(ValueError, match="all, site or central"):
+        load_settings()
+    monkeypatch.delenv("FLEAD_ROLE")
+    central = load_settings()
+    site1 = at_site(central, 1)
+    assert (site1.kafka_bootstrap, site1.replication_factor, at_site(site1, 0).kafka_bootstrap) == (
+        "localhost:29102", 1, "localhost:29092,localhost:29093")  # fmt: skip
+
+
+def test_a_worker_discovers_only_the_modules_of_its_role(tmp_path):
+    """Importing a module registers its agents: the centre must not consume readings, a site must
+    not average or write the database."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from flead_app.app import app\napp.discover()\n"
+        "print(sorted(a.rsplit('.', 1)[-1] for a in app.agents), sorted(app.tables))"
+    )
+    expected = {
+        "all": "['detect', 'federated_averaging'] ['device_state', 'fedavg_state']",
+        "site": "['detect'] ['device_state']",
+        "central": "['federated_averaging'] ['fedavg_state']",
+    }
+    for role, want in expected.items():
+        env = {**os.environ, "FLEAD_HOME": str(tmp_path), "FLEAD_ROLE": role, "FLEAD_SITES": "1"}
+        if role == "site":
+            env["FLEAD_SITE"] = "1"
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == want, role

@@ -118,3 +118,26 @@ def test_replay_source_respects_message_boundaries(tmp_path):
     r, starts = src.take(100, now=0.0, exact=False)
     assert r.value.tolist() == [8, 7]
     assert len(src.take(100, now=0.0, exact=False)[0]) == 0
+
+
+def test_a_site_sends_only_its_share_of_the_fleet(tmp_path):
+    from flead_app.algorithms.sites import site_of
+    from flead_app.simulate import site_devices
+
+    fleet = Fleet(40, seed=0)
+    mine = site_devices(fleet.device_ids, (2, 3))
+    assert mine.tolist() == [i for i, d in enumerate(fleet.device_ids) if site_of(d, 3) == 2] and 0 < len(mine) < 40
+    src = FleetSource(fleet, batch=2, interval_s=1.0, devices=mine)
+    r, starts = src.take(4 * len(mine), now=T0, exact=False)
+    assert set(r.device.tolist()) == set(mine.tolist()) and len(starts) == 2 * len(mine)
+    lines = ["device_id,timestamp,value,label"] + [f"device_{i % 6},2025-01-01 00:00:{i:02d},{i},0" for i in range(12)]
+    path = tmp_path / "r.csv"
+    path.write_text("\n".join(lines) + "\n")
+    data = load_csv(path)
+    keep = site_devices(data.device_ids, (2, 2))  # device_0..3 belong to site 2 of 2, device_4 and 5 to site 1
+    replay = ReplaySource(data, batch=2, devices=keep)
+    r, starts = replay.take(100, now=0.0, exact=False)
+    ids = [data.device_ids[d] for d in r.device.tolist()]
+    assert ids and all(site_of(d, 2) == 2 for d in ids) and len(r) == 2 * len(keep) == 8
+    bounds = [*starts.tolist(), len(r)]
+    assert all(len(set(r.device[a:b].tolist())) == 1 for a, b in zip(bounds, bounds[1:], strict=False))

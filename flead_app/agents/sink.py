@@ -60,8 +60,9 @@ async def drain(consumer: AIOKafkaConsumer, sink: PostgresSink) -> int:
     if result.rejected:
         counters["rows_dead_lettered"] += len(result.rejected)
         acks = [
-            await send_dead_record(r.record.topic, r.record.partition, r.record.offset, r.record.key,
-                                   r.record.value, r.reason)  # fmt: skip
+            await send_dead_record(
+                r.record.topic, r.record.partition, r.record.offset, r.record.key, r.record.value, r.reason
+            )  # fmt: skip
             for r in result.rejected
         ]
         await asyncio.gather(*acks)  # acknowledged before the offsets move past them

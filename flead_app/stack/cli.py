@@ -25,6 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--brokers", type=int, choices=[1, 4], default=None,
                     help="1 (dev) or 4 (3 controllers + 1 broker, RF 3); default: the existing "
                     "cluster's, else 4")  # fmt: skip
+    up.add_argument("--sites", type=int, default=None, metavar="N",
+                    help="N sites beside the central cluster: a one-broker cluster each (ports from "
+                    "$FLEAD_SITE_PORT) and MirrorMaker 2 carrying model updates and anomalies up, global "
+                    "models down; 0 stops them; default: as many as the running stack has")  # fmt: skip
     up.add_argument(
         "--replace", action="store_true", help="stop a running cluster of another size in this FLEAD_HOME first"
     )
@@ -55,6 +59,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sb.add_argument("node", type=int)
     sb.add_argument("--timeout", type=float, default=180.0)
     sb.set_defaults(func=cmd_start)
+
+    mc = sub.add_parser(
+        "mirror-config",
+        help="print MirrorMaker 2's configuration for sites on other machines (mm2.properties)",
+        description="The mm2.properties `flead stack up --sites N` generates, for clusters anywhere: run it "
+        "with Kafka's bin/connect-mirror-maker.sh (or org.apache.kafka.connect.mirror.MirrorMaker) next to "
+        "the central cluster. Topic names come from the FLEAD_TOPIC_* settings.",
+    )
+    mc.add_argument("--central", default=None, metavar="HOST:PORT[,...]",
+                    help="the central cluster's bootstrap servers (default: the settings')")  # fmt: skip
+    mc.add_argument("--central-replication", type=int, default=None, metavar="N",
+                    help="replication of topics created centrally (default: the settings')")  # fmt: skip
+    mc.add_argument("--site", action="append", required=True, metavar="K=HOST:PORT[,...]",
+                    help="site K's bootstrap servers; once per site")  # fmt: skip
+    mc.set_defaults(func=cmd_mirror_config)
 
     fe = sub.add_parser("fetch", help="only download the Kafka jars into the cache")
     fe.set_defaults(func=cmd_fetch)
@@ -88,7 +107,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from flead_app.stack.local import up
 
     try:
-        res = up(args.brokers, with_db=not args.no_db, timeout=args.timeout, replace=args.replace)
+        res = up(args.brokers, with_db=not args.no_db, timeout=args.timeout, replace=args.replace, sites=args.sites)
     except StackError as exc:
         return _fail(exc)
     c = res.cluster
@@ -101,6 +120,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         if res.preload:
             print(f"  {res.preload}")
         print(f"  schema created or checked: {res.db_backend}")
+    if res.sites is not None:
+        started = (res.sites_result or {}).get("started_sites") or "none, already running"
+        for k, site in res.sites.clusters.items():
+            print(f"Site {k}: 1 broker at {site.bootstrap}, replication 1 (all FLEAD topics)")
+        print(f"  sites started now: {started}; the central cluster has no readings topic")
+        mm = res.sites.mirror
+        how = "started now" if (res.sites_result or {}).get("mirror_started") else "already running"
+        print(f"MirrorMaker 2 ({how}, "
+              f"pid {mm.pid()}): {', '.join(mm.plan.up)} site -> central; {', '.join(mm.plan.down)} central -> "
+              f"site; config {mm.config_file}")  # fmt: skip
     print(f"jars: {'downloaded' if res.downloaded else 'cached, nothing downloaded'}; "
           f"ready in {res.seconds:.1f} s; state in {c.home / 'stack.json'}")  # fmt: skip
     return 0
@@ -113,6 +142,8 @@ def cmd_down(args: argparse.Namespace) -> int:
         out = down(args.wipe)
     except StackError as exc:
         return _fail(exc)
+    for name, result in out.get("sites", {}).items():
+        print(f"{'MirrorMaker 2' if name == 'mirror' else name.replace('site', 'Site ')}: {result}")
     if not out["kafka"]:
         print("Kafka: no cluster in this FLEAD_HOME")
     for node, result in sorted(out["kafka"].items()):
@@ -171,6 +202,18 @@ def format_status(data: dict[str, Any]) -> str:
             cells.append(f"p{p['partition']}: leader {leader} isr [{isr}]")
         for i in range(0, len(cells), 4):
             lines.append("    " + "   ".join(f"{c:<26}" for c in cells[i : i + 4]).rstrip())
+    for k, site in (data.get("sites") or {}).items():
+        b = site["brokers"][0]
+        alive = "yes" if b["alive"] else "NO"
+        bad = [t["name"] for t in site["topics"] if not t["healthy"]]
+        health = f", NOT HEALTHY: {', '.join(bad)}" if bad else ", healthy"
+        lines.append(f"site {k}: broker {b['address']} pid {b['pid'] or '-'} alive {alive}; "
+                     f"{len(site['topics'])} topics{health}")  # fmt: skip
+    if "mirror" in data:
+        m = data["mirror"]
+        lines.append(f"MirrorMaker 2: pid {m['pid'] or 'NOT RUNNING'}  (config {m['config']}, log {m['log']})")
+        for f in m["flows"]:
+            lines.append(f"  {f['source']} -> {f['target']}: {', '.join(f['topics'])}  [{f['state']}]")
     db = data["database"]
     lines.append(
         f"database: {db.get('url') or '-'} {'answers' if db['answers'] else 'DOES NOT ANSWER: ' + db['error']}"
@@ -209,6 +252,24 @@ def cmd_start(args: argparse.Namespace) -> int:
     except (StackError, ValueError) as exc:
         return _fail(exc)
     print(f"broker {args.node}: {'started and registered' if started else 'already running'}")
+    return 0
+
+
+def cmd_mirror_config(args: argparse.Namespace) -> int:
+    from flead_app.settings import load_settings
+    from flead_app.stack.config import MirrorPlan, render_mm2_properties, site_alias
+    from flead_app.stack.sites import down_topics, up_topics
+
+    settings = load_settings()
+    sites = []
+    for item in args.site:
+        key, sep, bootstrap = item.partition("=")
+        if not sep or not key.isdigit() or not bootstrap:
+            return _fail(StackError(f"--site takes K=HOST:PORT[,...], got {item!r}"))
+        sites.append((site_alias(int(key)), bootstrap))
+    plan = MirrorPlan(args.central or settings.kafka_bootstrap, args.central_replication or settings.replication_factor,
+                      tuple(sites), up_topics(settings), down_topics(settings))  # fmt: skip
+    sys.stdout.write(render_mm2_properties(plan))
     return 0
 
 

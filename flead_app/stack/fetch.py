@@ -4,6 +4,11 @@ The cache is ``$FLEAD_KAFKA_CACHE`` or ``$XDG_CACHE_HOME/flead/kafka-<version>``
 ``~/.cache/flead/kafka-<version>``), holding ``libs/*.jar`` and a marker ``libs/.complete``
 written only after Maven copied every jar. With the marker present nothing is downloaded and
 Maven is not even started, so later runs work offline.
+
+MirrorMaker 2 (``org.apache.kafka:connect-mirror``, the same version as the brokers) is fetched
+the same way into its own folder beside it, ``mirror-maker-<version>/libs`` (``fetch_mirror``):
+it brings Kafka Connect's runtime (Jetty, Jersey, Jackson), which the brokers' class path has no
+use for, and a folder of its own leaves the brokers' cache as every existing machine has it.
 """
 
 from __future__ import annotations
@@ -60,12 +65,34 @@ class FetchResult:
     jars: int
 
 
-def libs_dir(version: str) -> Path:
-    return cache_root(version) / "libs"
+@dataclass(frozen=True)
+class Artifact:
+    """What one fetch brings: its POM (in this package), its cache folder, a jar that must arrive."""
+
+    pom: str
+    folder: str  # cache folder name before ``-<version>``
+    main_jar: str  # a jar name prefix that proves the fetch worked
+    what: str
 
 
-def is_cached(version: str) -> bool:
-    libs = libs_dir(version)
+KAFKA = Artifact("kafka-pom.xml", "kafka", "kafka_2.13-", "Apache Kafka")
+MIRROR = Artifact("mirror-pom.xml", "mirror-maker", "connect-mirror-", "Kafka MirrorMaker 2")
+
+
+def artifact_root(version: str, artifact: Artifact) -> Path:
+    """Kafka's own cache root, or its sibling for another artifact (same parent folder)."""
+    root = cache_root(version)
+    if artifact is KAFKA:
+        return root
+    return root.parent / f"{artifact.folder}-{version}"
+
+
+def libs_dir(version: str, artifact: Artifact = KAFKA) -> Path:
+    return artifact_root(version, artifact) / "libs"
+
+
+def is_cached(version: str, artifact: Artifact = KAFKA) -> bool:
+    libs = libs_dir(version, artifact)
     marker = libs / MARKER
     if not marker.is_file():
         return False
@@ -97,26 +124,31 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def fetch(version: str) -> FetchResult:
-    """Make sure the jars of Kafka ``version`` are in the cache; download them if not."""
+def fetch(version: str, artifact: Artifact = KAFKA) -> FetchResult:
+    """Make sure the jars of Kafka ``version`` (or of ``artifact``) are in the cache; download them if not."""
     start = time.monotonic()
-    libs = libs_dir(version)
-    if is_cached(version):
-        log.debug("Kafka %s jars cached in %s (nothing downloaded)", version, libs)
+    libs = libs_dir(version, artifact)
+    if is_cached(version, artifact):
+        log.debug("%s %s jars cached in %s (nothing downloaded)", artifact.what, version, libs)
         return FetchResult(libs, False, time.monotonic() - start, _count(libs))
-    root = cache_root(version)
+    root = artifact_root(version, artifact)
     with _locked(root / ".lock"):
-        if is_cached(version):  # another process fetched while we waited
+        if is_cached(version, artifact):  # another process fetched while we waited
             return FetchResult(libs, False, time.monotonic() - start, _count(libs))
-        _download(version, root)
+        _download(version, root, artifact)
     return FetchResult(libs, True, time.monotonic() - start, _count(libs))
+
+
+def fetch_mirror(version: str) -> FetchResult:
+    """The jars of MirrorMaker 2 for Kafka ``version`` (``org.apache.kafka:connect-mirror``)."""
+    return fetch(version, MIRROR)
 
 
 def _count(libs: Path) -> int:
     return sum(1 for _ in libs.glob("*.jar"))
 
 
-def _download(version: str, root: Path) -> None:
+def _download(version: str, root: Path, artifact: Artifact = KAFKA) -> None:
     require_java()
     mvn = shutil.which("mvn")
     if not mvn:
@@ -124,11 +156,11 @@ def _download(version: str, root: Path) -> None:
             "Maven is not installed (no `mvn` on PATH); the first `flead stack up` fetches Kafka "
             "with it: apt-get install -y maven"
         )
-    log.info("fetching Apache Kafka %s from Maven Central into %s (first run only)", version, root)
+    log.info("fetching %s %s from Maven Central into %s (first run only)", artifact.what, version, root)
     with tempfile.TemporaryDirectory(prefix="fetch-", dir=root) as tmp:
         tmpdir = Path(tmp)
         pom = tmpdir / "pom.xml"
-        pom.write_bytes(resources.files("flead_app.stack").joinpath("kafka-pom.xml").read_bytes())
+        pom.write_bytes(resources.files("flead_app.stack").joinpath(artifact.pom).read_bytes())
         out = tmpdir / "libs"
         cmd = [
             mvn, "-B", "-q", "-f", str(pom),
@@ -144,7 +176,7 @@ def _download(version: str, root: Path) -> None:
             )  # fmt: skip
         except subprocess.TimeoutExpired as exc:
             raise StackError(
-                f"Maven did not finish fetching Kafka {version} within {MVN_TIMEOUT_S // 60} min: "
+                f"Maven did not finish fetching {artifact.what} {version} within {MVN_TIMEOUT_S // 60} min: "
                 "is Maven Central reachable?"
             ) from exc
         output = (proc.stdout or "") + (proc.stderr or "")
@@ -152,14 +184,14 @@ def _download(version: str, root: Path) -> None:
             tail = "\n".join(output.strip().splitlines()[-15:])
             if any(h.lower() in output.lower() for h in NETWORK_HINTS):
                 raise StackError(
-                    f"cannot reach Maven Central to fetch Apache Kafka {version}; the first "
+                    f"cannot reach Maven Central to fetch {artifact.what} {version}; the first "
                     f"`flead stack up` (or `flead stack fetch`) needs it, later runs use the cache "
                     f"{root / 'libs'}.\nMaven said:\n{tail}"
                 )
-            raise StackError(f"Maven failed to fetch Apache Kafka {version} (exit {proc.returncode}):\n{tail}")
+            raise StackError(f"Maven failed to fetch {artifact.what} {version} (exit {proc.returncode}):\n{tail}")
         jars = sorted(p.name for p in out.glob("*.jar"))
-        if not any(j.startswith("kafka_2.13-") for j in jars):
-            raise StackError(f"Maven finished but no kafka_2.13 jar arrived in {out}")
+        if not any(j.startswith(artifact.main_jar) for j in jars):
+            raise StackError(f"Maven finished but no {artifact.main_jar}* jar arrived in {out}")
         (out / MARKER).write_text(json.dumps({"version": version, "jars": jars, "fetched_at": time.time()}, indent=1))
         libs = root / "libs"
         if libs.exists():

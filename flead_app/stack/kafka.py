@@ -374,6 +374,16 @@ class KafkaCluster:
         log.info("started Kafka node %d (%s, pid %d)", node_id, self.plan.node(node_id).roles, proc.pid)
         return proc.pid
 
+    def _exited(self, node_id: int) -> bool:
+        """The node's process is gone. Not ``pid() is None``: just after the fork, before Java's
+        exec, the child's command line is still ours and lacks the marker (seen when several
+        clusters start at once on a busy machine)."""
+        pid = procs.read_pid(self.pid_file(node_id))
+        if pid is None:
+            return True
+        procs.reap(pid)
+        return procs.is_zombie(pid)
+
     def failure_report(self, node_id: int, what: str) -> str:
         logs = [self.server_log(node_id), self.out_file(node_id)]
         text = [f"Kafka broker {node_id} {what}. Logs: {logs[0]} and {logs[1]}"]
@@ -414,7 +424,7 @@ class KafkaCluster:
         def check() -> bool:
             nonlocal seen
             for node_id in expected:
-                if not self.pid(node_id):
+                if self._exited(node_id):
                     raise StackError(self.failure_report(node_id, "exited during start-up"))
             md = run_async(any_metadata(self.addresses(), [], timeout=3.0))
             seen = {b["node_id"] for b in md["brokers"]} if md else set()

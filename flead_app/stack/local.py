@@ -1,4 +1,11 @@
-"""The whole local stack (Kafka cluster + PostgreSQL) and its state file ``stack.json``."""
+"""The whole local stack (Kafka cluster + PostgreSQL, and sites with MirrorMaker when asked) and
+its state file ``stack.json``.
+
+``up(sites=N)`` adds N sites (``flead_app.stack.sites``): one single-broker cluster each and one
+MirrorMaker 2 process. The central cluster of a sites topology gets no readings topic: readings
+arrive at a site and stay there, so a reading that reached the centre could only have been sent
+there by mistake, and producing it fails instead. ``sites=0`` (or ``--sites 0``) stops the sites.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from flead_app.stack import postgres
 from flead_app.stack.config import ClusterPlan, topic_plans
 from flead_app.stack.errors import StackError
 from flead_app.stack.kafka import KafkaCluster, remove_worker_tables
+from flead_app.stack.sites import Sites, central_topics, existing_sites
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +62,10 @@ def write_state(home: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def stack_state(cluster: KafkaCluster, db_url: str, db_managed: bool) -> dict[str, Any]:
+def stack_state(cluster: KafkaCluster, db_url: str, db_managed: bool, sites: Sites | None = None) -> dict[str, Any]:
     return {
+        "sites": sites.state() if sites else {},
+        "mirror": sites.mirror_state() if sites else {},
         "brokers": cluster.brokers,
         "bootstrap": cluster.bootstrap,
         "db_url": db_url,
@@ -82,6 +92,8 @@ class UpResult:
     seconds: float
     db_backend: str = ""  # what init_schema chose, e.g. "TimescaleDB 2.28.3"
     preload: str = ""  # what ensure_preloaded found or did
+    sites: Sites | None = None
+    sites_result: dict[str, Any] | None = None
 
 
 def init_database(settings: Settings, url: str) -> str:
@@ -115,21 +127,105 @@ def cluster_for(settings: Settings, brokers: int | None = None) -> KafkaCluster:
     return KafkaCluster(home, n, settings.kafka_port, settings.kafka_version, settings.partitions)
 
 
-def up(brokers: int | None = None, with_db: bool = True, timeout: float = 180.0, replace: bool = False) -> UpResult:
+def default_sites(home: Path) -> int:
+    """The sites the running stack has (``stack.json``), else 0."""
+    return len(read_state(home).get("sites") or {})
+
+
+def sites_for(settings: Settings, cluster: KafkaCluster, count: int, state: dict[str, Any] | None = None) -> Sites:
+    """The sites topology of this stack; ``state`` (``stack.json``) keeps the ports they were started on."""
+    first = ((state or {}).get("sites") or {}).get("1", {})
+    return Sites(settings.home_path, settings, count, cluster.bootstrap, cluster.plan.replication_factor,
+                 first.get("port_base"))  # fmt: skip
+
+
+def stop_sites(home: Path, keep: int = 0) -> dict[str, str]:
+    """Stop MirrorMaker and the site clusters numbered above ``keep`` (all by default)."""
+    from flead_app.stack import procs
+
+    out: dict[str, str] = {}
+    mirror = read_state(home).get("mirror") or {}
+    pid_file = Path(mirror["pid_file"]) if mirror.get("pid_file") else home / "mirror" / "mm2.pid"
+    pid = procs.read_pid(pid_file)
+    if pid is not None:
+        out["mirror"] = procs.stop_pid(pid, str(pid_file.parent / "mm2.properties"))
+        pid_file.unlink(missing_ok=True)
+    for k, cluster in existing_sites(home).items():
+        if k > keep:
+            results = set(cluster.down().values())
+            out[f"site{k}"] = ", ".join(sorted(results)) or "not running"
+    return out
+
+
+def wipe_sites(settings: Settings) -> list[str]:
+    """Stop the sites and MirrorMaker and delete their data, and the MirrorMaker topics that the
+    central cluster keeps about them; returns what was deleted.
+
+    The central cluster's ``mm2-offsets.site<k>.internal`` remembers how far each flow had
+    replicated: a fresh site cluster starts its offsets at 0 again, and MirrorMaker resuming
+    from the old offsets would skip that many of the new site's records.
+    """
+    import shutil
+
+    home = settings.home_path
+    stop_sites(home)
+    aliases = [c.home.name.replace("-", "") for c in existing_sites(home).values()]
+    gone = []
+    for path in (home / "sites", home / "mirror"):
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            gone.append(str(path))
+    cluster = KafkaCluster.from_home(home)
+    if cluster is not None and cluster.running_nodes() and aliases:
+        from flead_app.stack.kafka import run_async
+
+        names = [f"mm2-{kind}.{alias}.internal" for alias in aliases for kind in ("configs", "offsets", "status")]
+        present = set(run_async(_topic_names(cluster)))
+        doomed = [n for n in names if n in present]
+        if doomed:
+            cluster.delete_topics(doomed)
+            deadline = time.monotonic() + 60
+            while set(run_async(_topic_names(cluster))) & set(doomed) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            gone += doomed
+    return gone
+
+
+async def _topic_names(cluster: KafkaCluster) -> list[str]:
+    from flead_app.stack.kafka import any_metadata
+
+    md = await any_metadata(cluster.addresses(), None)
+    return [t["topic"] for t in (md or {}).get("topics", []) if t["error_code"] == 0]
+
+
+def up(
+    brokers: int | None = None,
+    with_db: bool = True,
+    timeout: float = 180.0,
+    replace: bool = False,
+    sites: int | None = None,
+) -> UpResult:
     """Start (or verify) the stack; on failure stop whatever this call started.
 
     ``replace``: when a cluster of another size (or on other ports) runs from this
-    FLEAD_HOME, stop it first instead of refusing.
+    FLEAD_HOME, stop it first instead of refusing. ``sites``: how many sites beside the
+    central cluster (None: as many as the running stack has, else none).
     """
     t0 = time.monotonic()
     settings = load_settings()
     home = settings.home_path
     home.mkdir(parents=True, exist_ok=True)
     cluster = cluster_for(settings, brokers)
+    n_sites = default_sites(home) if sites is None else sites
     existing = KafkaCluster.from_home(home)
     if replace and existing is not None and existing.plan != cluster.plan and existing.running_nodes():
         log.info("stopping the running %d-broker cluster to start %d broker(s)", existing.brokers, cluster.brokers)
+        stop_sites(home)
         existing.down()
+    if existing is not None and existing.plan != cluster.plan and existing_sites(home):
+        # a new central cluster: the sites' MirrorMaker offsets speak of the old one's topics
+        log.info("the central cluster changes: the sites start afresh too")
+        wipe_sites(settings)
     from flead_app.stack.fetch import fetch, is_cached, require_java
 
     require_java()
@@ -145,10 +241,12 @@ def up(brokers: int | None = None, with_db: bool = True, timeout: float = 180.0,
                 preload = postgres.ensure_preloaded(pg.cluster, settings.db_name).describe()
             backend = init_database(settings, pg.url)
         started_nodes = cluster.up(timeout)
-        plans = topic_plans(
-            ClusterPlan(cluster.brokers, cluster.plan.port_base), flead_topics(settings), settings.partitions
-        )
+        names = central_topics(settings) if n_sites else flead_topics(settings)
+        plans = topic_plans(ClusterPlan(cluster.brokers, cluster.plan.port_base), names, settings.partitions)
         created = cluster.ensure_topics(plans)
+        stop_sites(home, keep=n_sites)  # fewer sites than before: the others stop (their data stays)
+        topology = sites_for(settings, cluster, n_sites) if n_sites else None
+        sites_result = topology.up(timeout) if topology else None
     except BaseException:
         for node_id in started_nodes:
             cluster._stop_node(node_id, timeout=10.0)
@@ -163,15 +261,22 @@ def up(brokers: int | None = None, with_db: bool = True, timeout: float = 180.0,
     # without it keep using the stack's own database
     db_url = pg.url if pg and pg.managed else previous.get("db_url", "")
     db_managed = True if pg and pg.managed else bool(previous.get("db_managed", False))
-    write_state(home, stack_state(cluster, db_url, db_managed))
+    write_state(home, stack_state(cluster, db_url, db_managed, topology))
     return UpResult(cluster, started_nodes, created, db_url, bool(pg and pg.started), downloaded,
-                    time.monotonic() - t0, backend, preload)  # fmt: skip
+                    time.monotonic() - t0, backend, preload, topology, sites_result)  # fmt: skip
 
 
 def down(wipe: bool = False) -> dict[str, Any]:
     settings = load_settings()
     home = settings.home_path
     out: dict[str, Any] = {"kafka": {}, "postgres": "not managed"}
+    out["sites"] = stop_sites(home)
+    if wipe:
+        import shutil
+
+        for path in (home / "sites", home / "mirror"):
+            if path.exists():
+                shutil.rmtree(path, ignore_errors=True)
     cluster = KafkaCluster.from_home(home)
     if cluster is not None:
         out["kafka"] = cluster.down()
@@ -192,7 +297,8 @@ def status(all_topics: bool = False) -> tuple[bool, dict[str, Any]]:
     state = read_state(home)
     if cluster is None:
         return False, {"ok": False, "home": str(home), "error": f"no stack in {home}: run `flead stack up`"}
-    st = cluster.status(None if all_topics else flead_topics(settings))
+    n_sites = len(state.get("sites") or {})
+    st = cluster.status(None if all_topics else (central_topics(settings) if n_sites else flead_topics(settings)))
     db_url = settings.db_url or state.get("db_url", "")
     db = postgres.status(db_url)
     db["url"] = redact_url(db_url)
@@ -200,6 +306,24 @@ def status(all_topics: bool = False) -> tuple[bool, dict[str, Any]]:
         db["backend"] = database_backend(settings, db_url)
     data = {"home": str(home), "kafka_version": cluster.version, "kafka": st.to_json(), "database": db}
     ok = st.ok and db["answers"]
+    if n_sites:
+        topology = sites_for(settings, cluster, n_sites, state)
+        names = None if all_topics else flead_topics(settings)
+        data["sites"] = {}
+        for k, site in topology.clusters.items():
+            sst = site.status(names, with_quorum=False)
+            data["sites"][str(k)] = sst.to_json()
+            ok = ok and all(b.alive for b in sst.brokers) and all(t.healthy for t in sst.topics)
+        pid = topology.mirror.pid()
+        flows = topology.mirror.flows() if pid else []
+        data["mirror"] = {
+            "pid": pid,
+            "config": str(topology.mirror.config_file),
+            "log": str(topology.mirror.log_file),
+            "flows": [{"source": f.source, "target": f.target, "topics": list(f.topics), "state": f.state}
+                      for f in flows],
+        }  # fmt: skip
+        ok = ok and pid is not None and all(f.running for f in flows)
     data["ok"] = ok
     return ok, data
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from flead_app.io import kafka
 from flead_app.io.db.store import Database
-from flead_app.settings import WORKERS_DIR, Settings
+from flead_app.settings import WORKERS_DIR, Settings, at_site
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,47 @@ class ResetResult:
         )
 
 
+TOPIC_CONFIG_SOURCE = 1  # DescribeConfigs: a value set on the topic itself
+
+
+async def delete_records(client, topic: str, todo: dict) -> None:  # noqa: ANN001 - aiokafka's admin client
+    """DeleteRecords, also on a compacted topic (the workers' changelogs), which Kafka refuses
+    (POLICY_VIOLATION) unless its ``cleanup.policy`` includes ``delete``: such a topic gets
+    ``compact,delete`` for the call, then its own configuration back. AlterConfigs replaces a
+    topic's whole configuration, so every value set on the topic is carried over."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+    from aiokafka.errors import PolicyViolationError
+
+    try:
+        await client.delete_records(todo)
+        return
+    except PolicyViolationError:
+        pass
+    described = await client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    own = {
+        e["config_names"]: e["config_value"]
+        for r in described[0].to_object()["resources"]
+        for e in r["config_entries"]
+        if e.get("config_source") == TOPIC_CONFIG_SOURCE
+    }
+    if "delete" in own.get("cleanup.policy", ""):
+        raise PolicyViolationError(f"DeleteRecords refused on {topic} (cleanup.policy {own['cleanup.policy']})")
+    await client.alter_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, topic, {**own, "cleanup.policy": "compact,delete"})]
+    )
+    try:
+        for attempt in range(20):  # the new policy reaches the partition leaders a moment later
+            try:
+                await client.delete_records(todo)
+                break
+            except PolicyViolationError:
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.25)
+    finally:
+        await client.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, own)])
+
+
 async def truncate_topics(settings: Settings, topics: list[str]) -> dict[str, int]:
     """Delete every record of ``topics`` (those that exist); records removed per topic."""
     from aiokafka import TopicPartition
@@ -80,7 +121,7 @@ async def truncate_topics(settings: Settings, topics: list[str]) -> dict[str, in
             begin, end = await reader.beginning_offsets(parts), await reader.end_offsets(parts)
             todo = {tp: RecordsToDelete(before_offset=end[tp]) for tp in parts if end[tp] > begin[tp]}
             if todo:
-                await client.delete_records(todo)
+                await delete_records(client, topic, todo)
             removed[topic] = sum(end[tp] - begin[tp] for tp in parts)
         return removed
     finally:
@@ -89,10 +130,14 @@ async def truncate_topics(settings: Settings, topics: list[str]) -> dict[str, in
 
 
 def reset(settings: Settings) -> ResetResult:
-    """Empty the pipeline (topics, changelogs, worker table files, database tables); the stack stays up."""
+    """Empty the pipeline (topics, changelogs, worker table files, database tables), at the centre
+    and at every site; the stack stays up."""
     result = ResetResult()
     topics = pipeline_topics(settings) + changelog_topics(settings)
     result.records_deleted = asyncio.run(truncate_topics(settings, topics))
+    for k in range(1, settings.sites + 1):  # each site's cluster holds its own copy of every topic
+        removed = asyncio.run(truncate_topics(at_site(settings, k), topics))
+        result.records_deleted.update({f"site{k}:{t}": n for t, n in removed.items()})
     workers = settings.home_path / WORKERS_DIR
     for folder in sorted(workers.glob(f"{settings.app_id}-*")) if workers.is_dir() else []:
         shutil.rmtree(folder, ignore_errors=True)

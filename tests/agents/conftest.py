@@ -44,7 +44,6 @@ def sent(faust_app, monkeypatch):
         flead.global_updates_topic,
         flead.dead_letter_topic,
     ):
-
         name = topic.get_topic_name()
 
         async def send(*, key=None, value=None, _name=name, **_):

@@ -53,9 +53,9 @@ def test_staleness_discounts_older_updates():
     assert fresh_wins[0] == pytest.approx(2 / 3)
 
 
-params = st.lists(
-    st.lists(st.floats(-10, 10, allow_nan=False), min_size=3, max_size=3), min_size=1, max_size=25
-).map(np.array)
+params = st.lists(st.lists(st.floats(-10, 10, allow_nan=False), min_size=3, max_size=3), min_size=1, max_size=25).map(
+    np.array
+)
 
 
 @settings(max_examples=100, deadline=None)

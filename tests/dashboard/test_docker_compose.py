@@ -37,6 +37,8 @@ SERVICES = {
     "worker",
     "simulator",
 }
+#: the `sites` profile: one site (broker, topics, worker, devices) and MirrorMaker 2
+SITE_SERVICES = {"site-broker", "site-kafka-init", "site-worker", "site-simulator", "mirror-config", "mirror-maker"}
 
 
 def compose_binary() -> str:
@@ -95,7 +97,7 @@ def test_compose_config_is_valid():
     out = compose("config", "-q")
     assert out.returncode == 0, out.stderr
     services = compose("config", "--services")
-    assert set(services.stdout.split()) == SERVICES
+    assert set(services.stdout.split()) == SERVICES | SITE_SERVICES
 
 
 def test_four_kraft_brokers_three_controllers_replication_three(config):
@@ -213,3 +215,46 @@ def test_dockerfile_builds_from_python_311_slim_and_installs_the_package():
             assert (REPO / path).exists(), f"Dockerfile copies {path}, which is not in the repository"
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text()
     assert "!flead_app" in ignore and "!setup.cfg" in ignore
+
+
+def test_a_site_and_mirrormaker_come_with_the_sites_profile(config):
+    svcs = config["services"]
+    for name in SITE_SERVICES:
+        assert svcs[name].get("profiles") == ["sites"], f"{name} must not start without --profile sites"
+    for name in SERVICES:
+        assert not svcs[name].get("profiles"), f"{name} belongs to the default topology"
+    broker = svcs["site-broker"]
+    assert broker["image"] == svcs["broker-1"]["image"]  # MirrorMaker and every cluster: one Kafka version
+    env = broker["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller" and str(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == "1"
+    assert "INTERNAL://site-broker:19092" in env["KAFKA_ADVERTISED_LISTENERS"]
+    worker = svcs["site-worker"]["environment"]
+    assert (worker["FLEAD_ROLE"], worker["FLEAD_KAFKA_BOOTSTRAP"], str(worker["FLEAD_REPLICATION_FACTOR"])) == (
+        "site", "site-broker:19092", "1")  # fmt: skip
+    sim = svcs["site-simulator"]
+    assert sim["environment"]["FLEAD_KAFKA_BOOTSTRAP"] == "site-broker:19092" and "site-broker:19092" in sim["command"]
+    mm = svcs["mirror-maker"]
+    assert mm["image"] == svcs["broker-1"]["image"]
+    assert mm["command"] == ["/opt/kafka/bin/connect-mirror-maker.sh", "/etc/flead-mirror/mm2.properties"]
+    assert mm["depends_on"]["mirror-config"]["condition"] == "service_completed_successfully"
+    script = " ".join(svcs["mirror-config"]["command"])
+    assert "flead stack mirror-config" in script and "site-broker:19092" in svcs["mirror-config"]["environment"][
+        "FLEAD_MIRROR_SITES"]  # fmt: skip
+    assert config["services"]["worker"]["environment"]["FLEAD_ROLE"] == "all"
+    central = compose_config({"FLEAD_ROLE": "central"})["services"]["worker"]["environment"]
+    assert central["FLEAD_ROLE"] == "central"
+
+
+def test_mirror_config_command_renders_what_the_stack_runs():
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "flead_app.cli", "stack", "mirror-config", "--central", "broker-1:9092",
+         "--central-replication", "3", "--site", "1=site-broker:19092", "--site", "2=other-host:29102"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    props = dict(line.split(" = ", 1) for line in done.stdout.splitlines() if " = " in line and line[0] != "#")
+    assert props["clusters"] == "central, site1, site2"
+    assert props["site2.bootstrap.servers"] == "other-host:29102"
+    assert props["site1->central.enabled"] == props["central->site2.enabled"] == "true"

@@ -62,8 +62,12 @@ def test_summary_and_saving():
     s = summarize(rows, "readings", "local", "global")
     assert s["reading_bytes"] == 10_000 and s["model_bytes"] == 700
     assert s["bandwidth_saving"] == pytest.approx(0.93)
-    assert s["brokers"][1] == {"bytes": 6250, "messages": 61, "leader_partitions": 3,
-                               "bytes_by_topic": {"anomalies": 50, "global": 200, "readings": 6000}}
+    assert s["brokers"][1] == {
+        "bytes": 6250,
+        "messages": 61,
+        "leader_partitions": 3,
+        "bytes_by_topic": {"anomalies": 50, "global": 200, "readings": 6000},
+    }
     assert s["topics"]["readings"] == {"bytes": 10_000, "messages": 100, "partitions": 2}
     assert bandwidth_saving(0, 10) is None
     assert summarize([], "readings", "local", "global")["bandwidth_saving"] is None

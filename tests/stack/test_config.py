@@ -166,3 +166,42 @@ def test_db_url_and_name(monkeypatch):
     monkeypatch.setenv("FLEAD_DB_NAME", "x; DROP DATABASE y")
     with pytest.raises(ValueError, match="plain database name"):
         load_settings()
+
+
+def _props(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def test_mirrormaker_carries_exactly_the_model_topics_and_nothing_else():
+    from flead_app.settings import Settings
+    from flead_app.stack.config import MirrorPlan, render_mm2_properties
+    from flead_app.stack.sites import down_topics, up_topics
+
+    s = Settings()
+    sites = (("site1", "localhost:29102"), ("site2", "localhost:29103"))
+    plan = MirrorPlan("localhost:29092,localhost:29093", 3, sites, up_topics(s), down_topics(s))
+    props = _props(render_mm2_properties(plan))
+    assert props["clusters"] == "central, site1, site2"
+    assert props["replication.policy.class"] == "org.apache.kafka.connect.mirror.IdentityReplicationPolicy"
+    flows = {
+        k.removesuffix(".enabled") for k, v in props.items() if k.endswith(".enabled") and "->" in k and v == "true"
+    }
+    assert flows == {"site1->central", "central->site1", "site2->central", "central->site2"}
+    for flow in flows:
+        topics = [re.sub(r"\\(.)", r"\1", t.strip()) for t in props[f"{flow}.topics"].split(",")]
+        want = ["local-model-updates", "anomalies"] if flow.endswith("central") else ["global-model-updates"]
+        assert topics == want
+        assert all(re.fullmatch(p.strip(), t) for p, t in zip(props[f"{flow}.topics"].split(","), topics, strict=True))
+        assert props[f"{flow}.replication.factor"] == ("3" if flow.endswith("central") else "1")
+    everything = " ".join(props.values())
+    assert s.topic_readings not in everything and s.topic_dead_letter not in everything
+    for off in ("emit.heartbeats.enabled", "emit.checkpoints.enabled", "emit.offset-syncs.enabled",
+                "sync.topic.acls.enabled", "sync.topic.configs.enabled", "sync.group.offsets.enabled"):  # fmt: skip
+        assert props[off] == "false", off
+    assert props["offset.storage.replication.factor"] == "-1"  # the target cluster's default: 3 central, 1 at a site
+    assert props["site2.bootstrap.servers"] == "localhost:29103"

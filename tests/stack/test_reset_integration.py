@@ -76,3 +76,44 @@ def test_reset_empties_topics_and_tables_and_leaves_no_lag(pipeline_env, db_url,
         assert conn.execute(select(func.count()).select_from(anomalies)).scalar_one() == 0
     engine.dispose()
     db.close()
+
+
+def test_reset_empties_a_compacted_changelog_and_gives_back_its_configuration(stack):
+    """Kafka refuses DeleteRecords on a compacted topic (the workers' changelogs): reset lends it
+    ``compact,delete`` for the call and restores the topic's own settings afterwards."""
+    import uuid
+
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from flead_app.stack.reset import truncate_topics
+
+    topic = f"rs-{uuid.uuid4().hex[:8]}-changelog"
+
+    async def go() -> tuple[dict, dict, dict]:
+        await kafka.create_topics(stack, [topic], 4, configs={"cleanup.policy": "compact"})
+        producer = kafka.producer(stack)
+        await producer.start()
+        try:
+            for i in range(12):
+                await producer.send(topic, b"row", key=b"k%d" % i)
+            await producer.flush()
+        finally:
+            await producer.stop()
+        first = await truncate_topics(stack, [topic])
+        second = await truncate_topics(stack, [topic])
+        admin = kafka.admin(stack)
+        await admin.start()
+        try:
+            described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+            own = {e["config_names"]: e["config_value"] for r in described[0].to_object()["resources"]
+                   for e in r["config_entries"] if e.get("config_source") == 1}  # fmt: skip
+            await admin.delete_topics([topic])
+        finally:
+            await admin.close()
+        return first, second, own
+
+    first, second, own = asyncio.run(go())
+    assert (first[topic], second[topic]) == (12, 0)
+    assert own["cleanup.policy"] == "compact"
+    if stack.replication_factor >= 3:  # what create_topics set on it is there again
+        assert own["min.insync.replicas"] == "2"

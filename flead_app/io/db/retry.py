@@ -100,7 +100,10 @@ def write_with_retry(
             delay = next(delays)
             log.warning(
                 "%s failed (attempt %d, database unreachable?): %s; retrying in %.1f s",
-                name, attempt, describe_error(err), delay,
+                name,
+                attempt,
+                describe_error(err),
+                delay,
             )
             if stop_event is not None:
                 if stop_event.wait(delay):

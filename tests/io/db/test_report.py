@@ -70,11 +70,20 @@ def sample_report() -> dict:
                      "f1": 0.812, "evaluated_at": t},
         "training": training_rate(1403, t - timedelta(minutes=60), t, 117, 120),
         "anomalies": {"total": 3, "by_severity": {"critical": 1, "warning": 2}, "by_broker": {1: 2, 3: 1}},
-        "kafka": {"measured_at": t, "method": "describe_log_dirs", "note": None, "summary": {
-            "topics": {"edge-iiot-stream": {"bytes": 7_200_000, "messages": 72_000, "partitions": 8}},
-            "brokers": {1: {"bytes": 7_200_000, "messages": 72_000, "leader_partitions": 8}},
-            "reading_bytes": 7_200_000, "model_bytes": 480_000, "local_update_bytes": 470_000,
-            "global_update_bytes": 10_000, "bandwidth_saving": 1 - 480_000 / 7_200_000}},
+        "kafka": {
+            "measured_at": t,
+            "method": "describe_log_dirs",
+            "note": None,
+            "summary": {
+                "topics": {"edge-iiot-stream": {"bytes": 7_200_000, "messages": 72_000, "partitions": 8}},
+                "brokers": {1: {"bytes": 7_200_000, "messages": 72_000, "leader_partitions": 8}},
+                "reading_bytes": 7_200_000,
+                "model_bytes": 480_000,
+                "local_update_bytes": 470_000,
+                "global_update_bytes": 10_000,
+                "bandwidth_saving": 1 - 480_000 / 7_200_000,
+            },
+        },
     }
 
 
@@ -93,8 +102,12 @@ def test_render_text_shows_every_section():
 
 def test_render_text_of_an_empty_database():
     r = sample_report()
-    r.update(global_models=[], evaluation=None, anomalies={"total": 0, "by_severity": {}, "by_broker": {}},
-             kafka={"measured_at": None, "method": None, "note": "no topics", "summary": None})
+    r.update(
+        global_models=[],
+        evaluation=None,
+        anomalies={"total": 0, "by_severity": {}, "by_broker": {}},
+        kafka={"measured_at": None, "method": None, "note": "no topics", "summary": None},
+    )
     text = render_text(r)
     assert "not evaluated yet" in text and "no global model yet" in text and "no measurement: no topics" in text
 
@@ -106,22 +119,37 @@ def run_report(db_url: str, *args: str, kafka: str | None = None) -> subprocess.
     env = {**os.environ, "FLEAD_DB_URL": db_url}
     if kafka:
         env["FLEAD_KAFKA_BOOTSTRAP"] = kafka
-    return subprocess.run([sys.executable, "-m", "flead_app.cli", "report", *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "flead_app.cli", "report", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.integration
 def test_report_json_counts_and_models_per_minute(db, db_url, local_update, global_model, anomaly):
     now = datetime.now(UTC)
     # 30 local models, one every 20 s over the last 9 min 40 s: 15 of them in the last 5 minutes
-    updates = [local_update(device_id=f"device_{i}", model_version=1,
-                            timestamp=(now - timedelta(seconds=20 * i)).isoformat()) for i in range(30)]
+    updates = [
+        local_update(device_id=f"device_{i}", model_version=1, timestamp=(now - timedelta(seconds=20 * i)).isoformat())
+        for i in range(30)
+    ]
     assert db.insert_local_models(updates) == 30
-    assert db.insert_global_models([global_model(global_version=v, aggregation_round=v,
-                                                 timestamp=(now - timedelta(minutes=10 - v)).isoformat())
-                                    for v in range(1, 8)]) == 7
-    assert db.insert_anomalies([anomaly(value=1.0 + i, broker_id=1 + i % 2, severity="critical" if i < 2 else "warning")
-                                for i in range(5)]) == 5
+    assert (
+        db.insert_global_models(
+            [
+                global_model(
+                    global_version=v, aggregation_round=v, timestamp=(now - timedelta(minutes=10 - v)).isoformat()
+                )
+                for v in range(1, 8)
+            ]
+        )
+        == 7
+    )
+    assert (
+        db.insert_anomalies(
+            [anomaly(value=1.0 + i, broker_id=1 + i % 2, severity="critical" if i < 2 else "warning") for i in range(5)]
+        )
+        == 5
+    )
 
     done = run_report(db_url, "--json", "--no-kafka")
     assert done.returncode == 0, done.stderr
@@ -136,8 +164,11 @@ def test_report_json_counts_and_models_per_minute(db, db_url, local_update, glob
     assert tr["recent_local_models"] == 15
     assert tr["recent_per_minute"] == pytest.approx(3.0)
     assert tr["final_local_models"] == 15  # created_at > newest - 5 min: i = 0..14
-    assert report["anomalies"] == {"total": 5, "by_severity": {"critical": 2, "warning": 3},
-                                   "by_broker": {"1": 3, "2": 2}}
+    assert report["anomalies"] == {
+        "total": 5,
+        "by_severity": {"critical": 2, "warning": 3},
+        "by_broker": {"1": 3, "2": 2},
+    }
     assert report["evaluation"] is None
     assert report["kafka"]["measured_at"] is None
     assert "dbdev_pw" not in done.stdout + done.stderr
@@ -176,13 +207,19 @@ def test_report_uses_the_stored_snapshot_when_kafka_is_down(db, db_url):
     old = datetime.now(UTC) - timedelta(hours=1)
     new = datetime.now(UTC) - timedelta(minutes=1)
     rows = [
-        ("edge-iiot-stream", 0, 1, 10_000, 100), ("edge-iiot-stream", 1, 2, 10_000, 100),
-        ("local-model-updates", 0, 2, 1_200, 6), ("global-model-updates", 0, 1, 200, 1),
+        ("edge-iiot-stream", 0, 1, 10_000, 100),
+        ("edge-iiot-stream", 1, 2, 10_000, 100),
+        ("local-model-updates", 0, 2, 1_200, 6),
+        ("global-model-updates", 0, 1, 200, 1),
     ]
-    db.insert_rows("kafka_traffic", [dict(measured_at=old, topic=t, partition=p, broker_id=b, bytes=1, messages=1)
-                                     for t, p, b, _, _ in rows])
-    db.insert_rows("kafka_traffic", [dict(measured_at=new, topic=t, partition=p, broker_id=b, bytes=n, messages=m)
-                                     for t, p, b, n, m in rows])
+    db.insert_rows(
+        "kafka_traffic",
+        [dict(measured_at=old, topic=t, partition=p, broker_id=b, bytes=1, messages=1) for t, p, b, _, _ in rows],
+    )
+    db.insert_rows(
+        "kafka_traffic",
+        [dict(measured_at=new, topic=t, partition=p, broker_id=b, bytes=n, messages=m) for t, p, b, n, m in rows],
+    )
     done = run_report(db_url, "--json", "--kafka-timeout", "5", kafka=f"127.0.0.1:{closed_port()}")
     assert done.returncode == 0, done.stderr
     k = json.loads(done.stdout)["kafka"]
@@ -206,8 +243,11 @@ async def _fresh_topics_with_traffic(settings, produce: dict[str, tuple[int, int
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
     await producer.start()
     try:
-        sends = [await producer.send(t, b"v" * size, key=b"device_%d" % i)
-                 for t, (count, size) in produce.items() for i in range(count)]
+        sends = [
+            await producer.send(t, b"v" * size, key=b"device_%d" % i)
+            for t, (count, size) in produce.items()
+            for i in range(count)
+        ]
         await asyncio.gather(*sends)
     finally:
         await producer.stop()
@@ -232,10 +272,16 @@ def test_report_measures_kafka_and_stores_a_snapshot(stack, db, db_url, monkeypa
     import uuid
 
     run = f"rep-{uuid.uuid4().hex[:8]}"
-    topics = {"FLEAD_TOPIC_READINGS": f"{run}-readings", "FLEAD_TOPIC_LOCAL_UPDATES": f"{run}-local",
-              "FLEAD_TOPIC_GLOBAL_UPDATES": f"{run}-global"}
-    produce = {topics["FLEAD_TOPIC_READINGS"]: (200, 500), topics["FLEAD_TOPIC_LOCAL_UPDATES"]: (8, 400),
-               topics["FLEAD_TOPIC_GLOBAL_UPDATES"]: (2, 400)}
+    topics = {
+        "FLEAD_TOPIC_READINGS": f"{run}-readings",
+        "FLEAD_TOPIC_LOCAL_UPDATES": f"{run}-local",
+        "FLEAD_TOPIC_GLOBAL_UPDATES": f"{run}-global",
+    }
+    produce = {
+        topics["FLEAD_TOPIC_READINGS"]: (200, 500),
+        topics["FLEAD_TOPIC_LOCAL_UPDATES"]: (8, 400),
+        topics["FLEAD_TOPIC_GLOBAL_UPDATES"]: (2, 400),
+    }
     asyncio.run(_fresh_topics_with_traffic(stack, produce))
     try:
         for k, v in topics.items():

@@ -65,9 +65,6 @@ def test_anomaly_without_detected_at_gets_the_write_time(anomaly):
 def test_rows_fill_every_required_column(table, mapper, factory, request):
     """Every NOT NULL column without a default is present, and no key is unknown."""
     row = mapper(request.getfixturevalue(factory)())
-    required = {
-        c.name for c in table.columns
-        if not c.nullable and c.server_default is None and c.identity is None
-    }
+    required = {c.name for c in table.columns if not c.nullable and c.server_default is None and c.identity is None}
     assert required <= row.keys()
     assert row.keys() <= set(table.c.keys())

@@ -32,11 +32,19 @@ def test_init_schema_twice_is_harmless(db_url, backend, local_update):
     assert db.init_schema() == want
     counts = db.count_rows()
     assert counts["local_models"] == 1
-    assert set(counts) >= {"local_models", "federated_models", "anomalies", "model_evaluations",
-                           "evaluation_summaries", "stream_analytics", "kafka_traffic"}
+    assert set(counts) >= {
+        "local_models",
+        "federated_models",
+        "anomalies",
+        "model_evaluations",
+        "evaluation_summaries",
+        "stream_analytics",
+        "kafka_traffic",
+    }
     with db.engine.connect() as conn:
-        indexes = set(conn.execute(text("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"))
-                      .scalars())
+        indexes = set(
+            conn.execute(text("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")).scalars()
+        )
     assert {"local_models_created_at_idx", "anomalies_timestamp_idx", "federated_models_created_at_idx"} <= indexes
     db.close()
 
@@ -74,15 +82,34 @@ def test_generic_insert_and_replace_rows(db):
     now = datetime.now(UTC)
 
     def summary(kind: str, version: int, f1: float) -> dict:
-        return dict(model_kind=kind, model_version=version, split="holdout", samples=100, accuracy=0.9,
-                    precision=0.8, recall=0.7, f1=f1, roc_auc=None, tp=7, fp=2, tn=88, fn=3,
-                    event_recall=None, false_alarms_per_1000=None, evaluated_at=now)
+        return dict(
+            model_kind=kind,
+            model_version=version,
+            split="holdout",
+            samples=100,
+            accuracy=0.9,
+            precision=0.8,
+            recall=0.7,
+            f1=f1,
+            roc_auc=None,
+            tp=7,
+            fp=2,
+            tn=88,
+            fn=3,
+            event_recall=None,
+            false_alarms_per_1000=None,
+            evaluated_at=now,
+        )
 
     assert db.insert_rows("evaluation_summaries", [summary("global", 1, 0.5), summary("local", 0, 0.4)]) == 2
     assert db.insert_rows("evaluation_summaries", [summary("global", 1, 0.6)]) == 0  # natural key holds
     # a re-evaluation of version 1 replaces its rows, and leaves the others alone
-    assert db.replace_rows("evaluation_summaries", {"model_kind": "global", "model_version": 1},
-                           [summary("global", 1, 0.75)]) == 1
+    assert (
+        db.replace_rows(
+            "evaluation_summaries", {"model_kind": "global", "model_version": 1}, [summary("global", 1, 0.75)]
+        )
+        == 1
+    )
     with db.engine.connect() as conn:
         rows = conn.execute(text("SELECT model_kind, f1 FROM evaluation_summaries ORDER BY model_kind")).all()
     assert [(r.model_kind, r.f1) for r in rows] == [("global", 0.75), ("local", 0.4)]

@@ -40,7 +40,7 @@ def test_hypertable_sql_follows_the_version():
 def test_compression_and_policies_sql():
     sql = timescale.compression_settings_sql("anomalies")
     assert sql.startswith('ALTER TABLE "anomalies" SET (timescaledb.compress,')
-    assert "timescaledb.compress_orderby = '\"timestamp\" DESC, \"value\"'" in sql
+    assert 'timescaledb.compress_orderby = \'"timestamp" DESC, "value"\'' in sql
     assert "timescaledb.compress_segmentby = '\"device_id\"'" in sql
     assert "segmentby" not in timescale.compression_settings_sql("federated_models")
     policies = timescale.policy_sql("anomalies", 7, 30)
