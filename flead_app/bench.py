@@ -208,15 +208,6 @@ def isolated(base: Settings, prefix: str, web_port: int) -> tuple[Settings, dict
     return replace(base, **overrides), setting_env(**overrides)
 
 
-def topics_of(settings: Settings) -> list[str]:
-    return [
-        settings.topic_readings,
-        settings.topic_anomalies,
-        settings.topic_local_updates,
-        settings.topic_global_updates,
-        settings.topic_dead_letter,
-    ]
-
 
 #: how far (in messages) the simulator may run ahead of the worker while throughput is measured
 BACKLOG_MESSAGES = 4_000
@@ -345,7 +336,7 @@ def fedavg_ceiling(base: Settings, source: Settings, at_least: int = FEDAVG_CEIL
     """FedAvg's own rate: (updates, updates/s) of a fresh worker whose local-updates topic is
     full of copies of ``source``'s local updates and whose readings topic is empty."""
     settings, env = isolated(base, "bench-fedavg", base.web_port + 9)
-    asyncio.run(kafka.create_topics(settings, topics_of(settings)))
+    asyncio.run(kafka.create_topics(settings, settings.pipeline_topics))
     updates = asyncio.run(
         copy_updates(settings, source.topic_local_updates, settings.topic_local_updates, at_least)
     )
@@ -374,7 +365,7 @@ def fedavg_ceiling(base: Settings, source: Settings, at_least: int = FEDAVG_CEIL
 def bench_workers(base: Settings, devices: int, batch: int, duration: float, count: int = 2) -> BenchResult:
     """``count`` workers of one app on one topic (partitions split between them): their combined rate."""
     settings, _ = isolated(base, "bench-scale", base.web_port + 11)
-    asyncio.run(kafka.create_topics(settings, topics_of(settings)))
+    asyncio.run(kafka.create_topics(settings, settings.pipeline_topics))
     workers = []
     for i in range(count):
         port = settings.web_port + 2 * i
@@ -421,7 +412,7 @@ def bench_one(
 
     settings, env = isolated(base, "bench", base.web_port + 7)
     notes: list[str] = []
-    asyncio.run(kafka.create_topics(settings, topics_of(settings)))
+    asyncio.run(kafka.create_topics(settings, settings.pipeline_topics))
     worker = WorkerProcess(settings, env=env, name=f"bench-{devices}-{batch}")
     worker.start()
     try:

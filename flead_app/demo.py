@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -76,20 +77,53 @@ def _flead(
             out.close()
 
 
-def drain(settings: Settings, timeout: float, say=say) -> bool:  # noqa: ANN001 - the caller's printer
-    """Wait until every consumer group of the pipeline has committed everything on its topics;
-    False on timeout (then the lags left are printed once)."""
-    topics = [settings.topic_readings, settings.topic_local_updates, settings.topic_anomalies,
-              settings.topic_global_updates]  # fmt: skip
+def wait_drained(lags_now: Callable[[], dict[str, int]], timeout: float, who: str, say=say) -> bool:  # noqa: ANN001
+    """Poll ``lags_now`` (records left per consumer or flow) each second until all are 0; False on
+    timeout (then the lags left are printed once, naming ``who`` had not finished)."""
     deadline = time.monotonic() + timeout
     lags: dict[str, int] = {}
     while time.monotonic() < deadline:
-        lags = pipeline_lags(settings, topics)
+        lags = lags_now()
         if not any(lags.values()):
             return True
         time.sleep(1.0)
     left = {k: v for k, v in lags.items() if v}
-    say(f"the worker had not finished after {timeout:.0f} s (records left: {left}); the report shows what it stored")
+    say(f"{who} had not finished after {timeout:.0f} s (records left: {left}); the report shows what it stored")
+    return False
+
+
+def drain(settings: Settings, timeout: float, say=say) -> bool:  # noqa: ANN001 - the caller's printer
+    """Wait until every consumer group of the pipeline has committed everything on its topics."""
+    topics = [settings.topic_readings, settings.topic_local_updates, settings.topic_anomalies,
+              settings.topic_global_updates]  # fmt: skip
+    return wait_drained(lambda: pipeline_lags(settings, topics), timeout, "the worker", say)
+
+
+def follow(
+    settings: Settings, side: SideJobs | None, started: float, running: Callable[[], bool],
+    stats: Callable[[], dict], stop: Callable[[], None],
+) -> bool:  # fmt: skip
+    """While ``running()``: tick the side jobs and print a summary line every ``SUMMARY_EVERY_S``
+    (the held-out line only when a new evaluation says something new). Ctrl-C calls ``stop``;
+    returns whether it was pressed."""
+    last_summary, last_heldout = 0.0, ""
+    try:
+        while running():
+            time.sleep(0.5)
+            if side:
+                side.tick()
+            if time.monotonic() - last_summary >= SUMMARY_EVERY_S:
+                last_summary = time.monotonic()
+                heldout = heldout_headline(settings) if side else ""
+                try:
+                    print(summary_line(stats(), started, heldout if heldout != last_heldout else ""), flush=True)
+                except OSError as err:
+                    print(f"(a worker is not answering: {err})", flush=True)
+                last_heldout = heldout
+    except KeyboardInterrupt:
+        say("stopping (Ctrl-C) ...")
+        stop()
+        return True
     return False
 
 
@@ -229,25 +263,8 @@ def run(args: argparse.Namespace) -> int:
     say(f"simulator running for {args.minutes:g} min (log {sim_log_path})")
     started = time.monotonic()
     side = None if args.no_evaluate else SideJobs(settings, datetime.now(UTC))
-    interrupted = False
-    last_summary, last_heldout = 0.0, ""
-    try:
-        while simulator.poll() is None:
-            time.sleep(0.5)
-            if side:
-                side.tick()
-            if time.monotonic() - last_summary >= SUMMARY_EVERY_S:
-                last_summary = time.monotonic()
-                heldout = heldout_headline(settings) if side else ""
-                try:  # the held-out line only when a new evaluation says something new
-                    print(summary_line(worker.stats(), started, heldout if heldout != last_heldout else ""), flush=True)
-                except OSError as err:
-                    print(f"(worker not answering: {err})", flush=True)
-                last_heldout = heldout
-    except KeyboardInterrupt:
-        interrupted = True
-        say("stopping (Ctrl-C) ...")
-        simulator.send_signal(signal.SIGINT)
+    interrupted = follow(settings, side, started, lambda: simulator.poll() is None, worker.stats,
+                         lambda: simulator.send_signal(signal.SIGINT))  # fmt: skip
     simulator.wait()
     print("".join(line for line in sim_log_path.open() if not line.startswith("[")), flush=True)
     if not interrupted:

@@ -31,11 +31,9 @@ from pathlib import Path
 from flead_app import demo
 from flead_app.demo import (
     DRAIN_TIMEOUT_S,
-    SUMMARY_EVERY_S,
     SideJobs,
     _flead,
     evaluate_trend,
-    heldout_headline,
     say,
     summary_line,
     train_pending,
@@ -82,22 +80,18 @@ def mirror_lags(settings: Settings, sites: int) -> dict[str, int]:
 def drain_sites(settings: Settings, sites: int, timeout: float) -> bool:
     """Wait until every site worker has read its readings, MirrorMaker has carried everything
     across, and the central agents and sink have committed what arrived; False on timeout."""
-    deadline = time.monotonic() + timeout
-    lags: dict[str, int] = {}
     central_topics = [settings.topic_local_updates, settings.topic_anomalies, settings.topic_global_updates]
-    while time.monotonic() < deadline:
-        lags = {}
+
+    def lags_now() -> dict[str, int]:
+        lags: dict[str, int] = {}
         for k in range(1, sites + 1):
             site = at_site(settings, k)
             lags.update({f"site {k}: {name}": n for name, n in pipeline_lags(site, [site.topic_readings]).items()})
         lags.update(mirror_lags(settings, sites))
         lags.update(pipeline_lags(settings, central_topics))
-        if not any(lags.values()):
-            return True
-        time.sleep(1.0)
-    left = {k: v for k, v in lags.items() if v}
-    say(f"the pipeline had not finished after {timeout:.0f} s (records left: {left}); the report shows what it stored")
-    return False
+        return lags
+
+    return demo.wait_drained(lags_now, timeout, "the pipeline", say)
 
 
 def start_all(workers: list[WorkerProcess]) -> None:
@@ -202,31 +196,15 @@ def run_sites(args: argparse.Namespace, brokers: int, sites: int) -> int:
     side = None if args.no_evaluate else SideJobs(settings, datetime.now(UTC), env=spark_env)
     if side:
         say(f"Spark side jobs read site {SPARK_SITE}'s readings (they never reach the centre)")
-    interrupted = False
-    last_summary, last_heldout = 0.0, ""
 
     def stats() -> dict:
         return merged_stats([w.stats() for w in site_workers], central.stats())
 
-    try:
-        while any(p.poll() is None for p in simulators):
-            time.sleep(0.5)
-            if side:
-                side.tick()
-            if time.monotonic() - last_summary >= SUMMARY_EVERY_S:
-                last_summary = time.monotonic()
-                heldout = heldout_headline(settings) if side else ""
-                try:
-                    line = summary_line(stats(), started, heldout if heldout != last_heldout else "")
-                    print(line, flush=True)
-                except OSError as err:
-                    print(f"(a worker is not answering: {err})", flush=True)
-                last_heldout = heldout
-    except KeyboardInterrupt:
-        interrupted = True
-        say("stopping (Ctrl-C) ...")
+    def stop() -> None:
         for p in simulators:
             p.send_signal(signal.SIGINT)
+
+    interrupted = demo.follow(settings, side, started, lambda: any(p.poll() is None for p in simulators), stats, stop)
     for p in simulators:
         p.wait()
     for path in sim_logs:

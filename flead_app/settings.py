@@ -313,6 +313,17 @@ class Settings:
         return Path(self.home).resolve() if self.home else _home()
 
     @property
+    def pipeline_topics(self) -> list[str]:
+        """The five topics of the pipeline (not the tables' changelogs), readings first."""
+        return [
+            self.topic_readings,
+            self.topic_anomalies,
+            self.topic_local_updates,
+            self.topic_global_updates,
+            self.topic_dead_letter,
+        ]
+
+    @property
     def at_site(self) -> bool:
         """This process works at a site (its cluster is the site's), not at the centre."""
         return self.site > 0

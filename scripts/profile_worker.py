@@ -75,7 +75,7 @@ def main() -> int:
     if not py_spy:
         sys.exit("py-spy is not installed: pip install -e '.[dev]'")
 
-    from flead_app.bench import isolated, processed, topics_of
+    from flead_app.bench import isolated, processed
     from flead_app.io.kafka import create_topics
     from flead_app.settings import load_settings
     from flead_app.simulate import SimOptions, simulate
@@ -83,7 +83,7 @@ def main() -> int:
 
     base = load_settings()
     settings, env = isolated(base, "prof", base.web_port + 9)
-    asyncio.run(create_topics(settings, topics_of(settings)))
+    asyncio.run(create_topics(settings, settings.pipeline_topics))
     opts = SimOptions(devices=args.devices, rate=0, batch=args.batch, seconds=args.fill_seconds, seed=1)
     summary = asyncio.run(simulate(settings, opts, progress=None))
     print(f"backlog: {summary.readings:,} readings in {summary.messages:,} messages", flush=True)

@@ -460,16 +460,6 @@ async def _message_counts(
         await consumer.stop()
 
 
-def default_topics(settings: Any) -> list[str]:
-    return [
-        settings.topic_readings,
-        settings.topic_local_updates,
-        settings.topic_global_updates,
-        settings.topic_anomalies,
-        settings.topic_dead_letter,
-    ]
-
-
 def measure_now(settings: Any, timeout_s: float = 15.0) -> TrafficSnapshot:
     """Synchronous wrapper for the CLI: measure the FLEAD topics of the configured cluster, and of
     every site's cluster when the stack has sites (their rows' topics prefixed ``site<k>:``)."""
@@ -478,10 +468,10 @@ def measure_now(settings: Any, timeout_s: float = 15.0) -> TrafficSnapshot:
 
     state = read_stack_state()
     options = kafka_client_options(settings)
-    snap = asyncio.run(measure(settings.bootstrap_servers, default_topics(settings), options, state, timeout_s))
+    snap = asyncio.run(measure(settings.bootstrap_servers, settings.pipeline_topics, options, state, timeout_s))
     for key, site in sorted((state.get("sites") or {}).items(), key=lambda kv: int(kv[0])):
         site_state = {"home": site.get("home")}
-        part = asyncio.run(measure([site["bootstrap"]], default_topics(settings), options, site_state, timeout_s))
+        part = asyncio.run(measure([site["bootstrap"]], settings.pipeline_topics, options, site_state, timeout_s))
         snap.rows += [{**r, "topic": site_topic(int(key), r["topic"])} for r in part.rows]
     return snap
 

@@ -12,7 +12,6 @@ and starts no Maven at all (works offline).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -21,13 +20,12 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from flead_app.settings import load_settings
+from flead_app.stack.fetch import locked
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +97,6 @@ class FetchResult:
     seconds: float
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def fetch(version: str | None = None) -> FetchResult:
     """Make sure the connector and JDBC jars for pyspark ``version`` are cached; download if not."""
     version = version or pyspark_version()
@@ -118,7 +105,7 @@ def fetch(version: str | None = None) -> FetchResult:
     if jars is not None:
         return FetchResult(cache_dir(version), jars, False, time.monotonic() - start)
     folder = cache_dir(version)
-    with _locked(folder.parent / f".{folder.name}.lock"):
+    with locked(folder.parent / f".{folder.name}.lock"):
         jars = cached_jars(version)
         if jars is None:
             _download(version, folder)

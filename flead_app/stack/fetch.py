@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -114,7 +115,8 @@ def require_java() -> str:
 
 
 @contextmanager
-def _locked(path: Path):
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if missing): one download of a cache at a time."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -132,7 +134,7 @@ def fetch(version: str, artifact: Artifact = KAFKA) -> FetchResult:
         log.debug("%s %s jars cached in %s (nothing downloaded)", artifact.what, version, libs)
         return FetchResult(libs, False, time.monotonic() - start, _count(libs))
     root = artifact_root(version, artifact)
-    with _locked(root / ".lock"):
+    with locked(root / ".lock"):
         if is_cached(version, artifact):  # another process fetched while we waited
             return FetchResult(libs, False, time.monotonic() - start, _count(libs))
         _download(version, root, artifact)

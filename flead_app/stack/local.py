@@ -29,15 +29,6 @@ log = logging.getLogger(__name__)
 DEFAULT_BROKERS = 4
 
 
-def flead_topics(settings: Settings) -> list[str]:
-    return [
-        settings.topic_readings,
-        settings.topic_anomalies,
-        settings.topic_local_updates,
-        settings.topic_global_updates,
-        settings.topic_dead_letter,
-    ]
-
 
 def state_path(home: Path) -> Path:
     return home / "stack.json"
@@ -241,7 +232,7 @@ def up(
                 preload = postgres.ensure_preloaded(pg.cluster, settings.db_name).describe()
             backend = init_database(settings, pg.url)
         started_nodes = cluster.up(timeout)
-        names = central_topics(settings) if n_sites else flead_topics(settings)
+        names = central_topics(settings) if n_sites else settings.pipeline_topics
         plans = topic_plans(ClusterPlan(cluster.brokers, cluster.plan.port_base), names, settings.partitions)
         created = cluster.ensure_topics(plans)
         stop_sites(home, keep=n_sites)  # fewer sites than before: the others stop (their data stays)
@@ -298,7 +289,7 @@ def status(all_topics: bool = False) -> tuple[bool, dict[str, Any]]:
     if cluster is None:
         return False, {"ok": False, "home": str(home), "error": f"no stack in {home}: run `flead stack up`"}
     n_sites = len(state.get("sites") or {})
-    st = cluster.status(None if all_topics else (central_topics(settings) if n_sites else flead_topics(settings)))
+    st = cluster.status(None if all_topics else (central_topics(settings) if n_sites else settings.pipeline_topics))
     db_url = settings.db_url or state.get("db_url", "")
     db = postgres.status(db_url)
     db["url"] = redact_url(db_url)
@@ -308,7 +299,7 @@ def status(all_topics: bool = False) -> tuple[bool, dict[str, Any]]:
     ok = st.ok and db["answers"]
     if n_sites:
         topology = sites_for(settings, cluster, n_sites, state)
-        names = None if all_topics else flead_topics(settings)
+        names = None if all_topics else settings.pipeline_topics
         data["sites"] = {}
         for k, site in topology.clusters.items():
             sst = site.status(names, with_quorum=False)

@@ -31,15 +31,6 @@ log = logging.getLogger(__name__)
 TABLES = ("device_state", "fedavg_state")
 
 
-def pipeline_topics(settings: Settings) -> list[str]:
-    return [
-        settings.topic_readings,
-        settings.topic_anomalies,
-        settings.topic_local_updates,
-        settings.topic_global_updates,
-        settings.topic_dead_letter,
-    ]
-
 
 def changelog_topics(settings: Settings) -> list[str]:
     return [f"{settings.app_id}-{table}-changelog" for table in TABLES]
@@ -133,7 +124,7 @@ def reset(settings: Settings) -> ResetResult:
     """Empty the pipeline (topics, changelogs, worker table files, database tables), at the centre
     and at every site; the stack stays up."""
     result = ResetResult()
-    topics = pipeline_topics(settings) + changelog_topics(settings)
+    topics = settings.pipeline_topics + changelog_topics(settings)
     result.records_deleted = asyncio.run(truncate_topics(settings, topics))
     for k in range(1, settings.sites + 1):  # each site's cluster holds its own copy of every topic
         removed = asyncio.run(truncate_topics(at_site(settings, k), topics))

@@ -50,20 +50,10 @@ MIRROR_START_TIMEOUT_S = 180.0
 MAIN_CLASS = "org.apache.kafka.connect.mirror.MirrorMaker"
 
 
-def site_topics(settings: Settings) -> list[str]:
-    """Every FLEAD topic lives at a site: readings arrive there, the rest is produced or mirrored there."""
-    return [
-        settings.topic_readings,
-        settings.topic_anomalies,
-        settings.topic_local_updates,
-        settings.topic_global_updates,
-        settings.topic_dead_letter,
-    ]
-
 
 def central_topics(settings: Settings) -> list[str]:
     """The central cluster of a sites topology has no readings topic: no reading is meant to get there."""
-    return [t for t in site_topics(settings) if t != settings.topic_readings]
+    return [t for t in settings.pipeline_topics if t != settings.topic_readings]
 
 
 def up_topics(settings: Settings) -> tuple[str, ...]:
@@ -295,8 +285,8 @@ class Sites:
         try:
             for k, cluster in self.clusters.items():
                 started[k] = cluster.up(timeout)
-            for cluster in self.clusters.values():
-                plans = topic_plans(ClusterPlan(1, cluster.plan.port_base), site_topics(self.settings),
+            for cluster in self.clusters.values():  # every topic lives at a site too
+                plans = topic_plans(ClusterPlan(1, cluster.plan.port_base), self.settings.pipeline_topics,
                                     self.settings.partitions)  # fmt: skip
                 cluster.ensure_topics(plans)
             mirror_started = self.mirror.start(timeout)

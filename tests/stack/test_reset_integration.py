@@ -14,7 +14,7 @@ from flead_app.io.db.schema import anomalies
 from flead_app.io.db.store import Database
 from flead_app.models import Anomaly, Reading
 from flead_app.settings import load_settings
-from flead_app.stack.reset import pipeline_topics, reset
+from flead_app.stack.reset import reset
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ async def _counts(settings) -> dict[str, int]:
     await reader.start()
     try:
         out = {}
-        for topic in pipeline_topics(settings):
+        for topic in settings.pipeline_topics:
             parts = await kafka.assign_all_partitions(reader, topic)
             begin, end = await reader.beginning_offsets(parts), await reader.end_offsets(parts)
             out[topic] = sum(end[tp] - begin[tp] for tp in parts if isinstance(tp, TopicPartition))
