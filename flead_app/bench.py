@@ -194,10 +194,15 @@ def wait_caught_up(settings: Settings, topics: list[str], timeout: float) -> boo
 
 def isolated(base: Settings, prefix: str, web_port: int) -> tuple[Settings, dict[str, str]]:
     """Settings for a worker of its own (a fresh app id: consumer groups and tables; fresh topics),
-    and the environment that hands them to the worker process."""
+    and the environment that hands them to the worker process.
+
+    The worker alarms by the z-rule: every reading is scored by both rules either way (the same
+    cost), but the model rule raises nothing until the second global version publishes a
+    threshold, later than a short run's latency phase may reach."""
     run = f"{prefix}-{uuid.uuid4().hex[:6]}"
     overrides = {
         "app_id": run,
+        "alarm_rule": "zrule",
         "topic_readings": f"{run}-readings",
         "topic_anomalies": f"{run}-anomalies",
         "topic_local_updates": f"{run}-local",

@@ -311,7 +311,10 @@ def test_sites_keep_readings_at_home_survive_a_cut_and_count_the_bytes_that_cros
         assert site["reading_bytes"] == sizes[settings.topic_readings] > 0
         assert site["up_bytes"] == sizes[settings.topic_local_updates] + sizes[settings.topic_anomalies] > 0
         assert site["down_bytes"] == sizes[settings.topic_global_updates] > 0
-        assert site["crossed_bytes"] == site["up_bytes"] + site["down_bytes"] < site["reading_bytes"]
+        # no claim that fewer bytes cross than readings arrive: each round's update (weights,
+        # gradient and Hessian, score histogram, feature moments: ~3.6 KB of JSON) outweighs the
+        # few dozen readings a simulated device sends per round (docs/deployment.md, Bandwidth)
+        assert site["crossed_bytes"] == site["up_bytes"] + site["down_bytes"]
         assert site["pending_records"] == 0
         assert site["saving"] == pytest.approx(1 - site["crossed_bytes"] / site["reading_bytes"])
     assert bw["crossed_bytes"] == sum(s["crossed_bytes"] for s in bw["per_site"].values())

@@ -25,6 +25,7 @@ from flead_app.models import Anomaly, encode_batch, format_timestamp
 from flead_app.settings import load_settings
 from flead_app.worker import WorkerProcess
 from tests.agents.test_pipeline_integration import (
+    DESCRIPTION_RULES,
     consume_all,
     db_count,
     expected_anomalies,
@@ -58,7 +59,7 @@ def _anomaly(run: str, i: int, **kw) -> bytes:
 
 
 def test_poison_input_and_poison_rows_become_dead_letters_and_nothing_else_is_lost(pipeline_env, monkeypatch):
-    env = {**pipeline_env, "FLEAD_TRAIN_INTERVAL_S": "3600", "FLEAD_FEDAVG_BUFFER": "10"}
+    env = {**pipeline_env, **DESCRIPTION_RULES, "FLEAD_TRAIN_INTERVAL_S": "3600", "FLEAD_FEDAVG_BUFFER": "10"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     settings = load_settings()

@@ -28,6 +28,7 @@ from flead_app.models import encode_batch
 from flead_app.settings import load_settings
 from flead_app.worker import WorkerProcess, fetch_json
 from tests.agents.test_pipeline_integration import (
+    DESCRIPTION_RULES,
     consume_all,
     db_count,
     expected_anomalies,
@@ -83,7 +84,7 @@ def fedavg_changelog(bootstrap, topic: str) -> list[tuple[int, int, int]]:
 
 
 def test_a_worker_joining_and_leaving_repeatedly_loses_and_duplicates_nothing(pipeline_env, monkeypatch):
-    env = {**pipeline_env, "FLEAD_TRAIN_INTERVAL_S": "3600", "FLEAD_FEDAVG_BUFFER": str(BUFFER)}
+    env = {**pipeline_env, **DESCRIPTION_RULES, "FLEAD_TRAIN_INTERVAL_S": "3600", "FLEAD_FEDAVG_BUFFER": str(BUFFER)}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     settings = load_settings()
