@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -44,6 +45,7 @@ pytestmark = pytest.mark.integration
 
 DEVICES = 40
 READINGS = 4000  # 100 per device: two rounds each at FLEAD_TRAIN_EVERY=40, 80 updates: 4 global versions
+BACKGROUND: list[subprocess.Popen] = []
 TOKEN = "test-token-0b6c1f2e9d"  # the worker's bearer token in this run (searched for in the logs too)
 
 
@@ -56,10 +58,27 @@ def free_ports_from(start: int) -> int:
 
 
 def flead(env: dict[str, str], *args: str, timeout: float = 240.0) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "flead_app.cli", *args], env=env, capture_output=True, text=True, timeout=timeout,
-        stdin=subprocess.DEVNULL,
+    return finish(start_flead(env, *args), timeout)
+
+
+def start_flead(env: dict[str, str], *args: str) -> subprocess.Popen:
+    """A ``flead`` command in the background (the test runs the independent ones side by side), in
+    a process group of its own that the fixture kills if the test ends before it does."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flead_app.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, stdin=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
+    BACKGROUND.append(proc)
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def settings_with(env: dict[str, str]) -> Settings:
@@ -96,6 +115,11 @@ def secured(db_url, tmp_path):
         assert up.returncode == 0, up.stdout + up.stderr
         yield env, up.stdout, KafkaCluster.from_home(home)
     finally:
+        for proc in BACKGROUND:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+        BACKGROUND.clear()
         cluster = KafkaCluster.from_home(home)
         if cluster is not None:
             pids = [read_pid(cluster.pid_file(n.node_id)) for n in cluster.plan.nodes]
@@ -108,11 +132,16 @@ def secured(db_url, tmp_path):
                 ), f"broker pid {pid} still running"
 
 
-def refusal(env: dict[str, str], **overrides: str) -> str:
-    """What ``flead simulate`` says when its Kafka client is refused (it must fail)."""
-    proc = flead({**env, **overrides}, "simulate", "--devices", "2", "--count", "4", timeout=120)
-    assert proc.returncode != 0, f"a client with {sorted(overrides)} was let in:\n{proc.stdout}{proc.stderr}"
-    return proc.stderr
+def start_refused(env: dict[str, str], **overrides: str) -> subprocess.Popen:
+    """``flead simulate`` with a client the cluster must refuse."""
+    return start_flead({**env, **overrides}, "simulate", "--devices", "2", "--count", "4")
+
+
+def refusal(proc: subprocess.Popen) -> str:
+    """What the refused client said (it must have failed)."""
+    done = finish(proc, 120)
+    assert done.returncode != 0, f"a client was let in ({done.args}):\n{done.stdout}{done.stderr}"
+    return done.stderr
 
 
 def post_train_pending(url: str, token: str | None) -> int:
@@ -138,14 +167,16 @@ def test_every_client_works_on_a_secured_cluster_and_the_wrong_ones_are_refused(
     assert all(secrets.values()) and len(secrets) == 4
     assert all(p.stat().st_mode & 0o077 == 0 for p in files.dir.iterdir()), "a secret is readable by others"
 
-    status = flead(env, "stack", "status", timeout=120)
+    checks = [start_flead(env, "stack", "status"), start_refused(env, FLEAD_KAFKA_SASL_PASSWORD="not-the-password"),
+              start_refused(env, FLEAD_KAFKA_SECURITY_PROTOCOL="PLAINTEXT")]  # fmt: skip
+    status = finish(checks[0], 120)
     assert status.returncode == 0, status.stdout + status.stderr
     assert "security: SASL_SSL (SCRAM-SHA-512 over TLS), ACLs enforced" in status.stdout
 
     # refused, each with the reason
-    wrong = refusal(env, FLEAD_KAFKA_SASL_PASSWORD="not-the-password")
+    wrong = refusal(checks[1])
     assert "refused the login of user flead (SCRAM-SHA-512): wrong user name or password" in wrong
-    plain = refusal(env, FLEAD_KAFKA_SECURITY_PROTOCOL="PLAINTEXT")
+    plain = refusal(checks[2])
     assert "closed the connection of a PLAINTEXT client: the broker requires TLS and SASL" in plain
 
     async def outside_acls() -> str:
@@ -174,6 +205,10 @@ def test_every_client_works_on_a_secured_cluster_and_the_wrong_ones_are_refused(
                     "--batch", "10", "--json", timeout=180)  # fmt: skip
         assert sim.returncode == 0, sim.stdout + sim.stderr
         assert json.loads(sim.stdout)["readings"] == READINGS
+        # a Spark job reads the readings topic through SASL_SSL, beside the rest
+        window = [(started - timedelta(minutes=1)).isoformat(), (datetime.now(UTC) + timedelta(minutes=1)).isoformat()]
+        spark_job = start_flead(env, "spark", "analytics", "--start", window[0], "--end", window[1], "--slack-s", "0",
+                                "--json")  # fmt: skip
 
         # the detector read everything, FedAvg published, the follower took its versions, the sink stored
         wait_for(lambda: worker.stats()["detector"].get("readings", 0) >= READINGS, 120, "every reading detected")
@@ -201,10 +236,7 @@ def test_every_client_works_on_a_secured_cluster_and_the_wrong_ones_are_refused(
     rate = faust_ceiling(replace(settings, web_port=free_port() - 1), env, READINGS // 10, timeout=120)
     assert rate > 0
 
-    # a Spark job reads the readings topic through SASL_SSL
-    window = [(started - timedelta(minutes=1)).isoformat(), (datetime.now(UTC) + timedelta(minutes=1)).isoformat()]
-    spark = flead(env, "spark", "analytics", "--start", window[0], "--end", window[1], "--slack-s", "0", "--json",
-                  timeout=300)  # fmt: skip
+    spark = finish(spark_job, 300)
     (home / "logs" / "spark-analytics.log").write_text(spark.stdout + spark.stderr)
     assert spark.returncode == 0, spark.stderr[-3000:]
     assert json.loads(spark.stdout)["readings"] == READINGS
