@@ -55,6 +55,7 @@ def create_app(settings: Settings) -> faust.App:
         producer_linger_ms=5,
         consumer_auto_offset_reset="earliest",
         web_port=settings.web_port,
+        web_bind=settings.web_host,
         web_host="127.0.0.1",
         table_cleanup_interval=30.0,
         broker_commit_every=5000,

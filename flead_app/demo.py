@@ -130,7 +130,9 @@ def follow(
 def train_pending(worker: WorkerProcess, say=say) -> None:  # noqa: ANN001 - the caller's printer
     """Have every device train on the readings it holds since its last round, as it would at
     its next reading or once quiet for FLEAD_TRAIN_INTERVAL_S: the last minute reaches a model."""
-    request = urllib.request.Request(f"{worker.url}/flead/train-pending/", method="POST", data=b"")
+    token = worker.settings.web_token
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"{worker.url}/flead/train-pending/", method="POST", data=b"", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
             requested = json.loads(response.read())["requested"]

@@ -28,6 +28,16 @@ MAX_KAFKA_PORT = 65535 - 10000 - 9  # controllers listen 10000 above the brokers
 
 
 WORKERS_DIR = "workers"
+#: settings whose values are secrets: masked wherever settings are shown
+SECRET_SETTINGS = frozenset({"kafka_sasl_password", "web_token"})
+#: the client security settings a secured stack (``flead stack up --secure``, ``stack.json``'s
+#: ``security``) fills in when they are not set, and where it keeps each
+STACK_SECURITY = {
+    "kafka_security_protocol": "protocol",
+    "kafka_sasl_mechanism": "mechanism",
+    "kafka_sasl_username": "username",
+    "kafka_ssl_cafile": "cafile",
+}
 ROLES = ("all", "site", "central")
 #: site K's broker listens on FLEAD_KAFKA_PORT + 10 + K - 1 unless FLEAD_SITE_PORT says otherwise
 #: (the central cluster takes PORT..PORT+9)
@@ -260,6 +270,21 @@ class Settings:
     # --- worker ------------------------------------------------------------------------
     store: str = field(default="rocksdb://", metadata={"help": "Faust table store (rocksdb:// or memory://)"})
     web_port: int = field(default=6066, metadata={"help": "Faust worker web port (live page /dashboard)"})
+    web_host: str = field(
+        default="127.0.0.1",
+        metadata={
+            "help": "Address the worker's web server binds (127.0.0.1: this machine only); beyond loopback "
+            "(0.0.0.0, a LAN address) FLEAD_WEB_TOKEN must be set"
+        },
+    )
+    web_token: str = field(
+        default="",
+        repr=False,
+        metadata={
+            "help": "Bearer token the worker's state-changing endpoints (POST /flead/train-pending/) require "
+            "(`Authorization: Bearer <token>`); required when FLEAD_WEB_HOST is beyond loopback (never logged)"
+        },
+    )
     event_loop: str = field(
         default="uvloop", metadata={"help": "Worker event loop: uvloop (~20% more single-reading messages/s) or aio"}
     )
@@ -290,9 +315,15 @@ class Settings:
         default="PLAINTEXT", metadata={"help": "PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL"}
     )
     kafka_sasl_mechanism: str = field(default="PLAIN", metadata={"help": "PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512"})
-    kafka_sasl_username: str = field(default="", metadata={"help": "SASL user"})
-    kafka_sasl_password: str = field(default="", metadata={"help": "SASL password (never logged)"})
-    kafka_ssl_cafile: str = field(default="", metadata={"help": "CA bundle for SSL"})
+    kafka_sasl_username: str = field(
+        default="", metadata={"help": "SASL user; default: the secured stack's application user (flead)"}
+    )
+    kafka_sasl_password: str = field(
+        default="",
+        repr=False,
+        metadata={"help": "SASL password (never logged); default: the secured stack's, from its password file"},
+    )
+    kafka_ssl_cafile: str = field(default="", metadata={"help": "CA bundle for SSL; default: the secured stack's CA"})
     kafka_ssl_certfile: str = field(default="", metadata={"help": "Client certificate for SSL"})
     kafka_ssl_keyfile: str = field(default="", metadata={"help": "Client key for SSL"})
     # --- versions of the local stack -------------------------------------------------------
@@ -359,7 +390,7 @@ class Settings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in {"kafka_sasl_password"} and value:
+            if f.name in SECRET_SETTINGS and value:
                 value = "***"
             if f.name == "db_url":
                 value = redact_url(value)
@@ -416,6 +447,10 @@ def load_settings() -> Settings:
         values["replication_factor"] = min(3, brokers)
     if not values["db_url"]:
         values["db_url"] = state.get("db_url", "")
+    values.update(stack_security(values, cluster_state.get("security") or {}, _unset))
+    problem = web_exposure_problem(values["web_host"], values["web_token"])
+    if problem:
+        raise ValueError(problem)
     if values["partitions"] % 4:
         raise ValueError(f"FLEAD_PARTITIONS must be a multiple of 4, got {values['partitions']}")
     if values["aggregator"] not in {"newton", "fedavg", "median", "trimmed_mean"}:
@@ -455,6 +490,75 @@ def load_settings() -> Settings:
     if not 0.0 < values["prior_anomaly_rate"] < 1.0:
         raise ValueError(f"FLEAD_PRIOR_ANOMALY_RATE must lie in (0, 1), got {values['prior_anomaly_rate']}")
     return Settings(**values)
+
+
+def _unset(name: str) -> bool:
+    return not os.environ.get(ENV_PREFIX + name.upper())
+
+
+def _read_password(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as err:
+        raise ValueError(
+            f"the secured stack's password file {path} cannot be read ({err.strerror}): set "
+            f"FLEAD_KAFKA_SASL_PASSWORD, or run `flead stack up --secure` as the user who owns it"
+        ) from None
+
+
+def stack_security(values: dict[str, Any], security: dict[str, str], unset: Any = _unset) -> dict[str, str]:
+    """The client security settings a secured stack gives, for those ``unset(name)`` says were
+    not set: its protocol, mechanism, user and CA, and the password read from its file.
+
+    A setting given in the environment wins, so ``FLEAD_KAFKA_SASL_PASSWORD=wrong`` tries a wrong
+    password and ``FLEAD_KAFKA_SECURITY_PROTOCOL=PLAINTEXT`` a client without TLS or SASL.
+
+    >>> sec = {"protocol": "SASL_SSL", "mechanism": "SCRAM-SHA-512", "username": "flead", "cafile": "/s/ca.pem"}
+    >>> stack_security({}, sec, unset=lambda name: name != "kafka_sasl_username")
+    {'kafka_security_protocol': 'SASL_SSL', 'kafka_sasl_mechanism': 'SCRAM-SHA-512', 'kafka_ssl_cafile': '/s/ca.pem'}
+    >>> stack_security({}, {})
+    {}
+    """
+    if not security:
+        return {}
+    out = {name: security[key] for name, key in STACK_SECURITY.items() if key in security and unset(name)}
+    if security.get("password_file") and unset("kafka_sasl_password"):
+        out["kafka_sasl_password"] = _read_password(security["password_file"])
+    return out
+
+
+def is_loopback(host: str) -> bool:
+    """The address answers only this machine (``localhost``, 127.0.0.0/8, ``::1``).
+
+    >>> [is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::", "10.0.0.5", "example.org")]
+    [True, True, True, False, False, False, False]
+    """
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve beyond this machine
+
+
+def web_exposure_problem(host: str, token: str) -> str:
+    """Why a worker's web server may not start on ``host`` ('' when it may): bound beyond loopback,
+    its state-changing endpoints need a token.
+
+    >>> web_exposure_problem("127.0.0.1", ""), web_exposure_problem("0.0.0.0", "t0ken")
+    ('', '')
+    >>> web_exposure_problem("0.0.0.0", "")[:60]
+    'FLEAD_WEB_HOST=0.0.0.0 serves the worker beyond this machine'
+    """
+    if is_loopback(host) or token:
+        return ""
+    return (
+        f"FLEAD_WEB_HOST={host} serves the worker beyond this machine: set FLEAD_WEB_TOKEN to a secret "
+        "that its state-changing endpoints (POST /flead/train-pending/) will require as "
+        "`Authorization: Bearer <token>`, or bind 127.0.0.1"
+    )
 
 
 def at_site(settings: Settings, site: int, state: dict[str, Any] | None = None, **changes: Any) -> Settings:

@@ -437,7 +437,7 @@ async def simulate(
     producer = kafka.producer(
         settings, bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=131072, client_id="flead-simulate"
     )
-    await producer.start()
+    await kafka.start_client(producer, replace(settings, kafka_bootstrap=",".join(bootstrap)))
     try:
         partitions = await _topic_partitions(producer, topic, opts.metadata_timeout_s)
         if not partitions:

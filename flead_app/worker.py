@@ -37,14 +37,15 @@ def prepare_changelog_topics(settings: Settings, timeout: float = 60.0) -> list[
     """
     import asyncio
 
-    from flead_app.io.kafka import create_topics, wait_topics_known
+    from flead_app.io.kafka import create_topics, kafka_client_options, wait_topics_known
 
     names = [f"{settings.app_id}-{table}-changelog" for table in ROLE_TABLES[settings.role]]
 
     async def go() -> None:
         await create_topics(settings, names, configs={"cleanup.policy": "compact"})
-        if settings.kafka_security_protocol.upper() == "PLAINTEXT":
-            await wait_topics_known(settings.bootstrap_servers, names, settings.partitions, timeout)
+        await wait_topics_known(
+            settings.bootstrap_servers, names, settings.partitions, timeout, kafka_client_options(settings)
+        )
 
     asyncio.run(go())
     return names
@@ -69,7 +70,7 @@ def worker_command(settings: Settings, loglevel: str = "info", app: str = MAIN_A
         "--web-port",
         str(settings.web_port),
         "--web-bind",
-        "127.0.0.1",
+        settings.web_host,
         "--web-host",
         "127.0.0.1",
     ]

@@ -26,7 +26,7 @@ ROOT = Path(flead_app.__file__).parent
 #: layer of each module (by prefix); a module may import its own layer and the ones below it
 LAYERS = [
     ("settings", ["flead_app.settings"]),
-    ("core", ["flead_app.algorithms", "flead_app.models", "flead_app.fleet", "flead_app.replay"]),
+    ("core", ["flead_app.algorithms", "flead_app.models", "flead_app.fleet", "flead_app.replay", "flead_app.web_auth"]),
     ("io", ["flead_app.io"]),
     ("dashboard", ["flead_app.dashboard.page", "flead_app.dashboard.queries", "flead_app.dashboard.grafana"]),
     ("worker", ["flead_app.app", "flead_app.faust_patches", "flead_app.runtime", "flead_app.agents",

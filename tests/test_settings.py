@@ -133,3 +133,29 @@ def test_a_worker_discovers_only_the_modules_of_its_role(tmp_path):
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip().splitlines()[-1] == want, role
+
+
+def test_a_worker_bound_beyond_loopback_needs_a_token(monkeypatch, tmp_path):
+    from flead_app.worker import worker_command
+
+    monkeypatch.setenv("FLEAD_HOME", str(tmp_path))
+    assert load_settings().web_host == "127.0.0.1"
+    monkeypatch.setenv("FLEAD_WEB_HOST", "0.0.0.0")
+    with pytest.raises(
+        ValueError, match="FLEAD_WEB_HOST=0.0.0.0 serves the worker beyond this machine: set FLEAD_WEB_TOKEN"
+    ):
+        load_settings()
+    monkeypatch.setenv("FLEAD_WEB_TOKEN", "s3cret-token")
+    s = load_settings()
+    cmd = worker_command(s)
+    assert cmd[cmd.index("--web-bind") + 1] == "0.0.0.0"
+    assert "s3cret-token" not in repr(s) and s.redacted()["web_token"] == "***"
+
+
+def test_state_changing_requests_need_the_bearer_token():
+    from flead_app.web_auth import bearer_token_ok
+
+    assert bearer_token_ok(None, "") and bearer_token_ok("Bearer anything", "")
+    assert bearer_token_ok("Bearer tok", "tok") and bearer_token_ok("bearer  tok ", "tok")
+    assert not bearer_token_ok(None, "tok") and not bearer_token_ok("Bearer tok2", "tok")
+    assert not bearer_token_ok("Basic tok", "tok")

@@ -48,6 +48,7 @@ from flead_app.models import (
 from flead_app.tables.device_state import device_state
 from flead_app.tables.rows import DeviceRow, Position
 from flead_app.tables.write_behind import WriteBehindTable
+from flead_app.web_auth import UNAUTHORIZED, bearer_token_ok
 
 log = logging.getLogger(__name__)
 
@@ -319,4 +320,6 @@ class TrainPendingView(View):
     asks for it when its simulator stops, so that the last readings reach a global model)."""
 
     async def post(self, request):  # noqa: ANN001, ANN201
+        if not bearer_token_ok(request.headers.get("Authorization"), settings.web_token):
+            return self.json(UNAUTHORIZED, status=401)
         return self.json({"requested": await request_rounds(0.0, reason="flush")})

@@ -80,7 +80,7 @@ def fetch_partition_leaders(settings: Settings, topic: str, timeout_s: float = 3
 
     async def ask() -> dict[int, int]:
         c = consumer(settings, group_id=None, request_timeout_ms=int(timeout_s * 1000))
-        await asyncio.wait_for(c.start(), timeout_s)
+        await asyncio.wait_for(start_client(c, settings), timeout_s)
         try:
             return await asyncio.wait_for(partition_leaders(c, topic), timeout_s)
         finally:
@@ -120,7 +120,7 @@ async def create_topics(
     replication = replication or settings.replication_factor
     topic_configs = {**({"min.insync.replicas": "2"} if replication >= 3 else {}), **(configs or {})}
     client = admin(settings)
-    await client.start()
+    await start_client(client, settings)
     try:
         new = [NewTopic(n, partitions, replication, topic_configs=topic_configs) for n in names]
         resp = await client.create_topics(new)
@@ -137,12 +137,17 @@ async def create_topics(
     return created
 
 
-async def broker_metadata(host: str, port: int, topics: list[str] | None = None, timeout: float = 5.0) -> dict:
-    """One MetadataRequest straight to one broker (``topics=None``: all topics), as a dict."""
+async def broker_metadata(
+    host: str, port: int, topics: list[str] | None = None, timeout: float = 5.0, options: dict[str, Any] | None = None
+) -> dict:
+    """One MetadataRequest straight to one broker (``topics=None``: all topics), as a dict;
+    ``options`` are the connection's security (``kafka_client_options``), none for PLAINTEXT."""
     from aiokafka.conn import create_conn
     from aiokafka.protocol.metadata import MetadataRequest
 
-    conn = await asyncio.wait_for(create_conn(host, port, request_timeout_ms=int(timeout * 1000)), timeout)
+    conn = await asyncio.wait_for(
+        create_conn(host, port, request_timeout_ms=int(timeout * 1000), **(options or {})), timeout
+    )
     try:
         resp = await asyncio.wait_for(conn.send(MetadataRequest(topics, False)), timeout)
         return resp.to_object()
@@ -150,9 +155,16 @@ async def broker_metadata(host: str, port: int, topics: list[str] | None = None,
         conn.close()
 
 
-async def wait_topics_known(bootstrap: list[str], names: list[str], partitions: int, timeout: float = 60.0) -> None:
+async def wait_topics_known(
+    bootstrap: list[str],
+    names: list[str],
+    partitions: int,
+    timeout: float = 60.0,
+    options: dict[str, Any] | None = None,
+) -> None:
     """Wait until every bootstrap broker's metadata has ``names``, each with ``partitions``
-    partitions that have a leader (a new topic reaches each broker's cache at its own pace)."""
+    partitions that have a leader (a new topic reaches each broker's cache at its own pace);
+    ``options``: the connections' security (``kafka_client_options``)."""
     deadline = time.monotonic() + timeout
     missing: list[str] = []
     while True:
@@ -160,7 +172,7 @@ async def wait_topics_known(bootstrap: list[str], names: list[str], partitions: 
         for server in bootstrap:
             host, port = server.rsplit(":", 1)
             try:
-                md = await broker_metadata(host, int(port), names)
+                md = await broker_metadata(host, int(port), names, options=options)
             except Exception as exc:  # a broker that is down does not block the start
                 missing.append(f"{server}: {type(exc).__name__}")
                 continue
@@ -247,3 +259,75 @@ def broker_credentials(settings: Settings) -> object | None:
             ssl_context=options.get("ssl_context"),
         )
     return SSLCredentials(options["ssl_context"])
+
+
+class KafkaAccessError(RuntimeError):
+    """A Kafka cluster refused this client (wrong password, no TLS where TLS is required, ...): the
+    message says which, where aiokafka says only that it could not bootstrap."""
+
+
+def explain_refusal(server: str, protocol: str, user: str, mechanism: str, exc: BaseException) -> str:
+    """One sentence on why connecting to ``server`` failed, from the exception of a direct connection.
+
+    >>> from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
+    >>> explain_refusal("localhost:1", "SASL_SSL", "flead", "SCRAM-SHA-512", SaslAuthenticationFailed("x"))[:62]
+    'Kafka at localhost:1 refused the login of user flead (SCRAM-SH'
+    >>> explain_refusal("localhost:1", "PLAINTEXT", "", "PLAIN", KafkaConnectionError("closed"))[:72]
+    'Kafka at localhost:1 closed the connection of a PLAINTEXT client: the br'
+    >>> explain_refusal("localhost:1", "PLAINTEXT", "", "PLAIN", ConnectionRefusedError(111, "refused"))[:32]
+    'no Kafka broker answers at local'
+    """
+    import ssl
+
+    from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
+
+    if isinstance(exc, SaslAuthenticationFailed) or "SaslAuthenticationFailed" in str(exc):
+        return (
+            f"Kafka at {server} refused the login of user {user} ({mechanism}): wrong user name or password "
+            f"(FLEAD_KAFKA_SASL_USERNAME / FLEAD_KAFKA_SASL_PASSWORD; a secured stack keeps its own in "
+            f"$FLEAD_HOME/secrets)"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS with Kafka at {server} failed ({exc.reason or exc}): is FLEAD_KAFKA_SSL_CAFILE the cluster's CA?"
+    if isinstance(exc, ConnectionRefusedError) or (isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError)):
+        return f"no Kafka broker answers at {server} ({exc}): is the stack up (`flead stack status`)?"
+    if protocol.upper() == "PLAINTEXT" and isinstance(exc, KafkaConnectionError | asyncio.TimeoutError):
+        return (
+            f"Kafka at {server} closed the connection of a PLAINTEXT client: the broker requires TLS and SASL "
+            f"(a secured stack, `flead stack up --secure`: leave FLEAD_KAFKA_SECURITY_PROTOCOL unset so its "
+            f"settings apply, or set SASL_SSL with a user, password and CA)"
+        )
+    return f"Kafka at {server} refused the connection ({protocol}): {type(exc).__name__}: {exc}"
+
+
+async def connection_problem(settings: Settings, timeout: float = 15.0) -> str:
+    """Why this client cannot talk to the cluster, '' when it can: one direct connection to the
+    first bootstrap server with the settings' security, its failure put in words."""
+    from aiokafka.conn import create_conn
+
+    server = settings.bootstrap_servers[0] if settings.bootstrap_servers else "?"
+    host, _, port = server.rpartition(":")
+    try:
+        conn = await asyncio.wait_for(
+            create_conn(host, int(port), request_timeout_ms=int(timeout * 1000), **kafka_client_options(settings)),
+            timeout,
+        )
+    except Exception as exc:  # noqa: BLE001 - every failure is explained
+        return explain_refusal(
+            server, settings.kafka_security_protocol, settings.kafka_sasl_username, settings.kafka_sasl_mechanism, exc
+        )
+    conn.close()
+    return ""
+
+
+async def start_client(client: Any, settings: Settings) -> None:
+    """``await client.start()``; when the cluster refuses, a ``KafkaAccessError`` that says why."""
+    from aiokafka.errors import KafkaConnectionError
+
+    try:
+        await client.start()
+    except KafkaConnectionError as exc:
+        problem = await connection_problem(settings)
+        if hasattr(client, "stop"):
+            await client.stop()
+        raise KafkaAccessError(problem or str(exc)) from exc

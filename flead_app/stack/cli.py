@@ -32,6 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--replace", action="store_true", help="stop a running cluster of another size in this FLEAD_HOME first"
     )
+    up.add_argument("--secure", action=argparse.BooleanOptionalAction, default=None,
+                    help="SASL_SSL brokers (SCRAM-SHA-512 over TLS, certificates and passwords made in "
+                    "$FLEAD_HOME/secrets) with ACLs; --no-secure: PLAINTEXT; default: as the existing "
+                    "cluster is, else PLAINTEXT. A change of either needs --replace while it runs")  # fmt: skip
     up.add_argument("--no-db", action="store_true", help="do not start or check PostgreSQL")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for brokers")
     up.set_defaults(func=cmd_up)
@@ -107,12 +111,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     from flead_app.stack.local import up
 
     try:
-        res = up(args.brokers, with_db=not args.no_db, timeout=args.timeout, replace=args.replace, sites=args.sites)
+        res = up(args.brokers, with_db=not args.no_db, timeout=args.timeout, replace=args.replace, sites=args.sites,
+                 secure=args.secure)  # fmt: skip
     except StackError as exc:
         return _fail(exc)
     c = res.cluster
     print(f"Kafka {c.version}: {c.brokers} broker(s) up at {c.bootstrap}"
           f" (started now: {res.started_nodes or 'none, already running'})")  # fmt: skip
+    if c.secure:
+        print(security_lines(read_security(c.home)))
     print(f"  replication {c.plan.replication_factor}, min.insync.replicas {c.plan.min_insync_replicas}; "
           f"topics created now: {', '.join(res.created_topics) or 'none (all existed)'}")  # fmt: skip
     if not args.no_db:
@@ -168,11 +175,43 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def read_security(home: Any) -> dict[str, Any]:
+    from flead_app.stack.local import read_state
+
+    return read_state(home).get("security") or {}
+
+
+def security_lines(sec: dict[str, Any]) -> str:
+    """How a secured cluster is reached, for ``up`` and ``status``: where the secrets are, never them.
+
+    >>> print(security_lines({}))
+    security: PLAINTEXT (no TLS, no authentication, no ACLs)
+    >>> sec = {"protocol": "SASL_SSL", "mechanism": "SCRAM-SHA-512", "username": "flead",
+    ...        "password_file": "/h/secrets/kafka-flead.password", "cafile": "/h/secrets/ca.pem",
+    ...        "admin_properties": "/h/secrets/admin.properties"}
+    >>> print(security_lines(sec).splitlines()[1])
+      clients log in as flead (password in /h/secrets/kafka-flead.password), trusting the CA /h/secrets/ca.pem
+    """
+    if not sec:
+        return "security: PLAINTEXT (no TLS, no authentication, no ACLs)"
+    return "\n".join(
+        [
+            f"security: {sec['protocol']} ({sec['mechanism']} over TLS), ACLs enforced; the controller listener "
+            "is PLAINTEXT on 127.0.0.1",
+            f"  clients log in as {sec['username']} (password in {sec['password_file']}), trusting the CA "
+            f"{sec['cafile']}",
+            f"  FLEAD commands with this FLEAD_HOME do so on their own; Kafka's tools: --command-config "
+            f"{sec['admin_properties']} (the admin)",
+        ]
+    )
+
+
 def format_status(data: dict[str, Any]) -> str:
     if "kafka" not in data:
         return data.get("error", "no stack")
     k = data["kafka"]
     lines = [f"Kafka {data['kafka_version']} cluster {k['cluster_id']}  bootstrap {k['bootstrap']}"]
+    lines.append(security_lines(data.get("security") or {}))
     lines.append(f"  {'broker':<7}{'address':<18}{'roles':<19}{'pid':<9}alive")
     for b in k["brokers"]:
         alive = "yes" if b["alive"] else ("NO (not registered)" if b["process"] else "NO (not running)")

@@ -138,11 +138,83 @@ def random_cluster_id() -> str:
             return text
 
 
-def render_server_properties(plan: ClusterPlan, node_id: int, data_dir: str, default_partitions: int = 8) -> str:
-    """``server.properties`` of one node: KRaft, loopback, small thread pools."""
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+SCRAM_LOGIN_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
+STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+ADMIN_USER = "admin"
+#: the principal of the PLAINTEXT controller listener (brokers registering, heartbeats): it must be
+#: a super user, or the controller's authorizer refuses the brokers' own requests
+CONTROLLER_PRINCIPAL = "User:ANONYMOUS"
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """What a secured broker needs: its TLS key store, the CA it trusts and the admin's password
+    (the broker logs in as the admin to replicate from other brokers).
+
+    The client listener is SASL_SSL (SCRAM-SHA-512 over TLS); brokers replicate over the same
+    listener as ``admin``. The controller listener stays PLAINTEXT on 127.0.0.1: KRaft controllers
+    cannot check SCRAM (the credentials live in the metadata they serve), so whoever can reach
+    the controller port on this machine is trusted, as the brokers registering there must be.
+    """
+
+    keystore: str  # PKCS12 with the broker's key and certificate chain
+    keystore_password: str = field(repr=False)
+    truststore: str  # the CA certificate (PEM)
+    admin_password: str = field(repr=False)
+
+    def jaas(self) -> str:
+        return f'{SCRAM_LOGIN_MODULE} required username="{ADMIN_USER}" password="{self.admin_password}";'
+
+
+def security_properties(security: BrokerSecurity | None) -> list[tuple[str, object]]:
+    """The listener and authorizer lines of a node; PLAINTEXT everywhere without ``security``.
+
+    >>> [k for k, _ in security_properties(None)]
+    ['inter.broker.listener.name', 'listener.security.protocol.map']
+    >>> props = dict(security_properties(BrokerSecurity("/s/broker.p12", "kp", "/s/ca.pem", "ap")))
+    >>> props["listener.security.protocol.map"], props["super.users"]
+    ('CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL', 'User:admin;User:ANONYMOUS')
+    >>> props["allow.everyone.if.no.acl.found"], props["ssl.truststore.type"]
+    ('false', 'PEM')
+    """
+    if security is None:
+        return [
+            ("inter.broker.listener.name", "PLAINTEXT"),
+            ("listener.security.protocol.map", "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"),
+        ]
+    return [
+        ("inter.broker.listener.name", "SASL_SSL"),
+        ("listener.security.protocol.map", "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL"),
+        ("sasl.enabled.mechanisms", SCRAM_MECHANISM),
+        ("sasl.mechanism.inter.broker.protocol", SCRAM_MECHANISM),
+        (f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config", security.jaas()),
+        ("ssl.keystore.type", "PKCS12"),
+        ("ssl.keystore.location", security.keystore),
+        ("ssl.keystore.password", security.keystore_password),
+        ("ssl.key.password", security.keystore_password),
+        ("ssl.truststore.type", "PEM"),
+        ("ssl.truststore.location", security.truststore),
+        ("ssl.client.auth", "none"),
+        ("authorizer.class.name", STANDARD_AUTHORIZER),
+        ("super.users", f"User:{ADMIN_USER};{CONTROLLER_PRINCIPAL}"),
+        ("allow.everyone.if.no.acl.found", "false"),
+    ]
+
+
+def render_server_properties(
+    plan: ClusterPlan,
+    node_id: int,
+    data_dir: str,
+    default_partitions: int = 8,
+    security: BrokerSecurity | None = None,
+) -> str:
+    """``server.properties`` of one node: KRaft, loopback, small thread pools; with ``security``
+    the client listener is SASL_SSL and ACLs are enforced (``security_properties``)."""
     node = plan.node(node_id)
     rf = plan.replication_factor
-    listeners = [f"PLAINTEXT://{HOST}:{node.client_port}"]
+    client = "SASL_SSL" if security else "PLAINTEXT"
+    listeners = [f"{client}://{HOST}:{node.client_port}"]
     if node.is_controller:
         listeners.append(f"CONTROLLER://{HOST}:{node.controller_port}")
     props: list[tuple[str, object]] = [
@@ -151,9 +223,8 @@ def render_server_properties(plan: ClusterPlan, node_id: int, data_dir: str, def
         ("controller.quorum.voters", plan.quorum_voters),
         ("controller.listener.names", "CONTROLLER"),
         ("listeners", ",".join(listeners)),
-        ("advertised.listeners", f"PLAINTEXT://{HOST}:{node.client_port}"),
-        ("inter.broker.listener.name", "PLAINTEXT"),
-        ("listener.security.protocol.map", "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"),
+        ("advertised.listeners", f"{client}://{HOST}:{node.client_port}"),
+        *security_properties(security),
         ("log.dirs", data_dir),
         # replication and topics
         ("num.partitions", default_partitions),

@@ -26,8 +26,9 @@ from typing import Any, TypeVar
 
 from flead_app.io.kafka import broker_metadata
 from flead_app.settings import WORKERS_DIR
-from flead_app.stack import procs
+from flead_app.stack import procs, security
 from flead_app.stack.config import (
+    BrokerSecurity,
     ClusterPlan,
     TopicPlan,
     jvm_options,
@@ -74,12 +75,16 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 # --- talking to brokers --------------------------------------------------------------------
 async def any_metadata(
-    addresses: list[tuple[str, int]], topics: list[str] | None = None, timeout: float = 5.0
+    addresses: list[tuple[str, int]],
+    topics: list[str] | None = None,
+    timeout: float = 5.0,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Metadata from the first broker in ``addresses`` that answers, else None."""
+    """Metadata from the first broker in ``addresses`` that answers, else None (``options``: the
+    connection's security, for a secured cluster)."""
     for host, port in addresses:
         try:
-            return await broker_metadata(host, port, topics, timeout)
+            return await broker_metadata(host, port, topics, timeout, options)
         except Exception as exc:  # noqa: BLE001 - a dead broker is an expected answer
             log.debug("no metadata from %s:%s: %s", host, port, exc)
     return None
@@ -177,13 +182,16 @@ class KafkaCluster:
         port_base: int = 29092,
         version: str = "3.9.1",
         default_partitions: int = 8,
+        secure: bool = False,
     ) -> None:
         self.home = Path(home).resolve()
         self.plan = ClusterPlan(brokers, port_base)
         self.version = version
         self.default_partitions = default_partitions
+        self.secure = secure
         self.dir = self.home / "kafka"
         self._libs: Path | None = None
+        self._client_options: dict[str, Any] | None = None
 
     # --- construction from a home that has (had) a cluster ----------------------------
     @classmethod
@@ -197,6 +205,7 @@ class KafkaCluster:
             int(layout["port_base"]),
             str(layout.get("kafka_version", "3.9.1")),
             int(layout.get("default_partitions", 8)),
+            bool(layout.get("secure", False)),
         )
 
     # --- paths ---------------------------------------------------------------------------
@@ -247,6 +256,22 @@ class KafkaCluster:
     def classpath(self) -> str:
         return str(self.libs / "*")
 
+    @property
+    def secrets(self) -> security.SecretFiles:
+        return security.SecretFiles(self.home)
+
+    def client_options(self) -> dict[str, Any]:
+        """aiokafka security options of the stack's own clients: none for a PLAINTEXT cluster, the
+        admin's SCRAM login over TLS for a secured one (topics, metadata, status)."""
+        if not self.secure:
+            return {}
+        if self._client_options is None:
+            self._client_options = security.client_options(self.secrets)
+        return self._client_options
+
+    def _broker_security(self) -> BrokerSecurity | None:
+        return security.broker_security(self.secrets) if self.secure else None
+
     # --- lifecycle -------------------------------------------------------------------
     def prepare(self) -> None:
         """Fetch jars if needed, check the layout, write configs, format storage."""
@@ -254,21 +279,27 @@ class KafkaCluster:
         _ = self.libs
         self._check_layout()
         self.dir.mkdir(parents=True, exist_ok=True)
+        if self.secure:
+            security.ensure_secrets(self.home)
+        broker_security = self._broker_security()
         (self.dir / "log4j.properties").write_text(render_log4j_properties())
         (self.dir / "tools-log4j.properties").write_text(render_tools_log4j_properties())
         for node in self.plan.nodes:
             nd = self.node_dir(node.node_id)
             (nd / "data").mkdir(parents=True, exist_ok=True)
             self.log_dir(node.node_id).mkdir(parents=True, exist_ok=True)
-            self.config_file(node.node_id).write_text(
-                render_server_properties(self.plan, node.node_id, str(nd / "data"), self.default_partitions)
+            text = render_server_properties(
+                self.plan, node.node_id, str(nd / "data"), self.default_partitions, broker_security
             )
+            # a secured node's config holds the key store's and the admin's passwords
+            security.write_secret(self.config_file(node.node_id), text)
         self._format()
 
     def _check_layout(self) -> None:
         layout = read_layout(self.dir)
-        wanted = {"brokers": self.brokers, "port_base": self.plan.port_base}
-        if layout and all(layout.get(k) == v for k, v in wanted.items()):
+        wanted = {"brokers": self.brokers, "port_base": self.plan.port_base, "secure": self.secure}
+        found = {**layout, "secure": bool(layout.get("secure", False))}  # layouts from before --secure
+        if layout and all(found.get(k) == v for k, v in wanted.items()):
             if layout.get("kafka_version") != self.version:
                 log.warning(
                     "cluster data in %s was made by Kafka %s, now running %s",
@@ -279,13 +310,12 @@ class KafkaCluster:
             old = KafkaCluster.from_home(self.home)
             if old is not None and old.running_nodes():
                 raise StackError(
-                    f"a {old.brokers}-broker cluster (ports from {old.plan.port_base}) is running "
-                    f"from {self.dir}; run `flead stack down` first to switch to "
-                    f"{self.brokers} broker(s) from port {self.plan.port_base}"
+                    f"a {old.describe()} is running from {self.dir}; run `flead stack down` first "
+                    f"(or `flead stack up --replace`) to switch to a {self.describe()}"
                 )
             log.warning(
-                "replacing the %s-broker cluster data in %s by a new %d-broker cluster",
-                layout.get("brokers"), self.dir, self.brokers,
+                "replacing the %s-broker cluster data in %s by a new %s",
+                layout.get("brokers"), self.dir, self.describe(),
             )  # fmt: skip
             shutil.rmtree(self.dir)
             remove_worker_tables(self.home)
@@ -309,11 +339,14 @@ class KafkaCluster:
         if not todo:
             return
         log.info("formatting KRaft storage of node(s) %s (cluster id %s)", todo, cluster_id)
+        # a secured cluster's SCRAM users are part of its first metadata (KRaft has no other way
+        # to have them before a broker can authenticate anybody)
+        users = security.scram_arguments(security.passwords(self.secrets)) if self.secure else []
         running = {}
         for node_id in todo:
             cmd = self._java_tool(
                 "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                "-c", str(self.config_file(node_id)), "--ignore-formatted",
+                "-c", str(self.config_file(node_id)), "--ignore-formatted", *users,
             )  # fmt: skip
             running[node_id] = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -323,6 +356,8 @@ class KafkaCluster:
         for node_id, proc in running.items():
             out, _ = proc.communicate(timeout=120)
             if proc.returncode != 0:
+                for secret in security.passwords(self.secrets).values() if self.secure else ():
+                    out = out.replace(secret, "***")
                 failures.append(f"node {node_id} (exit {proc.returncode}):\n{out.strip()[-2000:]}")
         if failures:
             raise StackError("formatting Kafka storage failed for " + "\n".join(failures))
@@ -426,7 +461,7 @@ class KafkaCluster:
             for node_id in expected:
                 if self._exited(node_id):
                     raise StackError(self.failure_report(node_id, "exited during start-up"))
-            md = run_async(any_metadata(self.addresses(), [], timeout=3.0))
+            md = run_async(any_metadata(self.addresses(), [], timeout=3.0, options=self.client_options()))
             seen = {b["node_id"] for b in md["brokers"]} if md else set()
             return expected <= seen
 
@@ -491,6 +526,40 @@ class KafkaCluster:
             raise
         return True
 
+    # --- access control (a secured cluster) ---------------------------------------------------
+    def grant(self, user: str, prefixes: list[str], timeout: float = 120.0) -> None:
+        """Give ``user`` its ACLs (``security.acl_commands``), as the admin, with Kafka's own tool.
+
+        Adding an ACL that exists changes nothing, so every ``up`` grants again (new topic names
+        or another app id get theirs).
+        """
+        if not self.secure:
+            return
+        commands = security.acl_commands(self.bootstrap, self.secrets.admin_properties, user, prefixes)
+        running = [
+            subprocess.Popen(
+                self._java_tool("kafka.admin.AclCommand", *args),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+            for args in commands
+        ]
+        failures = []
+        for proc in running:
+            out, _ = proc.communicate(timeout=timeout)
+            if proc.returncode != 0:
+                failures.append(out.strip()[-1500:])
+        if failures:
+            raise StackError("creating the ACLs of user " + user + " failed:\n" + "\n".join(failures))
+        log.info("ACLs of User:%s on topics and groups prefixed %s, and on the cluster", user, prefixes)
+
+    def describe(self) -> str:
+        """'secured 1-broker cluster (ports from 38092)', for messages."""
+        kind = "secured (SASL_SSL) " if self.secure else ""
+        return f"{kind}{self.brokers}-broker cluster (ports from {self.plan.port_base})"
+
     # --- topics -------------------------------------------------------------------------
     def ensure_topics(self, topics: list[TopicPlan], timeout: float = 60.0) -> list[str]:
         """Create the missing topics; wait until every partition has a leader and full ISR."""
@@ -500,7 +569,7 @@ class KafkaCluster:
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
         names = [t.name for t in topics]
-        md = await any_metadata(self.addresses(), names)
+        md = await any_metadata(self.addresses(), names, options=self.client_options())
         if md is None:
             raise StackError(f"no Kafka broker answers at {self.bootstrap}")
         existing = {t["topic"]: t for t in md["topics"] if t["error_code"] == 0}
@@ -513,7 +582,9 @@ class KafkaCluster:
                 )  # fmt: skip
         created: list[str] = []
         if missing:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=30000)
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=self.bootstrap, request_timeout_ms=30000, **self.client_options()
+            )
             await admin.start()
             try:
                 resp = await admin.create_topics(
@@ -538,7 +609,7 @@ class KafkaCluster:
         delay = 0.2
         last = ""
         while True:
-            md = await any_metadata(self.addresses(), names)
+            md = await any_metadata(self.addresses(), names, options=self.client_options())
             if md:
                 bad = []
                 for t in md["topics"]:
@@ -560,7 +631,9 @@ class KafkaCluster:
         async def go() -> None:
             from aiokafka.admin import AIOKafkaAdminClient
 
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=30000)
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=self.bootstrap, request_timeout_ms=30000, **self.client_options()
+            )
             await admin.start()
             try:
                 await admin.delete_topics(names)
@@ -595,7 +668,7 @@ class KafkaCluster:
     def status(self, topics: list[str] | None = None, with_quorum: bool = True) -> ClusterStatus:
         """Brokers, the quorum leader and ``topics`` (None: every non-internal topic)."""
         layout = read_layout(self.dir)
-        md = run_async(any_metadata(self.addresses(), topics, timeout=5.0))
+        md = run_async(any_metadata(self.addresses(), topics, timeout=5.0, options=self.client_options()))
         registered = {b["node_id"] for b in md["brokers"]} if md else set()
         brokers = []
         for node in self.plan.nodes:

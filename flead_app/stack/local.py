@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flead_app.settings import Settings, load_settings, redact_url
-from flead_app.stack import postgres
+from flead_app.stack import postgres, security
 from flead_app.stack.config import ClusterPlan, topic_plans
 from flead_app.stack.errors import StackError
 from flead_app.stack.kafka import KafkaCluster, remove_worker_tables
@@ -55,6 +55,7 @@ def write_state(home: Path, state: dict[str, Any]) -> None:
 
 def stack_state(cluster: KafkaCluster, db_url: str, db_managed: bool, sites: Sites | None = None) -> dict[str, Any]:
     return {
+        "security": security.stack_security_state(cluster.secrets) if cluster.secure else {},
         "sites": sites.state() if sites else {},
         "mirror": sites.mirror_state() if sites else {},
         "brokers": cluster.brokers,
@@ -112,10 +113,29 @@ def default_brokers(home: Path) -> int:
     return existing.brokers if existing else DEFAULT_BROKERS
 
 
-def cluster_for(settings: Settings, brokers: int | None = None) -> KafkaCluster:
+def cluster_for(settings: Settings, brokers: int | None = None, secure: bool | None = None) -> KafkaCluster:
+    """The cluster ``up`` wants: ``brokers`` and ``secure`` as asked, else as the existing one is
+    (else 4 brokers, PLAINTEXT)."""
     home = settings.home_path
-    n = brokers or default_brokers(home)
-    return KafkaCluster(home, n, settings.kafka_port, settings.kafka_version, settings.partitions)
+    existing = KafkaCluster.from_home(home)
+    n = brokers or (existing.brokers if existing else DEFAULT_BROKERS)
+    secured = secure if secure is not None else bool(existing and existing.secure)
+    return KafkaCluster(home, n, settings.kafka_port, settings.kafka_version, settings.partitions, secured)
+
+
+def acl_prefixes(settings: Settings) -> list[str]:
+    """What the application's user may use on a secured cluster: the FLEAD topics, and every topic
+    and group named after the app id (Faust's changelogs and group, the sink's group, the bench's
+    ceiling app).
+
+    >>> acl_prefixes(Settings(app_id="flead"))
+    ['edge-iiot-stream', 'anomalies', 'local-model-updates', 'global-model-updates', 'flead']
+    """
+    out: list[str] = []
+    for name in [*flead_topics(settings), settings.app_id]:
+        if name and not any(name.startswith(p) for p in out):
+            out = [p for p in out if not p.startswith(name)] + [name]
+    return out
 
 
 def default_sites(home: Path) -> int:
@@ -195,22 +215,30 @@ def up(
     timeout: float = 180.0,
     replace: bool = False,
     sites: int | None = None,
+    secure: bool | None = None,
 ) -> UpResult:
     """Start (or verify) the stack; on failure stop whatever this call started.
 
-    ``replace``: when a cluster of another size (or on other ports) runs from this
+    ``replace``: when a cluster of another size (or on other ports, or security) runs from this
     FLEAD_HOME, stop it first instead of refusing. ``sites``: how many sites beside the
-    central cluster (None: as many as the running stack has, else none).
+    central cluster (None: as many as the running stack has, else none). ``secure``: SASL_SSL and
+    ACLs (``flead_app.stack.security``; None: as the existing cluster is, else PLAINTEXT).
     """
     t0 = time.monotonic()
     settings = load_settings()
     home = settings.home_path
     home.mkdir(parents=True, exist_ok=True)
-    cluster = cluster_for(settings, brokers)
+    cluster = cluster_for(settings, brokers, secure)
     n_sites = default_sites(home) if sites is None else sites
+    if cluster.secure and n_sites:
+        raise StackError(
+            "a secured cluster has no sites yet: MirrorMaker 2 and the site clusters would need the same "
+            "TLS and SCRAM set-up; run `flead stack up --secure --sites 0`, or sites without --secure"
+        )
     existing = KafkaCluster.from_home(home)
-    if replace and existing is not None and existing.plan != cluster.plan and existing.running_nodes():
-        log.info("stopping the running %d-broker cluster to start %d broker(s)", existing.brokers, cluster.brokers)
+    changes = existing is not None and (existing.plan != cluster.plan or existing.secure != cluster.secure)
+    if replace and changes and existing.running_nodes():
+        log.info("stopping the running %s to start a %s", existing.describe(), cluster.describe())
         stop_sites(home)
         existing.down()
     if existing is not None and existing.plan != cluster.plan and existing_sites(home):
@@ -235,6 +263,7 @@ def up(
         names = central_topics(settings) if n_sites else settings.pipeline_topics
         plans = topic_plans(ClusterPlan(cluster.brokers, cluster.plan.port_base), names, settings.partitions)
         created = cluster.ensure_topics(plans)
+        cluster.grant(security.APP_USER, acl_prefixes(settings))
         stop_sites(home, keep=n_sites)  # fewer sites than before: the others stop (their data stays)
         topology = sites_for(settings, cluster, n_sites) if n_sites else None
         sites_result = topology.up(timeout) if topology else None
@@ -295,7 +324,8 @@ def status(all_topics: bool = False) -> tuple[bool, dict[str, Any]]:
     db["url"] = redact_url(db_url)
     if db["answers"]:
         db["backend"] = database_backend(settings, db_url)
-    data = {"home": str(home), "kafka_version": cluster.version, "kafka": st.to_json(), "database": db}
+    data = {"home": str(home), "kafka_version": cluster.version, "kafka": st.to_json(), "database": db,
+            "security": state.get("security") or {}}  # fmt: skip
     ok = st.ok and db["answers"]
     if n_sites:
         topology = sites_for(settings, cluster, n_sites, state)
