@@ -132,7 +132,7 @@ def acl_prefixes(settings: Settings) -> list[str]:
     ['edge-iiot-stream', 'anomalies', 'local-model-updates', 'global-model-updates', 'flead']
     """
     out: list[str] = []
-    for name in [*flead_topics(settings), settings.app_id]:
+    for name in [*settings.pipeline_topics, settings.app_id]:
         if name and not any(name.startswith(p) for p in out):
             out = [p for p in out if not p.startswith(name)] + [name]
     return out
