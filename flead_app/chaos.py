@@ -467,6 +467,9 @@ def run_chaos(
                 time.sleep(2.0)
                 continue
             settled = drained and len(an) >= len(want["anomalies"]) and len(lm) >= len(want["local_models"])
+            # and every group committed all it reads: FedAvg took every local update (its row, which
+            # the last check reads from its changelog, is written before each commit), the sink stored all
+            settled = settled and _drained(settings)
             if settled:
                 time.sleep(5.0)  # anything stored twice, or a last global version, arrives now
                 got = applied(want["readings"])
@@ -541,6 +544,22 @@ def run_chaos(
                 cluster.start(node, timeout=180.0)
         admin_engine.dispose()
     return report
+
+
+def _drained(settings: Settings) -> bool:
+    """Whether every consumer group of the run has committed all the records of the topics it reads."""
+    from flead_app.io.kafka import pipeline_lags
+
+    read = [
+        settings.topic_readings,
+        settings.topic_anomalies,
+        settings.topic_local_updates,
+        settings.topic_global_updates,
+    ]
+    try:
+        return not any(pipeline_lags(settings, read).values())
+    except Exception:  # noqa: BLE001 - a transient metadata error: not known to be drained yet
+        return False
 
 
 def _train_pending(worker: Any) -> int:
