@@ -2,9 +2,12 @@
 
 On the running 4-broker stack, with topics, consumer groups and a database schema of its own:
 two workers share the topics and the simulator produces at a steady rate (acks=all) while a
-schedule SIGKILLs a random worker every 20-40 s and restarts it, and five times SIGKILLs the
-broker leading a readings partition, restarts it and waits until every replica is back in sync.
-Then the simulator stops, the pipeline drains, and the run is checked:
+schedule SIGKILLs a random worker every 20-40 s and restarts it, and ``--bounces`` times (five
+unless told) SIGKILLs the broker leading a readings partition, restarts it and waits until every
+replica is back in sync. The simulator is started again when a send fails outright (no leader
+for too long). Then the simulator stops, the pipeline drains, every worker is asked for the
+rounds its devices with readings waiting still owe (the readings topic is stable from then on),
+and the run is checked:
 
 * readings: every reading the simulator had acknowledged is in the topic, and each device's
   table row applied exactly as many as the topic holds for it (each once: a row remembers the
@@ -153,7 +156,7 @@ async def read_topic(settings: Settings, topic: str) -> list[Any]:
     """Every record of ``topic``, partition by partition in offset order."""
     from flead_app.io.kafka import assign_all_partitions, consumer
 
-    reader = consumer(settings, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False)
+    reader = consumer(settings, group_id=None, auto_offset_reset="earliest")
     await reader.start()
     try:
         parts = await assign_all_partitions(reader, topic)
@@ -161,7 +164,10 @@ async def read_topic(settings: Settings, topic: str) -> list[Any]:
         await reader.seek_to_beginning(*parts)
         by_part: dict[int, list[Any]] = {tp.partition: [] for tp in parts}
         deadline = time.monotonic() + 300
-        while any(await reader.position(tp) < ends[tp] for tp in parts):
+        while True:
+            behind = [tp for tp in parts if await reader.position(tp) < ends[tp]]
+            if not behind:
+                break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading {topic} timed out")
             for tp, recs in (await reader.getmany(timeout_ms=1000, max_records=10000)).items():
@@ -260,7 +266,9 @@ def _leader_of(cluster: Any, topic: str, partition: int) -> int | None:
     return None
 
 
-def run_chaos(minutes: float, devices: int, rate: float, seed: int, out: Any = sys.stdout) -> ChaosReport:
+def run_chaos(
+    minutes: float, devices: int, rate: float, seed: int, out: Any = sys.stdout, bounces: int = BOUNCES
+) -> ChaosReport:
     from sqlalchemy import create_engine, select, text
 
     from flead_app.io.db.schema import anomalies, federated_models, local_models
@@ -324,7 +332,13 @@ def run_chaos(minutes: float, devices: int, rate: float, seed: int, out: Any = s
 
             watcher = asyncio.ensure_future(watch())
             opts = SimOptions(devices=devices, rate=rate, batch=10, seed=seed, warmup=settings.min_history + 2)
-            summary_box["summary"] = await simulate(settings, opts, progress=None, stop=stop)
+            # the simulator stops at a send that fails outright (no leader for a while): start it again
+            while not stop.is_set():
+                part = await simulate(settings, opts, progress=None, stop=stop)
+                summary_box.setdefault("parts", []).append(part)
+                if not stop.is_set():
+                    say(f"simulator stopped by {part.stopped_by}; starting it again")
+                    await asyncio.sleep(1.0)
             watcher.cancel()
 
         asyncio.run(go())
@@ -356,8 +370,8 @@ def run_chaos(minutes: float, devices: int, rate: float, seed: int, out: Any = s
             next_at = time.monotonic() + rng.uniform(*KILL_EVERY_S)
 
     def broker_bounces() -> None:
-        gap = minutes * 60.0 / (BOUNCES + 1)
-        for i in range(BOUNCES):
+        gap = minutes * 60.0 / (bounces + 1)
+        for i in range(bounces):
             time.sleep(max(0.0, started + gap * (i + 0.5) - time.monotonic()))
             partition = rng.randrange(settings.partitions)
             node = _leader_of(cluster, settings.topic_readings, partition)
@@ -387,9 +401,16 @@ def run_chaos(minutes: float, devices: int, rate: float, seed: int, out: Any = s
         sim.join(120)
         for t in restarts:
             t.join(200)
-        summary = summary_box.get("summary")
-        if summary is None:
+        parts = summary_box.get("parts")
+        if not parts:
             raise RuntimeError("the simulator did not finish")
+        summary = replace(
+            parts[-1],
+            readings=sum(p.readings for p in parts),
+            messages=sum(p.messages for p in parts),
+            acked_messages=sum(p.acked_messages for p in parts),
+            failed_messages=sum(p.failed_messages for p in parts),
+        )
         say(f"simulator stopped: {summary.readings:,} readings in {summary.messages:,} messages, "
             f"{summary.acked_messages:,} acknowledged, {summary.failed_messages} failed")  # fmt: skip
         for name, w in workers.items():
@@ -398,22 +419,17 @@ def run_chaos(minutes: float, devices: int, rate: float, seed: int, out: Any = s
                 w.start(timeout=180.0)
         clock.join()
 
-        records = _run(read_topic(settings, settings.topic_readings))
-        want = replay(settings, records)
-        produced = sum(want["readings"].values())
-        say(f"readings topic: {len(records):,} records, {produced:,} readings of {len(want['readings'])} devices")
         live = next(iter(workers.values()))
+        engine = create_engine(sqlalchemy_url(settings.db_url))
 
-        def applied() -> dict[str, int]:
+        def applied(devices: Any) -> dict[str, int]:
             got = {}
-            for d in want["readings"]:
+            for d in devices:
                 try:
                     got[d] = fetch_json(f"{live.url}/flead/device/{quote(d, safe='')}/", timeout=10).get("readings", 0)
                 except OSError:
                     got[d] = -1
             return got
-
-        engine = create_engine(sqlalchemy_url(settings.db_url))
 
         def db_rows() -> tuple[list, list, list]:
             with engine.connect() as conn:
@@ -423,21 +439,52 @@ def run_chaos(minutes: float, devices: int, rate: float, seed: int, out: Any = s
                 fm = conn.execute(select(federated_models.c.global_version, federated_models.c.num_updates)).all()
             return an, lm, fm
 
+        # The workers go on appending to the readings topic after the simulator stopped: the quiet
+        # timer's ``control: train`` records (a device with readings waiting, silent for the train
+        # interval), so rounds (and local models) come that the topic read earlier did not hold.
+        # Once every reading is applied, each worker is asked for those rounds now (as ``flead
+        # demo`` does); a worker asks at most once per device, so after they ran the topic stays as
+        # it is. The expectations are replayed from the topic as it is at the end, and the topic is
+        # read again after the database: the check holds only on a topic that did not change.
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        records: list[Any] = []
+        want: dict[str, Any] = {}
+        ends: dict[int, int] | None = None
+        asked = False
         while True:
-            got = applied()
+            now_ends = _run(_end_offsets(settings, settings.topic_readings))
+            if now_ends != ends:
+                records = _run(read_topic(settings, settings.topic_readings))
+                ends = now_ends
+                want = replay(settings, records)
+            got = applied(want["readings"])
             an, lm, _ = db_rows()
-            settled = (
-                got == dict(want["readings"])
-                and len(an) >= len(want["anomalies"])
-                and len(lm) >= len(want["local_models"])
-            )
-            if settled or time.monotonic() > deadline:
+            drained = got == dict(want["readings"])
+            if drained and not asked:
+                requested = sum(_train_pending(w) for w in workers.values())
+                say(f"readings applied; last rounds requested for {requested} device(s) with readings waiting")
+                asked = True
+                time.sleep(2.0)
+                continue
+            settled = drained and len(an) >= len(want["anomalies"]) and len(lm) >= len(want["local_models"])
+            # and every group committed all it reads: FedAvg took every local update (its row, which
+            # the last check reads from its changelog, is written before each commit), the sink stored all
+            settled = settled and _drained(settings)
+            if settled:
+                time.sleep(5.0)  # anything stored twice, or a last global version, arrives now
+                got = applied(want["readings"])
+                an, lm, fm = db_rows()
+                if _run(_end_offsets(settings, settings.topic_readings)) == ends:
+                    break
+                say("the readings topic grew meanwhile; settling again")
+            if time.monotonic() > deadline:
+                say("the pipeline did not settle; checking it as it is")
+                got = applied(want["readings"])
+                an, lm, fm = db_rows()
                 break
             time.sleep(2.0)
-        time.sleep(5.0)  # anything stored twice, or a last global version, arrives now
-        got = applied()
-        an, lm, fm = db_rows()
+        produced = sum(want["readings"].values())
+        say(f"readings topic: {len(records):,} records, {produced:,} readings of {len(want['readings'])} devices")
         published = [orjson.loads(r.value) for r in _run(read_topic(settings, settings.topic_global_updates))]
         updates = [orjson.loads(r.value) for r in _run(read_topic(settings, settings.topic_local_updates))]
         updates = [u for u in updates if "control" not in u]
@@ -494,9 +541,37 @@ def run_chaos(minutes: float, devices: int, rate: float, seed: int, out: Any = s
             w.stop()
         for node in range(1, 5):
             if not cluster.pid(node):
-                cluster.start(node)
+                cluster.start(node, timeout=180.0)
         admin_engine.dispose()
     return report
+
+
+def _drained(settings: Settings) -> bool:
+    """Whether every consumer group of the run has committed all the records of the topics it reads."""
+    from flead_app.io.kafka import pipeline_lags
+
+    read = [
+        settings.topic_readings,
+        settings.topic_anomalies,
+        settings.topic_local_updates,
+        settings.topic_global_updates,
+    ]
+    try:
+        return not any(pipeline_lags(settings, read).values())
+    except Exception:  # noqa: BLE001 - a transient metadata error: not known to be drained yet
+        return False
+
+
+def _train_pending(worker: Any) -> int:
+    """Ask ``worker`` for a round on every device of its with readings waiting; how many it asked for."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{worker.url}/flead/train-pending/", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+            return int(json.loads(response.read())["requested"])
+    except OSError:
+        return 0
 
 
 def _last_fleet_row(settings: Settings) -> dict | None:
@@ -554,13 +629,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", type=int, default=200, help="simulated devices (default 200)")
     p.add_argument("--rate", type=float, default=6000.0, help="readings per minute (default 6,000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fleet and of the schedule")
+    p.add_argument("--bounces", type=int, default=BOUNCES, help=f"leader-broker bounces (default {BOUNCES})")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        report = run_chaos(args.minutes, args.devices, args.rate, args.seed)
+        report = run_chaos(args.minutes, args.devices, args.rate, args.seed, bounces=args.bounces)
     except RuntimeError as err:
         print(f"flead chaos: {err}", file=sys.stderr)
         return 2

@@ -38,6 +38,22 @@
    (the rebalance test: 8 devices one message short each after a worker left). The flush now
    returns only once every record put into the buffer before it was handed to the client, whose
    own flush then waits for Kafka's acknowledgements.
+7. **No read offset outlives a rebalance** (``_fresh_read_offsets``). Faust's fetch loop drops
+   a fetched message whose offset is below the partition's *read offset* (the last offset it
+   delivered), as a refetch. Revocation forgets the read offsets, but the loop is usually
+   awaiting the delivery of a message at that moment (its agent's buffer full); revocation stops
+   the flow, which cancels that delivery, and the loop then records the undelivered message's
+   offset as read, after the revocation forgot it. When the partition comes back to the worker
+   (the next rebalance, or a later one: nothing else clears it), Faust resumes its stream
+   partitions before it seeks them to their committed offsets, and in that window every message
+   from the committed offset up to the stale one is dropped unseen, the stale one applied. The
+   seek then sets the read offset back and the dropped messages come again, but the row already
+   holds a later position, so the agent skips them as replays and their acknowledgements move the
+   commit past them (chaos runs: one reading message of a device never applied). Without a
+   committed offset there is no seek at all: the dropped messages never come again and the
+   commit, anchored at the first acknowledgement, passes them (FedAvg lost the update at offset
+   0). Read offsets and gaps of the assigned partitions are now forgotten at assignment, where
+   the fetch loop is parked, so the first fetch after a rebalance delivers from where it starts.
 """
 
 from __future__ import annotations
@@ -139,6 +155,20 @@ _faust_ack = faust_consumer.Consumer.ack
 _faust_on_partitions_revoked = faust_consumer.Consumer.on_partitions_revoked
 
 
+async def _fresh_read_offsets(self, assigned, generation_id: int = 0):  # noqa: ANN001, ANN202 - wraps faust Consumer.on_partitions_assigned
+    """Forget what earlier generations recorded as read on the assigned partitions (correction 7).
+
+    Before the callbacks: they end in recovery, which resumes fetching before its seek; the fetch
+    loop cannot record a delivery meanwhile, since revocation stopped the flow."""
+    for tp in assigned:
+        self._read_offset.pop(tp, None)
+        self._gap.pop(tp, None)
+    return await _faust_on_partitions_assigned(self, assigned, generation_id)
+
+
+_faust_on_partitions_assigned = faust_consumer.Consumer.on_partitions_assigned
+
+
 def _counting_put(self, fut):  # noqa: ANN001, ANN202 - wraps faust ProducerBuffer.put
     self.__dict__["_flead_put"] = self.__dict__.get("_flead_put", 0) + 1
     return _faust_buffer_put(self, fut)
@@ -210,6 +240,7 @@ def apply() -> None:
     faust_consumer.Consumer.force_commit = _force_commit_after_hooks
     faust_consumer.Consumer.ack = _ack_of_this_generation
     faust_consumer.Consumer.on_partitions_revoked = _note_revocation
+    faust_consumer.Consumer.on_partitions_assigned = _fresh_read_offsets
     faust_producer.ProducerBuffer.put = _counting_put
     faust_producer.ProducerBuffer._send_pending = _counting_send_pending
     faust_producer.ProducerBuffer.flush = _flush_all_buffered

@@ -508,13 +508,19 @@ async def simulate(
             devices, values = encode_messages(source.device_ids, readings, starts, single)
             sizes = np.diff(np.append(starts, len(readings)))
             part = part_of[readings.device[starts]]
+            handed = 0
             try:
                 for d, value, p in zip(devices, values, part.tolist(), strict=True):
                     fut = await send(topic, value, key=keys[d], partition=p)
                     fut.add_done_callback(delivered)
                     tally.bytes += len(value) + len(keys[d])
+                    handed += 1
             except KafkaError as err:  # e.g. no broker took the data within request_timeout_ms
                 summary.stopped_by = f"error: {type(err).__name__}: {err}"
+                if handed:  # the messages before the failed one are the producer's: they count as sent
+                    cut = int(starts[handed]) if handed < starts.shape[0] else len(readings)
+                    head = Readings(*(getattr(readings, f)[:cut] for f in Readings.__dataclass_fields__))
+                    tally.add_chunk(head, starts[:handed], sizes[:handed], part[:handed])
                 break
             tally.add_chunk(readings, starts, sizes, part)
             await asyncio.sleep(0)  # let the sender drain between chunks

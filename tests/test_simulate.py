@@ -141,3 +141,61 @@ def test_a_site_sends_only_its_share_of_the_fleet(tmp_path):
     assert ids and all(site_of(d, 2) == 2 for d in ids) and len(r) == 2 * len(keep) == 8
     bounds = [*starts.tolist(), len(r)]
     assert all(len(set(r.device[a:b].tolist())) == 1 for a, b in zip(bounds, bounds[1:], strict=False))
+
+
+def test_a_send_failing_mid_chunk_counts_the_messages_handed_over_before_it(monkeypatch):
+    """A chunk's messages go to the producer one by one; when one is refused outright (no leader
+    within the timeout) the simulator stops, and the ones before it, which the producer took and
+    delivers, count as sent: the chaos run checks the topic's readings against this count."""
+    import asyncio
+
+    from aiokafka.errors import KafkaTimeoutError
+
+    from flead_app import simulate as sim
+    from flead_app.io import kafka
+    from flead_app.settings import load_settings
+
+    taken: list[bytes] = []
+
+    class Cluster:
+        def partitions_for_topic(self, topic):
+            return {0, 1, 2, 3}
+
+        def leader_for_partition(self, tp):
+            return 1
+
+    class Producer:
+        class client:  # noqa: N801 - aiokafka's attribute
+            cluster = Cluster()
+
+            @staticmethod
+            async def fetch_all_metadata():
+                return Cluster()
+
+        async def start(self):
+            pass
+
+        async def stop(self):
+            pass
+
+        async def flush(self):
+            pass
+
+        async def partitions_for(self, topic):
+            return {0, 1, 2, 3}
+
+        async def send(self, topic, value, key=None, partition=None):
+            if len(taken) == 7:
+                raise KafkaTimeoutError()
+            taken.append(value)
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+            return fut
+
+    monkeypatch.setattr(kafka, "producer", lambda *a, **k: Producer())
+    opts = sim.SimOptions(devices=20, rate=0.0, batch=5, seed=3, count=1000, progress_every_s=3600.0)
+    summary = asyncio.run(sim.simulate(load_settings(), opts, progress=None))
+    assert summary.stopped_by.startswith("error: KafkaTimeoutError")
+    assert summary.messages == len(taken) == 7
+    assert summary.readings == sum(len(parse_readings(v)) for v in taken)
+    assert summary.acked_messages == 7 and summary.failed_messages == 0

@@ -405,6 +405,7 @@ class KafkaCluster:
                 cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=self.node_dir(node_id), start_new_session=True, close_fds=True,
             )  # fmt: skip
+        procs.wait_exec(proc, self._marker(node_id))  # else the first liveness check may see no marker yet
         self.pid_file(node_id).write_text(f"{proc.pid}\n")
         log.info("started Kafka node %d (%s, pid %d)", node_id, self.plan.node(node_id).roles, proc.pid)
         return proc.pid

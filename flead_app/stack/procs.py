@@ -11,6 +11,7 @@ import errno
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,26 @@ def pid_alive(pid: int, marker: str) -> bool:
     if is_zombie(pid):
         return False
     return marker in cmdline(pid)
+
+
+def wait_exec(proc: subprocess.Popen, marker: str, timeout: float = 10.0) -> bool:
+    """Wait until the just started ``proc`` shows ``marker`` in its command line (or exited).
+
+    ``Popen`` returns once the child's exec is under way, but ``/proc/<pid>/cmdline`` reads
+    empty until the kernel has set up the new program's arguments: on a loaded machine for
+    long enough that a liveness check right after the start takes the new process for dead
+    (seen with a restarted Kafka broker: its start failed with "exited during start-up", its
+    pid file was removed, and the broker ran on unknown to the stack). True when the marker
+    showed, False when the process exited first or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        if marker in cmdline(proc.pid):
+            return True
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def running_pid(pid_file: Path, marker: str) -> int | None:

@@ -85,6 +85,7 @@ def test_taken_port_names_port_and_broker(tmp_path):
 def test_pid_checks_and_stop(tmp_path):
     marker = str(tmp_path / "marker-arg")
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
+    assert procs.wait_exec(proc, marker)
     pid_file = tmp_path / "x.pid"
     pid_file.write_text(str(proc.pid))
     assert procs.running_pid(pid_file, marker) == proc.pid
@@ -92,6 +93,31 @@ def test_pid_checks_and_stop(tmp_path):
     assert procs.stop_pid(proc.pid, marker, timeout=10) == "stopped"
     proc.wait(timeout=5)
     assert procs.running_pid(pid_file, marker) is None
+
+
+def test_a_process_just_started_is_alive_once_its_exec_is_seen(tmp_path, monkeypatch):
+    """Right after ``Popen`` the child's command line can still read empty (the kernel has not
+    set up its arguments yet), and a liveness check then calls it dead: a restarted broker was
+    taken for one that exited during start-up. ``wait_exec`` waits until the marker shows."""
+    marker = str(tmp_path / "fresh-marker")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker], stdin=subprocess.DEVNULL)
+    try:
+        real, reads = procs.cmdline, []
+
+        def exec_not_done_yet(pid: int) -> str:  # the kernel's window, made three reads long
+            reads.append(pid)
+            return "" if len(reads) <= 3 else real(pid)
+
+        monkeypatch.setattr(procs, "cmdline", exec_not_done_yet)
+        assert not procs.pid_alive(proc.pid, marker)  # what the start-up check saw
+        assert procs.wait_exec(proc, marker)
+        assert len(reads) > 3 and procs.pid_alive(proc.pid, marker)
+        monkeypatch.setattr(procs, "cmdline", real)
+        assert not procs.wait_exec(proc, marker + "-other", timeout=0.2)  # never shows: gives up
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+    assert not procs.wait_exec(proc, marker, timeout=5)  # exited: no wait
 
 
 def test_stop_escalates_to_sigkill(tmp_path):
