@@ -54,6 +54,14 @@
    commit, anchored at the first acknowledgement, passes them (FedAvg lost the update at offset
    0). Read offsets and gaps of the assigned partitions are now forgotten at assignment, where
    the fetch loop is parked, so the first fetch after a rebalance delivers from where it starts.
+8. **A committed offset below the log start is lifted to it** (``_seek_within_the_log``). When
+   the records at a group's committed offset are gone (retention deleted them while the group
+   lagged, or ``flead stack reset`` deleted them), the client resumes at the earliest offset, but
+   Faust keeps the old committed offset, and correction 2 then waits for an acknowledgement of
+   an offset that no longer exists: nothing was ever committed again (seen after a demo that had
+   not drained: a replay's worker applied every reading and committed none). After the seek, a
+   committed offset below the partition's earliest offset counts as that earliest offset: the
+   records between them can never be processed, by anyone.
 """
 
 from __future__ import annotations
@@ -95,6 +103,15 @@ def next_commit_offset(acked: Sequence[int], committed: int | None, in_flight: I
     if lowest_in_flight is not None and lowest_in_flight <= end:
         end = lowest_in_flight - 1
     return end + 1 if end >= start else None
+
+
+def lift_to_log_start(committed: dict, earliest: dict) -> dict:
+    """The committed offsets that lie below their partition's earliest offset, lifted to it.
+
+    >>> lift_to_log_start({"a": 4, "b": 20, "c": None}, {"a": 12, "b": 12, "c": 5})
+    {'a': 12}
+    """
+    return {tp: earliest[tp] for tp, off in committed.items() if off is not None and earliest.get(tp, 0) > off}
 
 
 def _strict_new_offset(self, tp):  # noqa: ANN001, ANN202 - replaces faust Consumer._new_offset
@@ -169,6 +186,22 @@ async def _fresh_read_offsets(self, assigned, generation_id: int = 0):  # noqa: 
 _faust_on_partitions_assigned = faust_consumer.Consumer.on_partitions_assigned
 
 
+async def _seek_within_the_log(self) -> None:  # noqa: ANN001 - wraps faust Consumer.perform_seek
+    """Faust's seek to the committed offsets, then correction 8."""
+    await _faust_perform_seek(self)
+    committed = {tp: off for tp, off in self._committed_offset.items() if tp in self.assignment()}
+    if not committed:
+        return
+    lifted = lift_to_log_start(committed, await self.earliest_offsets(*committed))
+    self._committed_offset.update(lifted)
+    for tp, offset in lifted.items():
+        if (self._read_offset.get(tp) or 0) < offset:
+            self._read_offset[tp] = offset
+
+
+_faust_perform_seek = faust_consumer.Consumer.perform_seek
+
+
 def _counting_put(self, fut):  # noqa: ANN001, ANN202 - wraps faust ProducerBuffer.put
     self.__dict__["_flead_put"] = self.__dict__.get("_flead_put", 0) + 1
     return _faust_buffer_put(self, fut)
@@ -241,6 +274,7 @@ def apply() -> None:
     faust_consumer.Consumer.ack = _ack_of_this_generation
     faust_consumer.Consumer.on_partitions_revoked = _note_revocation
     faust_consumer.Consumer.on_partitions_assigned = _fresh_read_offsets
+    faust_consumer.Consumer.perform_seek = _seek_within_the_log
     faust_producer.ProducerBuffer.put = _counting_put
     faust_producer.ProducerBuffer._send_pending = _counting_send_pending
     faust_producer.ProducerBuffer.flush = _flush_all_buffered
