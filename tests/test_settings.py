@@ -133,3 +133,17 @@ def test_a_worker_discovers_only_the_modules_of_its_role(tmp_path):
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip().splitlines()[-1] == want, role
+
+
+def test_the_update_bound_is_on_by_default_and_fault_injection_off(monkeypatch):
+    s = load_settings()
+    assert (s.update_norm_bound, s.update_samples_slack, s.faulty_share) == (10.0, 20.0, 0.0)
+    monkeypatch.setenv("FLEAD_FAULTY_SHARE", "1.5")
+    with pytest.raises(ValueError, match="FLEAD_FAULTY_SHARE"):
+        load_settings()
+    monkeypatch.setenv("FLEAD_FAULTY_SHARE", "0.2")
+    monkeypatch.setenv("FLEAD_UPDATE_NORM_BOUND", "-1")
+    with pytest.raises(ValueError, match="FLEAD_UPDATE_NORM_BOUND"):
+        load_settings()
+    monkeypatch.setenv("FLEAD_UPDATE_NORM_BOUND", "0")
+    assert load_settings().faulty_share == 0.2 and load_settings().update_norm_bound == 0.0
