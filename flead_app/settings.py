@@ -265,10 +265,17 @@ class Settings:
         },
     )
     update_samples_slack: float = field(
+        default=1.5,
+        metadata={
+            "help": "An update's claimed normal samples are capped at FLEAD_TRAIN_EVERY x this (a round holds the "
+            "readings since the last one; 0: no cap)"
+        },
+    )
+    update_positives_slack: float = field(
         default=20.0,
         metadata={
-            "help": "An update's claimed samples are capped at FLEAD_TRAIN_EVERY x this (what a round can hold with "
-            "a closing labelled window; 0: no cap)"
+            "help": "...and its positives at FLEAD_TRAIN_EVERY x this (a labelled window released when it closes; "
+            "0: no cap)"
         },
     )
     faulty_share: float = field(
@@ -468,8 +475,10 @@ def load_settings() -> Settings:
         )
     if not 0.0 <= values["faulty_share"] <= 1.0:
         raise ValueError(f"FLEAD_FAULTY_SHARE must lie in [0, 1], got {values['faulty_share']}")
-    if values["update_norm_bound"] < 0 or values["update_samples_slack"] < 0:
-        raise ValueError("FLEAD_UPDATE_NORM_BOUND and FLEAD_UPDATE_SAMPLES_SLACK must be >= 0 (0: off)")
+    if min(values["update_norm_bound"], values["update_samples_slack"], values["update_positives_slack"]) < 0:
+        raise ValueError(
+            "FLEAD_UPDATE_NORM_BOUND, FLEAD_UPDATE_SAMPLES_SLACK and FLEAD_UPDATE_POSITIVES_SLACK must be >= 0 (0: off)"
+        )
     if not 0.0 < values["prior_anomaly_rate"] < 1.0:
         raise ValueError(f"FLEAD_PRIOR_ANOMALY_RATE must lie in (0, 1), got {values['prior_anomaly_rate']}")
     return Settings(**values)

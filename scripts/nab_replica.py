@@ -38,8 +38,9 @@ Faulty devices (``--faulty-share``, ``--fault-kinds``: the worker's ``FLEAD_FAUL
 ``FLEAD_FAULT_KINDS``, fault injection): the devices ``robust.fault_of`` picks corrupt their updates
 with ``robust.corrupt_update`` as the detector agent does; every update then goes through its JSON
 (``to_json``, ``LocalModelUpdate.from_json``) as on Kafka, and one that fails validation is
-dead-lettered (counted, never offered). ``--norm-bound`` and ``--samples-slack`` are the server's
-bound (``FLEAD_UPDATE_NORM_BOUND``, ``FLEAD_UPDATE_SAMPLES_SLACK``; 0 switches each off).
+dead-lettered (counted, never offered). ``--norm-bound``, ``--samples-slack`` and ``--positives-slack`` are the
+server's bound (``FLEAD_UPDATE_NORM_BOUND``, ``FLEAD_UPDATE_SAMPLES_SLACK``, ``FLEAD_UPDATE_POSITIVES_SLACK``; 0
+switches each off).
 
 Defaults are the product's (``DeviceConfig()``, ``FedBuffConfig()``).
 """
@@ -166,6 +167,7 @@ def configs(args: argparse.Namespace) -> tuple[DeviceConfig, FedBuffConfig]:
         aggregator=make_aggregator(args.aggregator, args.staleness_exponent, 0.1, args.ridge, 1e-3, args.max_step),
         initial=(*v0.weights.tolist(), v0.bias), alarm_budget=args.budget, tail_readings=args.tail_readings,
         bound=UpdateBound(max(1, round(args.train_every * args.samples_slack)) if args.samples_slack > 0 else None,
+                          max(1, round(args.train_every * args.positives_slack)) if args.positives_slack > 0 else None,
                           args.norm_bound or None),
     )  # fmt: skip
     return dcfg, fcfg
@@ -499,8 +501,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fault-kinds", default=",".join(FAULT_KINDS), help="fault injection: their kinds")
     p.add_argument("--norm-bound", type=float, default=f.bound.norm_multiple or 0.0,
                    help="multiple of the buffer's median norm each update is clipped to (0: none)")  # fmt: skip
-    p.add_argument("--samples-slack", type=float, default=20.0,
-                   help="claimed samples capped at --train-every x this (0: no cap)")  # fmt: skip
+    p.add_argument("--samples-slack", type=float, default=1.5,
+                   help="claimed normal samples capped at --train-every x this (0: no cap)")  # fmt: skip
+    p.add_argument("--positives-slack", type=float, default=20.0,
+                   help="claimed positives capped at --train-every x this (0: no cap)")  # fmt: skip
     p.add_argument("--skip-local", action="store_true", help="no local-only baseline (halves a readings run)")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)

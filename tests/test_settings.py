@@ -137,7 +137,8 @@ def test_a_worker_discovers_only_the_modules_of_its_role(tmp_path):
 
 def test_the_update_bound_is_on_by_default_and_fault_injection_off(monkeypatch):
     s = load_settings()
-    assert (s.update_norm_bound, s.update_samples_slack, s.faulty_share) == (10.0, 20.0, 0.0)
+    bound = (s.update_norm_bound, s.update_samples_slack, s.update_positives_slack)
+    assert bound == (10.0, 1.5, 20.0) and s.faulty_share == 0.0
     monkeypatch.setenv("FLEAD_FAULTY_SHARE", "1.5")
     with pytest.raises(ValueError, match="FLEAD_FAULTY_SHARE"):
         load_settings()

@@ -81,7 +81,7 @@ class FedBuffConfig:
     initial: tuple[float, ...] = ()  # global version 0 (weights then bias): the model every device starts from
     alarm_budget: float = 0.01  # share of normal readings above a version's threshold
     tail_readings: float = TAIL_READINGS  # normal readings above it in the histogram window
-    bound: UpdateBound = UpdateBound(max_samples=1000, norm_multiple=10.0)  # each update's (``robust``)
+    bound: UpdateBound = UpdateBound(75, 1000, 10.0)  # each update's (``robust``): the settings' default
 
     @classmethod
     def from_settings(cls, settings: object, initial: Sequence[float]) -> FedBuffConfig:

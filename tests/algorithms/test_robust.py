@@ -64,11 +64,11 @@ def honest() -> list[LocalModelUpdate]:
 
 
 def test_the_settings_default_is_a_bound_that_is_on():
-    assert DEFAULT_BOUND == UpdateBound(max_samples=1000, norm_multiple=10.0)
+    assert DEFAULT_BOUND == UpdateBound(max_normals=75, max_positives=1000, norm_multiple=10.0)
     assert FedBuffConfig().bound == DEFAULT_BOUND
     assert FedBuffConfig.from_settings(Settings(), INITIAL).bound == DEFAULT_BOUND
-    assert UpdateBound.from_settings(dataclasses.replace(Settings(), update_norm_bound=0.0,
-                                                         update_samples_slack=0.0)) == UpdateBound()  # fmt: skip
+    off = dataclasses.replace(Settings(), update_norm_bound=0.0, update_samples_slack=0.0, update_positives_slack=0.0)
+    assert UpdateBound.from_settings(off) == UpdateBound()
 
 
 def test_faulty_devices_are_a_stable_share_with_every_kind():
@@ -171,7 +171,7 @@ def test_every_change_ends_within_the_bound_and_keeps_its_direction(norms, multi
                          format_timestamp(0.0), base_params=list(base))
         for i, (n, d) in enumerate(zip(norms, directions, strict=True))
     ]  # fmt: skip
-    out = bound_updates(ups, UpdateBound(None, multiple), {0: INITIAL}).updates
+    out = bound_updates(ups, UpdateBound(norm_multiple=multiple), {0: INITIAL}).updates
     limit = multiple * float(np.median(norms))
     for u, n, d in zip(out, norms, directions, strict=True):
         change = _params(u) - base
@@ -183,12 +183,20 @@ def test_every_change_ends_within_the_bound_and_keeps_its_direction(norms, multi
 
 def test_claimed_samples_are_capped_as_a_whole(honest):
     c = corrupt_update(honest[3], "samples")
-    (u,) = bound_updates([c], UpdateBound(max_samples=100)).updates
-    f = 100 / c.samples
-    assert u.samples == 100 and u.positives == round(c.positives * f)
+    (u,) = bound_updates([c], UpdateBound(max_normals=100, max_positives=1000)).updates
+    f = 100 / (c.samples - c.positives)
+    assert u.samples - u.positives == 100 and u.positives == round(c.positives * f)
     np.testing.assert_allclose(u.curvature, np.array(c.curvature) * f)
     np.testing.assert_allclose(u.normal_moments, np.array(c.normal_moments) * f)
     u.validate()
+
+
+def test_a_round_of_a_closing_window_keeps_its_positives(honest):
+    """A round may hold a long window's positives (NAB: up to ~750) beside at most a round of normals."""
+    window = dataclasses.replace(honest[4], samples=800, positives=760)
+    assert bound_updates([window], DEFAULT_BOUND).updates == (window,)
+    (u,) = bound_updates([dataclasses.replace(window, positives=1600, samples=1640)], DEFAULT_BOUND).updates
+    assert u.positives == 1000
 
 
 def test_an_update_cannot_claim_another_starting_point(honest):
@@ -204,7 +212,7 @@ def test_newton_curvature_is_clipped_and_kept_positive_semidefinite(honest):
     heavy = dataclasses.replace(honest[6], curvature=[*honest[6].curvature[:k], *(100 * hessian).tolist()])
     negative = dataclasses.replace(honest[7], curvature=[*honest[7].curvature[:k], *(-hessian).tolist()])
     ups = [*honest[:17], scaled, heavy, negative]
-    out = bound_updates(ups, UpdateBound(None, 10.0), {0: INITIAL}, second_order=True)
+    out = bound_updates(ups, UpdateBound(norm_multiple=10.0), {0: INITIAL}, second_order=True)
     mass = residual_mass(out.updates, 0.04)
     per_mass = np.linalg.norm([u.curvature[:k] for u in out.updates], axis=1) / mass
     per_sample = np.array([np.trace(unpack_symmetric(np.array(u.curvature[k:]))) / u.samples for u in out.updates])
