@@ -29,9 +29,9 @@ The server's defence, before a buffer is aggregated (``bound_updates``, ``Update
    positives come when a labelled window closes, so a round can hold a window's worth
    (x ``FLEAD_UPDATE_POSITIVES_SLACK``, 20: NAB's longest releases ~750 readings). An update
    claiming more is scaled down as a whole (every per-sample sum by the same factor), so its
-   statistics stay consistent. With one cap on all samples at 20 x 50 a device claiming 1000x its
-   ~8 readings counted ~120 honest rounds on the simulator, and its histogram filled the threshold
-   window: held-out F1 0.58 against 0.77 clean.
+   statistics stay consistent. With one cap of 20 x 50 on all samples, a device claiming 1000x its
+   ~8 readings still counted as ~120 rounds: on the simulator with 20% faulty devices held-out F1
+   was 0.58 against 0.77 clean, and 0.77 with these two caps (docs/learning.md, Faulty devices).
 2. **Where it started**: ``base_params`` are the server's own parameters of the version the update
    names, when the server still has them (a device cannot claim another starting point).
 3. **The L2 bound** (``norm_multiple``, ``FLEAD_UPDATE_NORM_BOUND``, x the buffer's median): for
