@@ -31,7 +31,7 @@ The server's defence, before a buffer is aggregated (``bound_updates``, ``Update
    claiming more is scaled down as a whole (every per-sample sum by the same factor), so its
    statistics stay consistent. With one cap of 20 x 50 on all samples, a device claiming 1000x its
    ~8 readings still counted as ~120 rounds: on the simulator with 20% faulty devices held-out F1
-   was 0.58 against 0.77 clean, and 0.77 with these two caps (docs/learning.md, Faulty devices).
+   was 0.58 against 0.77 clean, and 0.77 with these two caps (seed 1; docs/learning.md).
 2. **Where it started**: ``base_params`` are the server's own parameters of the version the update
    names, when the server still has them (a device cannot claim another starting point).
 3. **The L2 bound** (``norm_multiple``, ``FLEAD_UPDATE_NORM_BOUND``, x the buffer's median): for
@@ -39,15 +39,16 @@ The server's defence, before a buffer is aggregated (``bound_updates``, ``Update
    ``norm_multiple`` x the median over the buffer of norm / residual mass, times the update's own
    residual mass m = positives (1 - prior) + normals x prior (``prior``: the prior anomaly rate):
    a round's gradient (and SGD's change) is a sum of (p - y) x, and |p - y| is ~1 - prior for a
-   positive and ~prior for a normal reading. Without that, the rare rounds with positives (10-50x
-   the gradient of the typical round of normal readings, and the only rounds that teach the model
-   what an anomaly is) are what a median bound clips: on the simulator the global model then fell
-   from F1 0.76 to 0.02 without a single faulty device. For Newton the Hessian's trace per sample
-   is bounded the same way (after projecting it on the positive semi-definite cone: a negative
-   curvature would make the server's system indefinite). The median is robust while fewer than half
-   of a buffer's updates are faulty, so no norm has to be guessed in the features' units:
-   worst-case per-sample bounds (|p - y| <= 1, p (1 - p) <= 1/4 times the largest ||x||^2) are
-   ~100x what honest rounds of normal readings report, and would not stop a x100 fault.
+   positive and ~prior for a normal reading. Without that, the rare rounds with positives (many
+   times the gradient of the typical round of normal readings, and the only rounds that teach the
+   model what an anomaly is) are what a median bound clips: on the simulator the global model then
+   fell from F1 0.77 to 0.02 without a single faulty device (seed 1, held-out readings). For
+   Newton the Hessian's trace per sample is bounded the same way (after projecting it on the
+   positive semi-definite cone: a negative curvature would make the server's system indefinite).
+   The median is robust while fewer than half of a buffer's updates are faulty, so no norm has to
+   be guessed in the features' units: worst-case per-sample bounds (|p - y| <= 1, p (1 - p) <= 1/4
+   times the largest ||x||^2) are ~100x what honest rounds of normal readings report, and would
+   not stop a x100 fault.
 
 Coordinate median and trimmed mean (``FLEAD_AGGREGATOR``) ignore sample counts and extreme
 coordinates on top of this.
