@@ -223,9 +223,25 @@ def parse_readings(raw: bytes | None, key: bytes | None = None) -> ReadingBatch:
 
 
 def _finite_list(name: str, values: Any) -> list[float]:
+    """Finite numbers, or ``InvalidRecord`` naming the first bad one. JSON has no NaN or infinity:
+    orjson writes them as null, so a diverged (or faulty) device's NaN weights arrive as null.
+
+    >>> try:
+    ...     LocalModelUpdate.from_json(orjson.dumps({"device_id": "d1", "model_version": 1, "global_version": 0,
+    ...         "weights": [0.1, float("nan")], "bias": 0.0, "accuracy": 0.9, "loss": 0.1, "samples": 5,
+    ...         "timestamp": "2025-01-01T00:00:00.000Z"}))
+    ... except InvalidRecord as err:
+    ...     print(err)
+    weights[1] is not a finite number (NaN and infinity arrive as null)
+    """
     if not isinstance(values, list) or not values:
         raise InvalidRecord(f"{name} must be a non-empty list of numbers")
-    return [_check_value(v) for v in values]
+    out = []
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            raise InvalidRecord(f"{name}[{i}] is not a finite number (NaN and infinity arrive as null)")
+        out.append(_check_value(v))
+    return out
 
 
 class _JsonRecord:
@@ -349,6 +365,8 @@ class LocalModelUpdate(_JsonRecord):
         check_device_id(self.device_id)
         _finite_list("weights", self.weights)
         for name in ("bias", "accuracy", "loss"):
+            if getattr(self, name) is None:
+                raise InvalidRecord(f"{name} is not a finite number (NaN and infinity arrive as null)")
             _check_value(getattr(self, name))
         if not 0.0 <= self.accuracy <= 1.0:
             raise InvalidRecord("accuracy must lie in [0, 1]")

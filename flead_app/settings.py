@@ -267,6 +267,38 @@ class Settings:
     staleness_exponent: float = field(
         default=0.5, metadata={"help": "Update weight = samples / (1 + staleness) ** exponent; 0 disables"}
     )
+    update_norm_bound: float = field(
+        default=10.0,
+        metadata={
+            "help": "L2 bound on each update before aggregation: its change (newton: gradient and Hessian trace) "
+            "is clipped to this multiple of the buffer's median (0: no bound; docs/learning.md, Faulty devices)"
+        },
+    )
+    update_samples_slack: float = field(
+        default=1.5,
+        metadata={
+            "help": "An update's claimed normal samples are capped at FLEAD_TRAIN_EVERY x this (a round holds the "
+            "readings since the last one; 0: no cap)"
+        },
+    )
+    update_positives_slack: float = field(
+        default=20.0,
+        metadata={
+            "help": "...and its positives at FLEAD_TRAIN_EVERY x this (a labelled window released when it closes; "
+            "0: no cap)"
+        },
+    )
+    faulty_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "FAULT INJECTION, for experiments only: this share of devices (stable hash of the id) sends "
+            "corrupted local updates"
+        },
+    )
+    fault_kinds: str = field(
+        default="nonfinite,scale,flip,samples",
+        metadata={"help": "Fault injection: the kinds faulty devices take, one each (algorithms/robust.py)"},
+    )
     # --- worker ------------------------------------------------------------------------
     store: str = field(default="rocksdb://", metadata={"help": "Faust table store (rocksdb:// or memory://)"})
     web_port: int = field(default=6066, metadata={"help": "Faust worker web port (live page /dashboard)"})
@@ -486,6 +518,12 @@ def load_settings() -> Settings:
         raise ValueError(
             f"FLEAD_SITE_PORT={values['site_port']} is out of range: sites need PORT..PORT+sites-1 and "
             f"PORT+10000.. free, below 65536"
+        )
+    if not 0.0 <= values["faulty_share"] <= 1.0:
+        raise ValueError(f"FLEAD_FAULTY_SHARE must lie in [0, 1], got {values['faulty_share']}")
+    if min(values["update_norm_bound"], values["update_samples_slack"], values["update_positives_slack"]) < 0:
+        raise ValueError(
+            "FLEAD_UPDATE_NORM_BOUND, FLEAD_UPDATE_SAMPLES_SLACK and FLEAD_UPDATE_POSITIVES_SLACK must be >= 0 (0: off)"
         )
     if not 0.0 < values["prior_anomaly_rate"] < 1.0:
         raise ValueError(f"FLEAD_PRIOR_ANOMALY_RATE must lie in (0, 1), got {values['prior_anomaly_rate']}")

@@ -32,6 +32,15 @@ FLEAD_REFRACTORY=0``; and with the refractory period); random alarms at the glob
     .venv/bin/python scripts/nab_replica.py --salt 3                   # another device split
     .venv/bin/python scripts/nab_replica.py --simulator --split readings --positive-skip 0
     .venv/bin/python scripts/nab_replica.py --aggregator fedavg        # the description's FedAvg
+    .venv/bin/python scripts/nab_replica.py --simulator --faulty-share 0.2   # 20% faulty devices
+
+Faulty devices (``--faulty-share``, ``--fault-kinds``: the worker's ``FLEAD_FAULTY_SHARE`` and
+``FLEAD_FAULT_KINDS``, fault injection): the devices ``robust.fault_of`` picks corrupt their updates
+with ``robust.corrupt_update`` as the detector agent does; every update then goes through its JSON
+(``to_json``, ``LocalModelUpdate.from_json``) as on Kafka, and one that fails validation is
+dead-lettered (counted, never offered). ``--norm-bound``, ``--samples-slack`` and ``--positives-slack`` are the
+server's bound (``FLEAD_UPDATE_NORM_BOUND``, ``FLEAD_UPDATE_SAMPLES_SLACK``, ``FLEAD_UPDATE_POSITIVES_SLACK``; 0
+switches each off).
 
 Defaults are the product's (``DeviceConfig()``, ``FedBuffConfig()``).
 """
@@ -64,7 +73,8 @@ from flead_app.algorithms.device import (
 from flead_app.algorithms.fedbuff import FedBuffConfig, FedBuffState
 from flead_app.algorithms.holdout import held_out_devices
 from flead_app.algorithms.metrics import label_windows, model_metrics, pr_auc, roc_auc
-from flead_app.models import GlobalModel, LocalModelUpdate, format_timestamp
+from flead_app.algorithms.robust import FAULT_KINDS, UpdateBound, corrupt_update, fault_of, parse_kinds
+from flead_app.models import GlobalModel, InvalidRecord, LocalModelUpdate, format_timestamp
 
 DEFAULT_CSV = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "nab", "nab_real_all.csv.gz")
 T0 = 1_700_000_000.0
@@ -156,6 +166,9 @@ def configs(args: argparse.Namespace) -> tuple[DeviceConfig, FedBuffConfig]:
         buffer_size=args.buffer, timeout_s=1e18,
         aggregator=make_aggregator(args.aggregator, args.staleness_exponent, 0.1, args.ridge, 1e-3, args.max_step),
         initial=(*v0.weights.tolist(), v0.bias), alarm_budget=args.budget, tail_readings=args.tail_readings,
+        bound=UpdateBound(max(1, round(args.train_every * args.samples_slack)) if args.samples_slack > 0 else None,
+                          max(1, round(args.train_every * args.positives_slack)) if args.positives_slack > 0 else None,
+                          args.norm_bound or None),
     )  # fmt: skip
     return dcfg, fcfg
 
@@ -177,7 +190,7 @@ def run(args: argparse.Namespace, data: Data) -> dict:
     n_dev = len(data.device_ids)
     held_dev = held_out_devices(data.device_ids, args.device_percent, args.salt)
     states = [DeviceState() for _ in range(n_dev)]
-    local = [DeviceState() for _ in range(n_dev)] if args.split == "readings" else None
+    local = [DeviceState() for _ in range(n_dev)] if args.split == "readings" and not args.skip_local else None
     tr = Trace(
         features=np.zeros((n, NUM_FEATURES)), scored=np.zeros(n, bool), z=np.zeros(n), heldout=np.zeros(n, bool),
         pre_score=np.full(n, np.nan), pre_alarm=np.zeros(n, bool), pre_above=np.zeros(n, bool),
@@ -186,7 +199,10 @@ def run(args: argparse.Namespace, data: Data) -> dict:
     visible = initial_global(dcfg)
     pending: list[tuple[float, GlobalParams]] = []
     versions: list[GlobalModel] = []
-    stats = {"rounds": 0, "samples": 0, "positives": 0, "staleness": [], "step_s": 0.0, "server_s": 0.0}
+    stats = {"rounds": 0, "samples": 0, "positives": 0, "staleness": [], "step_s": 0.0, "server_s": 0.0,
+             "faulty_updates": 0, "dead_letters": 0}  # fmt: skip
+    kinds = parse_kinds(args.fault_kinds)
+    faults = [fault_of(name, args.faulty_share, kinds) for name in data.device_ids]
     started = time.perf_counter()
     bounds = np.concatenate((data.starts, [n]))
     for m in range(data.starts.shape[0]):
@@ -215,8 +231,17 @@ def run(args: argparse.Namespace, data: Data) -> dict:
             stats["samples"] += r.samples
             stats["positives"] += r.positives
             stats["staleness"].append(server.version - r.base_global_version)
+            record = update_record(name, r, now)
+            if faults[d] is not None:
+                record = corrupt_update(record, faults[d])
+                stats["faulty_updates"] += 1
+            try:  # through the wire format, as the FedAvg agent receives it
+                record = LocalModelUpdate.from_json(record.to_json())
+            except InvalidRecord:
+                stats["dead_letters"] += 1
+                continue
             t = time.perf_counter()
-            server, offered = server.offer(update_record(name, r, now), now, fcfg)
+            server, offered = server.offer(record, now, fcfg)
             stats["server_s"] += time.perf_counter() - t
             if offered.model is not None:
                 versions.append(offered.model)
@@ -235,7 +260,8 @@ def run(args: argparse.Namespace, data: Data) -> dict:
         "mean_staleness": float(np.mean(stats["staleness"])) if stats["staleness"] else 0.0,
         "step_us_per_reading": 1e6 * stats["step_s"] / n,
         "server_us_per_update": 1e6 * stats["server_s"] / max(stats["rounds"], 1),
-        "seconds": stream_s,
+        "seconds": stream_s, "faulty_devices": sum(f is not None for f in faults),
+        "faulty_updates": stats["faulty_updates"], "dead_letters": stats["dead_letters"],
     }  # fmt: skip
     res["config"] = {k: v for k, v in vars(args).items() if k not in {"json"}}
     return res
@@ -402,7 +428,8 @@ def report(res: dict) -> str:
         f"{s['local_rounds']:,} rounds of {s['mean_round_samples']:.1f} samples, {s['global_versions']} versions, "
         f"staleness {s['mean_staleness']:.1f}; step {s['step_us_per_reading']:.1f} us/reading, server "
         f"{s['server_us_per_update']:.0f} us/update; "
-        f"{s['seconds']:.0f} s",
+        f"{s['seconds']:.0f} s; faulty devices {s['faulty_devices']}, their updates {s['faulty_updates']}, "
+        f"dead-lettered {s['dead_letters']}",
         f"evaluated: {res['eval']['devices']} devices, {res['eval']['point_readings']:,} labelled readings",
         "| model | P | R | F1 | device-mean F1 | ROC-AUC | PR-AUC | event recall | FA/1000 | delay | NAB std "
         "| low FP | low FN |",
@@ -470,6 +497,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--ridge", type=float, default=1.0, help="newton: prior precision of each weight")
     p.add_argument("--max-step", type=float, default=1.0, help="newton: trust region (0: none)")
+    p.add_argument("--faulty-share", type=float, default=0.0, help="fault injection: share of faulty devices")
+    p.add_argument("--fault-kinds", default=",".join(FAULT_KINDS), help="fault injection: their kinds")
+    p.add_argument("--norm-bound", type=float, default=f.bound.norm_multiple or 0.0,
+                   help="multiple of the buffer's median norm each update is clipped to (0: none)")  # fmt: skip
+    p.add_argument("--samples-slack", type=float, default=1.5,
+                   help="claimed normal samples capped at --train-every x this (0: no cap)")  # fmt: skip
+    p.add_argument("--positives-slack", type=float, default=20.0,
+                   help="claimed positives capped at --train-every x this (0: no cap)")  # fmt: skip
+    p.add_argument("--skip-local", action="store_true", help="no local-only baseline (halves a readings run)")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 

@@ -159,3 +159,18 @@ def test_state_changing_requests_need_the_bearer_token():
     assert bearer_token_ok("Bearer tok", "tok") and bearer_token_ok("bearer  tok ", "tok")
     assert not bearer_token_ok(None, "tok") and not bearer_token_ok("Bearer tok2", "tok")
     assert not bearer_token_ok("Basic tok", "tok")
+
+
+def test_the_update_bound_is_on_by_default_and_fault_injection_off(monkeypatch):
+    s = load_settings()
+    bound = (s.update_norm_bound, s.update_samples_slack, s.update_positives_slack)
+    assert bound == (10.0, 1.5, 20.0) and s.faulty_share == 0.0
+    monkeypatch.setenv("FLEAD_FAULTY_SHARE", "1.5")
+    with pytest.raises(ValueError, match="FLEAD_FAULTY_SHARE"):
+        load_settings()
+    monkeypatch.setenv("FLEAD_FAULTY_SHARE", "0.2")
+    monkeypatch.setenv("FLEAD_UPDATE_NORM_BOUND", "-1")
+    with pytest.raises(ValueError, match="FLEAD_UPDATE_NORM_BOUND"):
+        load_settings()
+    monkeypatch.setenv("FLEAD_UPDATE_NORM_BOUND", "0")
+    assert load_settings().faulty_share == 0.2 and load_settings().update_norm_bound == 0.0

@@ -32,6 +32,7 @@ from flead_app.agents.dead_letter import send_dead_letter
 from flead_app.agents.outbox import Outbox
 from flead_app.algorithms.device import DeviceConfig, DeviceMessage, StepResult, initial_global, step
 from flead_app.algorithms.incident_features import null_tables
+from flead_app.algorithms.robust import corrupt_update, fault_of, parse_kinds
 from flead_app.app import anomalies_topic, app, local_updates_topic, readings_topic, runtime, settings
 from flead_app.io.kafka import event_time
 from flead_app.models import (
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 config = DeviceConfig.from_settings(settings)
 #: global version 0, which rounds start from until the first FedAvg version arrives
 INITIAL_GLOBAL = initial_global(config)
+#: fault injection (FLEAD_FAULTY_SHARE, experiments only): the kinds faulty devices corrupt their updates with
+FAULT_KINDS = parse_kinds(settings.fault_kinds)
 null_tables()  # the features' calibration prior (~0.3 s, cached): computed before the worker is ready
 #: a device still sending gets its time-based round in-band, with its next message; the timer
 #: steps in only for devices silent this long past the interval, so a fleet that started
@@ -130,6 +133,7 @@ def output_records(
                 rule=alarm.rule,
             )
             records.append((alarm.message, (ANOMALIES, key, anomaly.to_json())))
+    fault = fault_of(device_id, settings.faulty_share, FAULT_KINDS) if result.updates else None
     for r in result.updates:
         update = LocalModelUpdate(
             device_id=device_id,
@@ -148,6 +152,8 @@ def output_records(
             normal_histogram={str(b): int(c) for b, c in r.normal_histogram.items()},
             normal_moments=None if r.normal_moments is None else r.normal_moments.tolist(),
         )
+        if fault is not None:  # a faulty device (fault injection) sends a corrupted update
+            update = corrupt_update(update, fault)
         records.append((r.message, (LOCAL_UPDATES, FLEET_KEY, update.to_json())))
     return records
 

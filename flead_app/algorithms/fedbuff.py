@@ -65,6 +65,7 @@ from flead_app.algorithms.decision import (
     sparse_histogram,
     threshold_for_budget,
 )
+from flead_app.algorithms.robust import UpdateBound, bound_updates
 from flead_app.algorithms.second_order import Curvature, pack_symmetric, unpack_symmetric
 from flead_app.models import GlobalModel, InvalidRecord, LocalModelUpdate, format_timestamp
 
@@ -80,6 +81,7 @@ class FedBuffConfig:
     initial: tuple[float, ...] = ()  # global version 0 (weights then bias): the model every device starts from
     alarm_budget: float = 0.01  # share of normal readings above a version's threshold
     tail_readings: float = TAIL_READINGS  # normal readings above it in the histogram window
+    bound: UpdateBound = UpdateBound(75, 1000, 10.0)  # each update's (``robust``): the settings' default
 
     @classmethod
     def from_settings(cls, settings: object, initial: Sequence[float]) -> FedBuffConfig:
@@ -105,6 +107,7 @@ class FedBuffConfig:
             initial=tuple(float(x) for x in initial),
             alarm_budget=s.alarm_budget,  # type: ignore[attr-defined]
             tail_readings=s.threshold_tail_readings,  # type: ignore[attr-defined]
+            bound=UpdateBound.from_settings(s),
         )
 
     @property
@@ -219,7 +222,7 @@ def server_step(state: FedBuffState, cfg: FedBuffConfig, now: float) -> tuple[Fe
     >>> model.aggregator, bool(model.weights[0] > 0.1), model.score_scale is not None, model.threshold
     ('newton', True, True, None)
     """
-    updates = state.buffer
+    updates = bound_updates(state.buffer, cfg.bound, state.history, isinstance(cfg.aggregator, Newton)).updates
     staleness = np.array([max(0, state.version - u.global_version) for u in updates], dtype=np.float64)
     samples = np.array([u.samples for u in updates], dtype=np.float64)
     information, target = state.information, state.target

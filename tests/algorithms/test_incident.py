@@ -44,6 +44,7 @@ from flead_app.algorithms.incident_features import (
     raw_statistics,
     score,
 )
+from flead_app.algorithms.robust import UpdateBound
 from flead_app.models import LocalModelUpdate, format_timestamp
 
 
@@ -318,7 +319,8 @@ def test_standardised_threshold_follows_a_new_model():
     y = (x[:, 0] + rng.logistic(size=20_000) > 4.0).astype(np.int8)
     dcfg = DeviceConfig()
     v0 = initial_global(dcfg)
-    cfg = FedBuffConfig(buffer_size=1, initial=(*v0.weights, v0.bias), alarm_budget=0.01)
+    # one round of 20,000 readings, more than any round holds: without the server's cap on claims
+    cfg = FedBuffConfig(buffer_size=1, initial=(*v0.weights, v0.bias), alarm_budget=0.01, bound=UpdateBound())
     state = FedBuffState.start(cfg)
     _, r = train_round(DeviceState(buffer_features=x, buffer_labels=y), 0.0, dcfg, v0)
     state, out = state.offer(_update(r), 0.0, cfg)
