@@ -213,7 +213,6 @@ def isolated(base: Settings, prefix: str, web_port: int) -> tuple[Settings, dict
     return replace(base, **overrides), setting_env(**overrides)
 
 
-
 #: how far (in messages) the simulator may run ahead of the worker while throughput is measured
 BACKLOG_MESSAGES = 4_000
 #: the pipeline rate is the median of the rates over windows of about this many seconds
@@ -342,9 +341,7 @@ def fedavg_ceiling(base: Settings, source: Settings, at_least: int = FEDAVG_CEIL
     full of copies of ``source``'s local updates and whose readings topic is empty."""
     settings, env = isolated(base, "bench-fedavg", base.web_port + 9)
     asyncio.run(kafka.create_topics(settings, settings.pipeline_topics))
-    updates = asyncio.run(
-        copy_updates(settings, source.topic_local_updates, settings.topic_local_updates, at_least)
-    )
+    updates = asyncio.run(copy_updates(settings, source.topic_local_updates, settings.topic_local_updates, at_least))
     if not updates:
         return 0, 0.0
     worker = WorkerProcess(settings, env=env, name="bench-fedavg").start()

@@ -546,9 +546,7 @@ def evaluation_section(conn: Any) -> dict[str, Any] | None:
     if version is None:
         return None
     rows = conn.execute(select(t).where(t.c.model_version == version)).mappings().all()
-    splits: dict[str, dict[str, dict[str, Any] | None]] = {
-        split: dict.fromkeys(MODEL_ORDER) for split in SPLIT_ORDER
-    }
+    splits: dict[str, dict[str, dict[str, Any] | None]] = {split: dict.fromkeys(MODEL_ORDER) for split in SPLIT_ORDER}
     evaluated_at = None
     for r in rows:
         if r["split"] in splits and r["model_kind"] in MODEL_ORDER:

@@ -658,7 +658,12 @@ def model_metrics(
         nab_low_fp=nab["low_fp"],
         nab_low_fn=nab["low_fn"],
         counts={
-            "samples": int(labels.shape[0]), "tp": tp, "fp": fp, "fn": fn, "tn": int((~alarms & ~labels).sum()),
-            "windows": windows, "detected": len(delays),
+            "samples": int(labels.shape[0]),
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "tn": int((~alarms & ~labels).sum()),
+            "windows": windows,
+            "detected": len(delays),
         },  # fmt: skip
     )

@@ -177,9 +177,7 @@ class GlobalVersion:
 
 def central_model(model: LinearModel, series: Sequence[DeviceSeries], cfg: DeviceConfig) -> VersionModel:
     """The central logistic regression, judged by the fleet's decision rule on its training normals."""
-    normals = [
-        s.features[~s.heldout & (training_targets(s.labels, cfg) == 0)] for s in series if not s.device_heldout
-    ]
+    normals = [s.features[~s.heldout & (training_targets(s.labels, cfg) == 0)] for s in series if not s.device_heldout]
     x = np.concatenate(normals) if normals else np.empty((0, model.weights.shape[0]))
     loc, scale, decision = decision_rule(x @ model.weights + model.bias, cfg)
     return VersionModel(-1, model, Decision(decision.threshold, refractory_of(cfg)), 0.0, loc, scale)

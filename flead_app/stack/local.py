@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 DEFAULT_BROKERS = 4
 
 
-
 def state_path(home: Path) -> Path:
     return home / "stack.json"
 

@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 TABLES = ("device_state", "fedavg_state")
 
 
-
 def changelog_topics(settings: Settings) -> list[str]:
     return [f"{settings.app_id}-{table}-changelog" for table in TABLES]
 

@@ -50,7 +50,6 @@ MIRROR_START_TIMEOUT_S = 180.0
 MAIN_CLASS = "org.apache.kafka.connect.mirror.MirrorMaker"
 
 
-
 def central_topics(settings: Settings) -> list[str]:
     """The central cluster of a sites topology has no readings topic: no reading is meant to get there."""
     return [t for t in settings.pipeline_topics if t != settings.topic_readings]

@@ -47,8 +47,19 @@ def test_jsonable_times_and_keys():
     assert doc == {"1": "2025-11-07T15:22:31.000Z", "x": ["2025-01-01T00:00:00.000Z"]}
 
 
-METRICS = dict(f1=0.5, precision=0.6, recall=0.4, roc_auc=None, pr_auc=0.3, event_recall=0.8,
-               false_alarms_per_1000=1.5, delay_median=12.0, nab_standard=40.0, nab_low_fp=30.0, nab_low_fn=45.0)
+METRICS = dict(
+    f1=0.5,
+    precision=0.6,
+    recall=0.4,
+    roc_auc=None,
+    pr_auc=0.3,
+    event_recall=0.8,
+    false_alarms_per_1000=1.5,
+    delay_median=12.0,
+    nab_standard=40.0,
+    nab_low_fp=30.0,
+    nab_low_fn=45.0,
+)
 
 
 def sample_report() -> dict:
@@ -57,17 +68,37 @@ def sample_report() -> dict:
         "generated_at": t,
         "database": {"url": "postgresql://flead:***@127.0.0.1:5432/flead", "backend": "postgresql"},
         "counts": {"local_models": 1403, "federated_models": 71},
-        "global_models": [{"global_version": 71, "aggregation_round": 71, "num_devices": 20, "num_updates": 20,
-                           "samples": 1000, "accuracy": 0.727, "aggregator": "fedavg", "created_at": t}],
-        "evaluation": {"global_version": 70, "evaluated_at": t, "splits": {
-            "readings": {
-                "global": {**METRICS, "f1": 0.937, "nab_standard": 55.5},
-                "local": {**METRICS, "f1": 0.65, "roc_auc": 0.7},
+        "global_models": [
+            {
+                "global_version": 71,
+                "aggregation_round": 71,
+                "num_devices": 20,
+                "num_updates": 20,
+                "samples": 1000,
+                "accuracy": 0.727,
+                "aggregator": "fedavg",
+                "created_at": t,
+            }
+        ],
+        "evaluation": {
+            "global_version": 70,
+            "evaluated_at": t,
+            "splits": {
+                "readings": {
+                    "global": {**METRICS, "f1": 0.937, "nab_standard": 55.5},
+                    "local": {**METRICS, "f1": 0.65, "roc_auc": 0.7},
+                },
+                "devices": {"global": {**METRICS, "f1": 0.812}, "local": None},
             },
-            "devices": {"global": {**METRICS, "f1": 0.812}, "local": None},
-        }},
-        "headline": {"model_version": 70, "split": "devices", "event_recall": 0.8, "false_alarms_per_1000": 1.5,
-                     "f1": 0.812, "evaluated_at": t},
+        },
+        "headline": {
+            "model_version": 70,
+            "split": "devices",
+            "event_recall": 0.8,
+            "false_alarms_per_1000": 1.5,
+            "f1": 0.812,
+            "evaluated_at": t,
+        },
         "training": training_rate(1403, t - timedelta(minutes=60), t, 117, 120),
         "anomalies": {"total": 3, "by_severity": {"critical": 1, "warning": 2}, "by_broker": {1: 2, 3: 1}},
         "kafka": {
@@ -89,11 +120,27 @@ def sample_report() -> dict:
 
 def test_render_text_shows_every_section():
     text = render_text(sample_report())
-    for expected in ("Rows per table", "local_models", "1,403", "Latest global versions", "0.7270",
-                     "held-out devices (devices), global v70", "detection (global v70, held-out devices)",
-                     "0.937", "55.5", "0.812",
-                     "23.38", "last 5 min", "23.40", "final 5 min", "24.00", "critical", "Kafka traffic",
-                     "93.3%", "6.9 MiB"):
+    for expected in (
+        "Rows per table",
+        "local_models",
+        "1,403",
+        "Latest global versions",
+        "0.7270",
+        "held-out devices (devices), global v70",
+        "detection (global v70, held-out devices)",
+        "0.937",
+        "55.5",
+        "0.812",
+        "23.38",
+        "last 5 min",
+        "23.40",
+        "final 5 min",
+        "24.00",
+        "critical",
+        "Kafka traffic",
+        "93.3%",
+        "6.9 MiB",
+    ):
         assert expected in text, expected
     # aligned: every row of the counts table has its number in the same column
     rows = [line for line in text.splitlines() if line.startswith("  local_models") or line.startswith("  table ")]
@@ -182,14 +229,37 @@ def test_report_shows_the_latest_evaluation_and_baselines(db, db_url):
     t = datetime.now(UTC)
 
     def summary(kind: str, version: int, f1: float, at: datetime, split: str = "devices") -> dict:
-        return dict(model_kind=kind, model_version=version, split=split, samples=500, accuracy=0.9,
-                    precision=0.8, recall=0.7, f1=f1, roc_auc=0.85, tp=35, fp=9, tn=441, fn=15,
-                    event_recall=0.75, false_alarms_per_1000=18.0, nab_standard=42.0, evaluated_at=at)
+        return dict(
+            model_kind=kind,
+            model_version=version,
+            split=split,
+            samples=500,
+            accuracy=0.9,
+            precision=0.8,
+            recall=0.7,
+            f1=f1,
+            roc_auc=0.85,
+            tp=35,
+            fp=9,
+            tn=441,
+            fn=15,
+            event_recall=0.75,
+            false_alarms_per_1000=18.0,
+            nab_standard=42.0,
+            evaluated_at=at,
+        )
 
-    db.insert_rows("evaluation_summaries", [
-        summary("global", 3, 0.60, t), summary("global", 4, 0.70, t), summary("global", 4, 0.72, t, "readings"),
-        summary("local", 4, 0.55, t, "readings"), summary("central", 4, 0.80, t), summary("central", 3, 0.1, t),
-    ])
+    db.insert_rows(
+        "evaluation_summaries",
+        [
+            summary("global", 3, 0.60, t),
+            summary("global", 4, 0.70, t),
+            summary("global", 4, 0.72, t, "readings"),
+            summary("local", 4, 0.55, t, "readings"),
+            summary("central", 4, 0.80, t),
+            summary("central", 3, 0.1, t),
+        ],
+    )
     report = json.loads(run_report(db_url, "--json", "--no-kafka").stdout)
     ev = report["evaluation"]
     assert ev["global_version"] == 4
