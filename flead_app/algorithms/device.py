@@ -51,10 +51,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from flead_app.algorithms.decision import (
-    MIN_SCALE,
     NEVER,
     TAIL_READINGS,
     ScoreRule,
+    central_rule,
     dense_histogram,
     histogram_window,
     merge_histograms,
@@ -795,7 +795,7 @@ def decision_rule(normal_logits: np.ndarray, cfg: DeviceConfig) -> tuple[float, 
     How the evaluation judges a model trained outside the fleet (central, local-only) by the rule
     the fleet's models follow: the logit standardised by the normal logits' mean and standard
     deviation, the threshold at ``alarm_budget`` of their standardised scores, the same
-    refractory period (``decision.central_rule`` on logits instead of features). Fewer than two
+    refractory period (``decision.central_rule`` with the logit as the one feature). Fewer than two
     normal logits: no threshold (the model never alarms).
 
     >>> loc, scale, d = decision_rule(np.arange(1000.0), DeviceConfig(alarm_budget=0.01, refractory=5))
@@ -806,12 +806,11 @@ def decision_rule(normal_logits: np.ndarray, cfg: DeviceConfig) -> tuple[float, 
     """
     x = np.asarray(normal_logits, dtype=np.float64)
     x = x[np.isfinite(x)]
-    if x.shape[0] < 2:
+    # the logit as the one feature of a model with weight 1 and bias 0
+    rule = central_rule(np.ones(1), 0.0, x[:, None], cfg.alarm_budget, cfg.refractory)
+    if rule.threshold is None or rule.loc is None or rule.scale is None:
         return 0.0, 1.0, Decision(math.inf, cfg.refractory)
-    loc = float(x.mean())
-    scale = max(float(x.std()), MIN_SCALE)
-    thr = threshold_for_budget(score_histogram(standardise(x, loc, scale)), cfg.alarm_budget)
-    return loc, scale, Decision(float(thr) if math.isfinite(thr) else math.inf, cfg.refractory)
+    return float(rule.loc), float(rule.scale), Decision(float(rule.threshold), cfg.refractory)
 
 
 def published_decision(
