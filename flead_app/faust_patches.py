@@ -62,6 +62,16 @@
    not drained: a replay's worker applied every reading and committed none). After the seek, a
    committed offset below the partition's earliest offset counts as that earliest offset: the
    records between them can never be processed, by anyone.
+9. **A jump in offsets is a hole, not a gap** (``_no_gap``), and the agents fetch holes again
+   (``flead_app.agents.contiguity``). Faust's fetch loop takes a jump between the offset it
+   delivered last and the next one for offsets that do not exist (compaction, transaction
+   markers) and counts them as acknowledged, so the commit passes them. FLEAD's input topics are
+   neither compacted nor transactional, so every offset exists: a jump means the fetch path
+   dropped records (its ``getmany`` discards records of a partition that a pause or a full
+   buffer removed from the live set of active partitions while the fetch waited, and records left
+   in a batch when the flow stops), and counting them as done turned a drop into a committed loss.
+   Nothing is counted for a jump now; the agents hold back what arrives past the hole and seek
+   back to it.
 """
 
 from __future__ import annotations
@@ -118,14 +128,6 @@ def _strict_new_offset(self, tp):  # noqa: ANN001, ANN202 - replaces faust Consu
     acked = self._acked[tp]
     if not acked:
         return None
-    gap_for_tp = self._gap[tp]
-    if gap_for_tp:  # as Faust does: offsets known to be absent count as acknowledged
-        max_offset = max(acked)
-        candidates = sorted(gap_for_tp.overlap(0, max_offset), key=lambda x: x.begin)
-        if candidates:
-            filled = [o for entry in candidates for o in range(entry.begin, entry.end)]
-            acked.extend(filled)
-            gap_for_tp.chop(0, max(filled[-1], max_offset + 1))
     acked.sort()
     committed = self._committed_offset[tp]
     # Only while the committed offset is unknown (no commit yet) is the scan over the messages in
@@ -138,6 +140,10 @@ def _strict_new_offset(self, tp):  # noqa: ANN001, ANN202 - replaces faust Consu
     acked[: len(done)] = []
     self._acked_index[tp].difference_update(done)
     return new_offset
+
+
+async def _no_gap(self, tp, offset_from: int, offset_to: int) -> None:  # noqa: ANN001 - replaces faust Consumer._add_gap
+    """Correction 9: offsets skipped by the fetch loop are not acknowledged by anyone."""
 
 
 def ack_counts(message_generation: int | None, generation: int, revoked_in: int | None) -> bool:
@@ -270,6 +276,7 @@ def apply() -> None:
     """Install the corrections and the commit hook (idempotent: applying twice changes nothing)."""
     faust_aiokafka.Producer._settings_extra = _idempotent_producer_settings
     faust_consumer.Consumer._new_offset = _strict_new_offset
+    faust_consumer.Consumer._add_gap = _no_gap
     faust_consumer.Consumer.force_commit = _force_commit_after_hooks
     faust_consumer.Consumer.ack = _ack_of_this_generation
     faust_consumer.Consumer.on_partitions_revoked = _note_revocation

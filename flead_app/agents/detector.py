@@ -28,6 +28,7 @@ from faust.exceptions import NotReady
 from faust.web import View
 
 from flead_app import faust_patches
+from flead_app.agents.contiguity import ContiguityGuard
 from flead_app.agents.dead_letter import send_dead_letter
 from flead_app.agents.outbox import Outbox
 from flead_app.algorithms.device import DeviceConfig, DeviceMessage, StepResult, initial_global, step
@@ -69,6 +70,7 @@ YIELD_EVERY_READINGS = 2000
 
 counters = runtime.stats.counter("detector")
 outbox = Outbox([anomalies_topic, local_updates_topic], counters)
+contiguity = ContiguityGuard(app, readings_topic.get_topic_name(), counters)
 ANOMALIES, LOCAL_UPDATES = anomalies_topic.get_topic_name(), local_updates_topic.get_topic_name()
 
 
@@ -278,7 +280,13 @@ async def handle(event) -> None:  # noqa: ANN001 - a faust Event
 @app.agent(readings_topic)
 async def detect(stream) -> None:  # noqa: ANN001
     async for events in stream.take_events(settings.detector_batch, within=settings.detector_batch_wait_s):
-        await handle_batch(list(events))
+        await handle_batch(contiguity.admit(events))
+        await contiguity.refetch()
+
+
+@app.timer(interval=5.0)
+async def refetch_holes() -> None:
+    await contiguity.refetch()
 
 
 async def flush_rows() -> None:

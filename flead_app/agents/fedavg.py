@@ -18,6 +18,7 @@ import time
 from dataclasses import replace
 
 from flead_app import faust_patches
+from flead_app.agents.contiguity import ContiguityGuard
 from flead_app.agents.dead_letter import send_dead_letter
 from flead_app.agents.outbox import Outbox
 from flead_app.algorithms.device import DeviceConfig, initial_global
@@ -38,6 +39,7 @@ START = FedBuffState.start(config)
 
 counters = runtime.stats.counter("fedavg")
 outbox = Outbox([global_updates_topic], counters)
+contiguity = ContiguityGuard(app, local_updates_topic.get_topic_name(), counters)
 GLOBAL_UPDATES = global_updates_topic.get_topic_name()
 
 
@@ -102,12 +104,18 @@ async def handle(event) -> None:  # noqa: ANN001 - a faust Event keyed ``fleet``
 @app.agent(local_updates_topic)
 async def federated_averaging(stream) -> None:  # noqa: ANN001
     async for events in stream.take_events(settings.detector_batch, within=settings.detector_batch_wait_s):
-        for event in events:
+        for event in contiguity.admit(events):
             try:
                 await handle(event)
             except Exception as err:  # a bug must not stop aggregation: dead-letter the update and go on
                 log.exception("fedavg failed at offset %d", event.message.offset)
                 await send_dead_letter(event, f"processing error: {type(err).__name__}: {err}")
+        await contiguity.refetch()
+
+
+@app.timer(interval=5.0)
+async def refetch_holes() -> None:
+    await contiguity.refetch()
 
 
 async def flush_row() -> None:

@@ -1,0 +1,119 @@
+"""The contiguity guard (correction 9): a message past a hole is held back and the hole fetched again."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from aiokafka import TopicPartition
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flead_app import faust_patches
+from flead_app.agents.contiguity import IDLE_S, RESEEK_AFTER_S, ContiguityGuard
+
+TP = TopicPartition("readings", 1)
+
+
+@dataclass
+class FakeConsumer:
+    committed: dict = field(default_factory=dict)
+    ends: dict = field(default_factory=dict)
+    seeks: list = field(default_factory=list)
+
+    def assignment(self) -> set:
+        return {TP}
+
+    @property
+    def _committed_offset(self) -> dict:
+        return self.committed
+
+    def highwater(self, tp):  # noqa: ANN001, ANN201
+        return self.ends.get(tp)
+
+    async def seek(self, tp, offset: int) -> None:  # noqa: ANN001
+        self.seeks.append((tp, offset))
+
+
+def event(offset: int, tp=TP):  # noqa: ANN001, ANN201
+    return SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def guard_with(committed: int | None = None) -> tuple[ContiguityGuard, FakeConsumer, Clock]:
+    consumer = FakeConsumer(committed={TP: committed} if committed is not None else {})
+    clock = Clock()
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=1)
+    return ContiguityGuard(app, "readings", {}, clock=clock), consumer, clock
+
+
+def offsets(events) -> list[int]:  # noqa: ANN001
+    return [e.message.offset for e in events]
+
+
+def test_a_message_past_a_hole_is_held_back_and_the_hole_fetched_again():
+    guard, consumer, clock = guard_with(committed=16)
+    assert offsets(guard.admit([event(17), event(18)])) == []  # 16 never came
+    asyncio.run(guard.refetch())
+    assert consumer.seeks == [(TP, 16)]
+    assert offsets(guard.admit([event(19)])) == []  # still before the refetch
+    asyncio.run(guard.refetch())
+    assert consumer.seeks == [(TP, 16)], "no second seek before RESEEK_AFTER_S"
+    clock.now += RESEEK_AFTER_S
+    asyncio.run(guard.refetch())
+    assert consumer.seeks == [(TP, 16), (TP, 16)]
+    assert offsets(guard.admit([event(16), event(17), event(18), event(19)])) == [16, 17, 18, 19]
+    clock.now += RESEEK_AFTER_S
+    asyncio.run(guard.refetch())
+    assert len(consumer.seeks) == 2 and not guard.sought
+
+
+def test_redeliveries_pass_to_the_rows_and_a_rebalance_starts_again_from_the_committed_offset():
+    guard, consumer, _ = guard_with(committed=5)
+    assert offsets(guard.admit([event(3), event(5), event(4), event(6)])) == [3, 5, 4, 6]
+    guard.app.consumer_generation_id = 2
+    consumer.committed[TP] = 10
+    assert offsets(guard.admit([event(11)])) == []
+    assert offsets(guard.admit([event(10), event(11)])) == [10, 11]
+
+
+def test_a_hole_at_the_end_of_the_log_is_sought_after_the_partition_went_quiet():
+    guard, consumer, clock = guard_with(committed=0)
+    assert offsets(guard.admit([event(0), event(1)])) == [0, 1]
+    consumer.ends[TP] = 3  # offset 2 exists but never arrives, and nothing after it reveals it
+    asyncio.run(guard.refetch())
+    assert consumer.seeks == []
+    clock.now += IDLE_S
+    asyncio.run(guard.refetch())
+    assert consumer.seeks == [(TP, 2)]
+
+
+@given(st.integers(0, 50), st.integers(1, 40), st.lists(st.integers(0, 60), max_size=8))
+def test_whatever_is_dropped_what_is_admitted_is_each_offset_once_in_order(start, length, dropped):
+    """A log delivered with some offsets dropped (the last ones too), then, after the seek, again
+    from the hole: what is admitted is exactly the log, in order."""
+    guard, consumer, clock = guard_with(committed=start)
+    log = list(range(start, start + length))
+    admitted = offsets(guard.admit([event(o) for o in log if o - start not in dropped]))
+    consumer.ends[TP] = start + length
+    clock.now += IDLE_S
+    asyncio.run(guard.refetch())
+    if consumer.seeks:
+        hole = consumer.seeks[-1][1]
+        admitted += offsets(guard.admit([event(o) for o in log if o >= hole]))
+    assert admitted == log
+
+
+def test_faust_jumps_in_offsets_count_as_acknowledged_no_more():
+    from faust.transport import consumer as faust_consumer
+
+    faust_patches.apply()
+    assert faust_consumer.Consumer._add_gap is faust_patches._no_gap
