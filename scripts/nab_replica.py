@@ -76,7 +76,8 @@ from flead_app.algorithms.metrics import label_windows, model_metrics, pr_auc, r
 from flead_app.algorithms.robust import FAULT_KINDS, UpdateBound, corrupt_update, fault_of, parse_kinds
 from flead_app.models import GlobalModel, InvalidRecord, LocalModelUpdate, format_timestamp
 
-DEFAULT_CSV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nab", "nab_real_all.csv.gz")  # ../shared beside the checkout
+# ../shared beside the checkout
+DEFAULT_CSV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nab", "nab_real_all.csv.gz")
 T0 = 1_700_000_000.0
 
 # --- the replay --------------------------------------------------------------------------------
