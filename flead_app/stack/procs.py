@@ -138,13 +138,16 @@ def port_in_use(port: int, host: str = "127.0.0.1", grace_s: float = 0.0) -> boo
 
     A port that nothing listens on but that cannot be bound is usually the local end of some
     client's short-lived connection (ports above 32767 are also the kernel's ephemeral range):
-    it can be retried for ``grace_s`` seconds before being called taken.
+    it can be retried for ``grace_s`` seconds before being called taken. A connection to a port in
+    that range where nothing listens can also succeed to itself (TCP's simultaneous open: the
+    kernel picked the port as the connection's own source port), which says nothing is there; a
+    restart right after a SIGKILL once failed that way ("port 51900 already in use").
     """
     deadline = time.monotonic() + grace_s
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.settimeout(0.3)
-            if s.connect_ex((host, port)) == 0:
+            if s.connect_ex((host, port)) == 0 and s.getsockname() != s.getpeername():
                 return True
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

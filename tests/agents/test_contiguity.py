@@ -21,6 +21,7 @@ class FakeConsumer:
     committed: dict = field(default_factory=dict)
     ends: dict = field(default_factory=dict)
     seeks: list = field(default_factory=list)
+    earliest: dict = field(default_factory=dict)
 
     def assignment(self) -> set:
         return {TP}
@@ -31,6 +32,9 @@ class FakeConsumer:
 
     def highwater(self, tp):  # noqa: ANN001, ANN201
         return self.ends.get(tp)
+
+    async def earliest_offsets(self, *tps):  # noqa: ANN002, ANN201
+        return {tp: self.earliest[tp] for tp in tps}
 
     async def seek(self, tp, offset: int) -> None:  # noqa: ANN001
         self.seeks.append((tp, offset))
@@ -83,6 +87,18 @@ def test_redeliveries_pass_to_the_rows_and_a_rebalance_starts_again_from_the_com
     consumer.committed[TP] = 10
     assert offsets(guard.admit([event(11)])) == []
     assert offsets(guard.admit([event(10), event(11)])) == [10, 11]
+
+
+def test_before_the_first_commit_the_log_start_is_the_offset_to_deliver_next():
+    """No commit yet: a first message past the log's start (offsets 0 and 1 dropped) is held back."""
+    guard, consumer, _ = guard_with(committed=None)
+    consumer.earliest = {TP: 0}
+    asyncio.run(guard.on_assigned({TP, TopicPartition("other", 0)}))
+    assert guard.log_start == {TP: 0}
+    assert offsets(guard.admit([event(2), event(3)])) == []
+    asyncio.run(guard.refetch())
+    assert consumer.seeks == [(TP, 0)]
+    assert offsets(guard.admit([event(0), event(1), event(2), event(3)])) == [0, 1, 2, 3]
 
 
 def test_a_hole_at_the_end_of_the_log_is_sought_after_the_partition_went_quiet():
