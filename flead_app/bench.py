@@ -601,9 +601,9 @@ def fedavg_summary(base: Settings, result: BenchResult, settings: Settings, at_l
         "updates_per_s": round(rate, 1),
         "local_updates_per_reading": per_reading,
         "local_updates_per_s_at_target": round(at_target, 2),
-        "headroom_at_target": round(rate / at_target, 1) if at_target else None,
+        "headroom_at_target": float(f"{rate / at_target:.3g}") if at_target else None,
         "local_updates_per_s_measured": round(at_measured, 2),
-        "headroom_at_measured": round(rate / at_measured, 1) if at_measured else None,
+        "headroom_at_measured": float(f"{rate / at_measured:.3g}") if at_measured else None,
     }
 
 
