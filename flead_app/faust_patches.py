@@ -77,7 +77,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -89,8 +88,6 @@ from faust.transport import producer as faust_producer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
-
-log = logging.getLogger(__name__)
 
 
 def next_commit_offset(acked: Sequence[int], committed: int | None, in_flight: Iterable[int] = ()) -> int | None:
@@ -133,8 +130,6 @@ def _strict_new_offset(self, tp):  # noqa: ANN001, ANN202 - replaces faust Consu
         return None
     acked.sort()
     committed = self._committed_offset[tp]
-    if committed is None:  # no commit yet: the run must start at the log's start (correction 9)
-        committed = log_start(self, tp)
     # Only while the committed offset is unknown (no commit yet) is the scan over the messages in
     # flight needed; later the committed offset itself anchors the run.
     in_flight = [m.offset for m in list(self._unacked_messages) if m.tp == tp] if committed is None else ()
@@ -191,28 +186,7 @@ async def _fresh_read_offsets(self, assigned, generation_id: int = 0):  # noqa: 
     for tp in assigned:
         self._read_offset.pop(tp, None)
         self._gap.pop(tp, None)
-    await _read_log_starts(self, assigned)
     return await _faust_on_partitions_assigned(self, assigned, generation_id)
-
-
-async def _read_log_starts(self, assigned) -> None:  # noqa: ANN001
-    """Correction 9: each assigned partition's earliest offset, before its stream can resume.
-
-    Until a partition's first commit, its commit is anchored there (not at the first
-    acknowledgement, which passed the messages the fetch path had dropped before it), and the
-    agents' contiguity guard takes it for the offset to deliver first."""
-    starts = self.__dict__.setdefault("_flead_log_start", {})
-    if not assigned:
-        return
-    try:
-        starts.update(await self.earliest_offsets(*assigned))
-    except Exception as err:  # noqa: BLE001 - a failure here must not fail the rebalance
-        log.warning("earliest offsets not read at assignment (%s): commits anchor at the first acknowledgement", err)
-
-
-def log_start(consumer: Any, tp: Any) -> int | None:
-    """The earliest offset of ``tp`` read at its assignment (None: not read)."""
-    return consumer.__dict__.get("_flead_log_start", {}).get(tp)
 
 
 _faust_on_partitions_assigned = faust_consumer.Consumer.on_partitions_assigned

@@ -118,6 +118,11 @@ async def refetch_holes() -> None:
     await contiguity.refetch()
 
 
+@app.on_partitions_assigned.connect
+async def read_log_starts(app, assigned, **_) -> None:  # noqa: ANN001 - Faust's signal arguments
+    await contiguity.on_assigned(assigned)
+
+
 async def flush_row() -> None:
     counters["rows_written"] += rows.flush()
 

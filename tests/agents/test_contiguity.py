@@ -34,7 +34,7 @@ class FakeConsumer:
         return self.ends.get(tp)
 
     async def earliest_offsets(self, *tps):  # noqa: ANN002, ANN201
-        return {tp: self.earliest.get(tp, 0) for tp in tps}
+        return {tp: self.earliest[tp] for tp in tps}
 
     async def seek(self, tp, offset: int) -> None:  # noqa: ANN001
         self.seeks.append((tp, offset))
@@ -92,8 +92,9 @@ def test_redeliveries_pass_to_the_rows_and_a_rebalance_starts_again_from_the_com
 def test_before_the_first_commit_the_log_start_is_the_offset_to_deliver_next():
     """No commit yet: a first message past the log's start (offsets 0 and 1 dropped) is held back."""
     guard, consumer, _ = guard_with(committed=None)
-    asyncio.run(faust_patches._read_log_starts(consumer, {TP, TopicPartition("other", 0)}))
-    assert guard.log_start(TP) == 0
+    consumer.earliest = {TP: 0}
+    asyncio.run(guard.on_assigned({TP, TopicPartition("other", 0)}))
+    assert guard.log_start == {TP: 0}
     assert offsets(guard.admit([event(2), event(3)])) == []
     asyncio.run(guard.refetch())
     assert consumer.seeks == [(TP, 0)]
@@ -132,21 +133,3 @@ def test_faust_jumps_in_offsets_count_as_acknowledged_no_more():
 
     faust_patches.apply()
     assert faust_consumer.Consumer._add_gap is faust_patches._no_gap
-
-
-def test_before_the_first_commit_the_commit_is_anchored_at_the_log_start():
-    """Offsets 2 and 3 acknowledged (0 and 1 dropped by the fetch path), no commit yet: nothing is
-    committed until offset 0, the log's start, is acknowledged too."""
-    from collections import defaultdict
-
-    consumer = SimpleNamespace(
-        _acked=defaultdict(list, {TP: [2, 3]}),
-        _acked_index=defaultdict(set, {TP: {2, 3}}),
-        _gap=defaultdict(list),
-        _committed_offset=defaultdict(lambda: None),
-        _unacked_messages=set(),
-        _flead_log_start={TP: 0},
-    )
-    assert faust_patches._strict_new_offset(consumer, TP) is None
-    consumer._acked[TP] += [0, 1]
-    assert faust_patches._strict_new_offset(consumer, TP) == 4
