@@ -158,14 +158,20 @@ def ack_counts(message_generation: int | None, generation: int, revoked_in: int 
     return message_generation == generation and (revoked_in is None or message_generation > revoked_in)
 
 
-def _ack_of_this_generation(self, message):  # noqa: ANN001, ANN202 - replaces faust Consumer.ack
-    if ack_counts(message.generation_id, self.app.consumer_generation_id, self.__dict__.get("_flead_revoked_in")):
-        return _faust_ack(self, message)
+def set_aside(consumer: Any, message: Any) -> None:
+    """Mark ``message`` done without acknowledging it: it no longer holds up shutdown, a rebalance
+    or the commits before it, and its offset can never be committed by it (it will be fetched again)."""
     with ack_lock:
         if not message.acked:
             message.acked = True
-            self._unacked_messages.discard(message)
-            notify(self._waiting_for_ack)
+            consumer._unacked_messages.discard(message)
+            notify(consumer._waiting_for_ack)
+
+
+def _ack_of_this_generation(self, message):  # noqa: ANN001, ANN202 - replaces faust Consumer.ack
+    if ack_counts(message.generation_id, self.app.consumer_generation_id, self.__dict__.get("_flead_revoked_in")):
+        return _faust_ack(self, message)
+    set_aside(self, message)
     return False
 
 
