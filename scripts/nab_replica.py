@@ -20,7 +20,8 @@ Splits (``--split``):
   trains on its other readings; scored on the held-out readings only.
 
 Models, all judged by one rule (``decision``: standardised score, threshold at the budget of normal
-readings, refractory period): latest global (its published fields: ``ScoreRule.published``);
+readings, moved toward each device's own quantile with ``--threshold-scope device`` as ``step``
+does, refractory period): latest global (its published fields: ``ScoreRule.published``);
 central (scikit-learn ``LogisticRegression()`` on the pooled training samples of the training
 devices, the target ``device.training_targets``, ``decision.central_rule``); local-only (each
 device stepped again with ``global_params`` None: its own rounds and threshold; readings split
@@ -58,7 +59,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flead_app.algorithms.aggregation import make_aggregator
-from flead_app.algorithms.decision import ScoreRule, central_rule, refractory_alarms
+from flead_app.algorithms.decision import ScoreRule, central_rule, device_thresholds, refractory_alarms
 from flead_app.algorithms.device import (
     NUM_FEATURES,
     DeviceConfig,
@@ -160,7 +161,7 @@ def configs(args: argparse.Namespace) -> tuple[DeviceConfig, FedBuffConfig]:
         refractory=args.refractory, train_every=args.train_every, train_interval_s=args.train_interval,
         holdout_percent=0.0 if devices else args.readings_percent,
         holdout_device_percent=args.device_percent if devices else 0.0, holdout_device_salt=args.salt,
-        threshold_tail_readings=args.tail_readings, alarm_rule="model",
+        threshold_tail_readings=args.tail_readings, alarm_rule="model", threshold_scope=args.threshold_scope,
     )  # fmt: skip
     v0 = initial_global(dcfg)
     fcfg = FedBuffConfig(
@@ -221,8 +222,8 @@ def run(args: argparse.Namespace, data: Data) -> dict:
         seen = out.scores[0]
         tr.features[a:b], tr.scored[a:b], tr.z[a:b], tr.heldout[a:b] = seen.features, seen.scored, seen.z, seen.heldout
         tr.pre_score[a:b] = seen.score
-        tr.pre_above[a:b] = seen.scored & (np.nan_to_num(seen.score, nan=-np.inf) > visible.threshold
-                                           if visible.threshold is not None else False)  # fmt: skip
+        tr.pre_above[a:b] = seen.scored & (np.nan_to_num(seen.score, nan=-np.inf) > seen.threshold
+                                           if seen.threshold is not None else False)  # fmt: skip
         for al in out.alarms:
             tr.pre_alarm[a + al.reading] = True
         if local is not None:
@@ -336,11 +337,21 @@ def evaluate(args, cfg, data, tr, local, versions, held_dev) -> dict:  # noqa: A
     point = eval_mask & tr.scored & (data.label >= 0)
     F = tr.features
     out: dict = {"models": {}}
+    message = np.searchsorted(data.starts, np.arange(n), side="right") - 1  # the step that decided each reading
 
-    def entry(rule: ScoreRule) -> dict:
-        """A model judged by its rule: candidates over its threshold, alarms after the refractory period."""
+    def entry(rule: ScoreRule, scope: str = cfg.threshold_scope) -> dict:
+        """A model judged by its rule: candidates over its threshold (with ``scope`` "device", moved
+        toward each device's own quantile as ``step`` does), alarms after the refractory period."""
         score = np.where(tr.scored, rule.logits(F), -np.inf)
-        above = tr.scored & rule.candidates(F) & eval_mask
+        if scope == "device" and rule.threshold is not None:
+            s = rule.standardised(F)
+            limit = np.full(n, np.inf)
+            for d in np.unique(dev):
+                m = np.flatnonzero((dev == d) & tr.scored)
+                limit[m] = device_thresholds(s[m], rule.threshold, message[m], cfg.alarm_budget, cfg.histogram_window)
+            above = tr.scored & (s > limit) & eval_mask
+        else:
+            above = tr.scored & rule.candidates(F) & eval_mask
         alarm = per_device_alarms(above, dev, cfg.refractory)
         return metrics(data, rows, score, above, alarm, point)
 
@@ -361,10 +372,14 @@ def evaluate(args, cfg, data, tr, local, versions, held_dev) -> dict:  # noqa: A
     normal = F[tmask][tr.train_label[tmask] == 0]
     c_rule = central_rule(central.coef_[0], float(central.intercept_[0]), normal, cfg.alarm_budget, cfg.refractory)
     out["models"]["central"] = entry(c_rule)
-    # diagnostic: the latest global weights with the central model's rule (its own normal training scores)
+    # diagnostics: the latest global weights with the central model's rule (its own normal training
+    # scores); both models with the fleet threshold as it is
     out["models"]["global_pooled_threshold"] = entry(
         central_rule(g_rule.weights, g_rule.bias, normal, cfg.alarm_budget, cfg.refractory)
     )
+    if cfg.threshold_scope == "device":
+        out["models"]["global_fleet_threshold"] = entry(g_rule, "fleet")
+        out["models"]["central_fleet_threshold"] = entry(c_rule, "fleet")
     if local is not None:
         l_score, l_above = np.full(n, -np.inf), np.zeros(n, bool)
         for d, st in enumerate(local):
@@ -496,6 +511,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=d.threshold_tail_readings,
         help="normal readings above the threshold in the histogram window (window = this / budget)",
     )
+    p.add_argument("--threshold-scope", choices=("device", "fleet"), default=d.threshold_scope,
+                   help="device: each device moves the published threshold toward its own quantile")  # fmt: skip
     p.add_argument("--ridge", type=float, default=1.0, help="newton: prior precision of each weight")
     p.add_argument("--max-step", type=float, default=1.0, help="newton: trust region (0: none)")
     p.add_argument("--faulty-share", type=float, default=0.0, help="fault injection: share of faulty devices")

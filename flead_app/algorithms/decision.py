@@ -17,7 +17,17 @@ local-only model, the central baseline of the evaluation):
    ``tail_readings / budget`` normal readings (``merge_histograms``: ~1,000 normal readings above
    the threshold, a relative error of the tail share of ~3%). The threshold is a quantile of
    normal scores, so class imbalance needs no loss weights: only the ranking matters.
-3. **Refractory period.** After an alarm a device raises no other for ``refractory`` readings
+3. **Each device's own share of the budget** (``FLEAD_THRESHOLD_SCOPE=device``, the default). A
+   fleet threshold is a quantile of the normal scores of whichever devices reported most: a device
+   whose normal scores run higher than the fleet's alarms far above the budget, one whose run lower
+   hardly ever. Each device therefore moves the fleet threshold toward the budget quantile of its
+   own scores as they accumulate (``device_threshold``: a weighted mean, the fleet's threshold
+   weighing as much as ``DEVICE_PRIOR_TAIL_READINGS / budget`` readings of the device's own), the
+   per-series calibration NAB's best detectors make of their raw scores (Numenta's anomaly
+   likelihood). A new device starts at the fleet threshold; one with ten times the prior's
+   readings of its own is almost on its own quantile. ``device_thresholds`` replays the same rule
+   over a device's scores for the evaluation.
+4. **Refractory period.** After an alarm a device raises no other for ``refractory`` readings
    (``FLEAD_REFRACTORY``, 100): an incident raises one alarm (NAB counts the first detection in a
    window, and every detection outside one is a false positive).
 
@@ -49,6 +59,10 @@ SCORE_EDGES = np.linspace(-12.0, 12.0, 481)
 NUM_SCORE_BINS = SCORE_EDGES.shape[0] - 1
 #: a threshold rests on this many normal readings above it (``FLEAD_THRESHOLD_TAIL_READINGS``)
 TAIL_READINGS = 1000.0
+#: the fleet threshold counts in a device's own threshold as this many of its own readings above it
+#: would: the weight of ``DEVICE_PRIOR_TAIL_READINGS / budget`` readings (1,000 at 1%), fixed a
+#: priori (ten readings above the threshold: a quantile estimate of ~30% relative error on its own)
+DEVICE_PRIOR_TAIL_READINGS = 10.0
 #: the standard deviation of normal scores is floored here (a model with zero weights has none)
 MIN_SCALE = 1e-3
 #: readings since the last alarm of a device that never alarmed
@@ -210,6 +224,81 @@ def standardise(logits: np.ndarray, loc: float | None, scale: float | None) -> n
     if loc is None or scale is None:
         return np.full(logits.shape, np.nan)
     return (logits - loc) / scale
+
+
+def device_threshold(
+    fleet: float | None, own: np.ndarray, budget: float, prior_tail: float = DEVICE_PRIOR_TAIL_READINGS
+) -> float | None:
+    """The threshold one device applies: the fleet's, moved toward the ``budget`` quantile of the
+    device's own standardised scores (``own``: their histogram) as they accumulate.
+
+    A weighted mean of the two quantiles, the fleet's weighing ``prior_tail / budget`` readings,
+    the device's its own count. No fleet threshold yet: none (no alarm before the fleet knows its
+    normal scores).
+
+    >>> own = score_histogram(np.linspace(-5, 5, 9_001))  # the device's 1% quantile: 4.9
+    >>> device_threshold(2.0, np.zeros(NUM_SCORE_BINS), 0.01), round(threshold_for_budget(own, 0.01), 2)
+    (2.0, 4.9)
+    >>> round(device_threshold(2.0, own, 0.01), 2)  # 9,001 own readings against the fleet's 1,000
+    4.61
+    >>> device_threshold(None, own, 0.01) is None
+    True
+    """
+    if fleet is None:
+        return None
+    seen = float(np.sum(own))
+    if seen <= 0 or not math.isfinite(fleet):
+        return fleet
+    prior = prior_tail / budget
+    return (prior * fleet + seen * threshold_for_budget(own, budget)) / (prior + seen)
+
+
+def device_thresholds(
+    scores: np.ndarray, fleet: float | np.ndarray, blocks: np.ndarray, budget: float, window: float,
+    prior_tail: float = DEVICE_PRIOR_TAIL_READINGS,
+) -> np.ndarray:  # fmt: skip
+    """Per reading, the threshold ``device_threshold`` gives a device whose scores are ``scores``, in order.
+
+    What ``device.step`` does, replayed for the evaluation: the readings of one step (equal
+    consecutive ``blocks`` values, e.g. the time their message arrived) are decided against the
+    histogram of the scores decided before them, which then takes theirs in (``merge_histograms``
+    with ``window``). ``fleet``: the fleet threshold, one for all or one per reading (inf or NaN:
+    none, and the block's scores do not count, as a step without a threshold adds none).
+
+    >>> s = np.r_[np.zeros(1000), np.full(5, 9.0)]
+    >>> t = device_thresholds(s, 1.0, np.repeat(np.arange(201), 5), 0.01, 1e9)
+    >>> float(t[0]), round(float(t[-1]), 2)  # first the fleet's; after 1,000 scores near 0, half-way to their quantile
+    (1.0, 0.52)
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    n = s.shape[0]
+    f = np.broadcast_to(np.asarray(fleet, dtype=np.float64), (n,))
+    out = np.empty(n)
+    b = np.asarray(blocks)
+    starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]]) if n else np.empty(0, np.int64)
+    ends = np.r_[starts[1:], n].astype(np.int64)
+    own = np.zeros(NUM_SCORE_BINS)
+    for a, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        fl = float(f[a])
+        if not math.isfinite(fl):
+            out[a:e] = math.inf
+            continue
+        out[a:e] = device_threshold(fl, own, budget, prior_tail)
+        own = with_decided(own, s[a:e], window)
+    return out
+
+
+def with_decided(own: np.ndarray, scores: np.ndarray, window: float) -> np.ndarray:
+    """A device's own score histogram after the finite ``scores`` it just decided (``merge_histograms``).
+
+    >>> h = with_decided(np.zeros(NUM_SCORE_BINS), np.array([0.0, np.nan, 1.0]), 1e9)
+    >>> int(h.sum()), with_decided(h, np.array([np.nan]), 1e9) is h
+    (2, True)
+    """
+    decided = scores[np.isfinite(scores)]
+    if not decided.shape[0]:
+        return own
+    return merge_histograms(own, [score_histogram(decided)], window)
 
 
 def refractory_alarms(candidates: np.ndarray, since_alarm: int, refractory: int) -> tuple[np.ndarray, int]:

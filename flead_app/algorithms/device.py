@@ -12,10 +12,13 @@ and std and ``detection``'s four features (``detection.score_batch``), then the 
 statistics and the calibration of all ten (``incident_features.score``, docs/learning.md says
 why ten). The model's logit is standardised by the global version's ``score_loc`` and
 ``score_scale`` and the alarm rule decides once per reading (``decide``: the model's
-standardised score above the published threshold, or the description's |z| rule, then the
-refractory period). Labelled readings that are neither held out (``holdout_mask``) nor on a
-held-out device (``device_held_out``) become training samples: normal readings at once, the
-readings of a labelled window when it closes, without its first ``positive_skip`` share
+standardised score above the threshold, or the description's |z| rule, then the refractory
+period). The threshold is the published one moved toward the budget quantile of the device's
+own scores (``decision.device_threshold`` over ``DeviceState.own_histogram``, which every step
+adds its scores to; ``threshold_scope="fleet"`` applies the published one as it is). Labelled
+readings that are neither held out (``holdout_mask``) nor on a held-out device
+(``device_held_out``) become training samples: normal readings at once, the readings of a
+labelled window when it closes, without its first ``positive_skip`` share
 (``training_targets`` says the same for a whole history). A round runs when one is due
 (``round_due``: every ``train_every`` readings, ``train_interval_s`` of event time, or on a
 request): SGD from the global model (``train_round``), reporting beside the new weights what the
@@ -56,6 +59,7 @@ from flead_app.algorithms.decision import (
     ScoreRule,
     central_rule,
     dense_histogram,
+    device_threshold,
     histogram_window,
     merge_histograms,
     moments_of,
@@ -64,6 +68,7 @@ from flead_app.algorithms.decision import (
     sparse_histogram,
     standardise,
     threshold_for_budget,
+    with_decided,
 )
 from flead_app.algorithms.detection import DetectorState, score_batch, severity
 from flead_app.algorithms.holdout import device_held_out, holdout_mask
@@ -104,6 +109,7 @@ class DeviceConfig:
     refractory: int = 100  # readings after an alarm in which the device raises no other (either rule)
     positive_skip: float = 0.5  # share of each labelled window, from its start, left out of training
     threshold_tail_readings: float = TAIL_READINGS  # normal readings above the threshold in its window
+    threshold_scope: str = "device"  # "device": the fleet threshold moved toward the device's own quantile; "fleet"
 
     @classmethod
     def from_settings(cls, settings: object) -> DeviceConfig:
@@ -220,6 +226,8 @@ class DeviceState:
     anomalies: int = 0
     #: local-only runs only (``global_params`` None): the device's own rounds' logit histogram
     local_histogram: Mapping[int, float] = field(default_factory=dict)
+    #: the standardised scores the global model's rule was applied to on this device (its own share of the budget)
+    own_histogram: Mapping[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (buffered features as float32: they are rounded features, not sums).
@@ -252,6 +260,7 @@ class DeviceState:
             "readings": self.readings,
             "anomalies": self.anomalies,
             "local_histogram": {str(k): v for k, v in self.local_histogram.items()},
+            "own_histogram": {str(k): v for k, v in self.own_histogram.items()},
         }
 
     @classmethod
@@ -288,6 +297,7 @@ class DeviceState:
             readings=int(d["readings"]),
             anomalies=int(d["anomalies"]),
             local_histogram={int(k): float(v) for k, v in d["local_histogram"].items()},
+            own_histogram={int(k): float(v) for k, v in d.get("own_histogram", {}).items()},
         )
 
     def summary(self) -> dict:
@@ -641,6 +651,7 @@ class MessageScores:
     heldout: np.ndarray  # bool: never trained on (a held-out reading, or any reading of a held-out device)
     score: np.ndarray = field(default_factory=lambda: np.empty(0))  # standardised score; NaN: none yet
     device_heldout: bool = False  # the device is held out: none of its readings trains
+    threshold: float | None = None  # the threshold the score was compared with (None: no model alarm)
 
 
 @dataclass(frozen=True)
@@ -651,12 +662,12 @@ class StepResult:
     scores: tuple[MessageScores | None, ...]  # per message; None for a request for a round
 
 
-def decide(seen: Ingested, score: np.ndarray, threshold: float | None, since_alarm: int, cfg: DeviceConfig
-           ) -> tuple[np.ndarray, int]:  # fmt: skip
+def decide(seen: Ingested, score: np.ndarray, threshold: float | np.ndarray | None, since_alarm: int,
+           cfg: DeviceConfig) -> tuple[np.ndarray, int]:  # fmt: skip
     """The alarm decision, made here only: which readings the configured rule flags, after the
     refractory period; returns them and the readings since the last alarm.
 
-    "model": a standardised score above the published ``threshold`` (none while it is None);
+    "model": a standardised score above ``threshold`` (one, or one per reading; none while it is None);
     "zrule": the description's |z| > ``z_threshold``. ``refractory`` 0 gives the description's
     z-rule exactly (an alarm per reading).
 
@@ -720,9 +731,22 @@ def step(
         s = standardise(logits, rule.loc, rule.scale)
         s[~seen.scored] = np.nan
         proba = predict_proba(LinearModel(rule.weights, rule.bias), seen.features)
-        flagged, since = decide(seen, s, rule.threshold, state.since_alarm, cfg)
-        hits = np.flatnonzero(flagged)
         begins = [0, *ends[:-1]]
+        thresholds: list[float | None] = [rule.threshold] * len(data)
+        limit: float | np.ndarray | None = rule.threshold
+        if global_params is not None and rule.threshold is not None:
+            # one threshold per message, from the scores decided before it (``decision.device_thresholds``)
+            own = dense_histogram(state.own_histogram)
+            for j in range(len(data)):
+                if cfg.threshold_scope == "device":
+                    thresholds[j] = device_threshold(rule.threshold, own, cfg.alarm_budget)
+                own = with_decided(own, s[begins[j] : ends[j]], cfg.histogram_window)
+            if own.any():
+                changes["own_histogram"] = sparse_histogram(own)
+            limit = thresholds[0] if len(data) == 1 else np.repeat(np.asarray(thresholds, dtype=np.float64),
+                                                                   np.diff([0, *ends]))  # fmt: skip
+        flagged, since = decide(seen, s, limit, state.since_alarm, cfg)
+        hits = np.flatnonzero(flagged)
         if hits.shape[0]:
             which = np.searchsorted(ends, hits, side="right")  # the message of each alarm
             for i, j in zip(hits.tolist(), which.tolist(), strict=True):
@@ -734,9 +758,9 @@ def step(
         for j, k in enumerate(data):
             lo, hi = begins[j], ends[j]
             scores[k] = MessageScores(seen.z[lo:hi], proba[lo:hi], seen.features[lo:hi], seen.scored[lo:hi],
-                                      holdout[lo:hi], s[lo:hi], held_device)  # fmt: skip
-        changes = {"detector": det.state, "features": inc.state, "since_alarm": since,
-                   "anomalies": state.anomalies + int(hits.shape[0])}  # fmt: skip
+                                      holdout[lo:hi], s[lo:hi], held_device, thresholds[j])  # fmt: skip
+        changes.update({"detector": det.state, "features": inc.state, "since_alarm": since,
+                        "anomalies": state.anomalies + int(hits.shape[0])})  # fmt: skip
     pending, readings, last_round_at = state.pending, state.readings, state.last_round_at
     released = 0  # readings of the concatenation already released to the buffer
     j = 0
@@ -813,17 +837,33 @@ def decision_rule(normal_logits: np.ndarray, cfg: DeviceConfig) -> tuple[float, 
     return float(rule.loc), float(rule.scale), Decision(float(rule.threshold), cfg.refractory)
 
 
+def threshold_scope(cfg: DeviceConfig) -> dict:
+    """``protocol.Decision``'s fields for ``cfg.threshold_scope``: what makes the evaluation apply
+    a threshold as ``step`` does (moved toward each device's own quantile, or as it is).
+
+    >>> threshold_scope(DeviceConfig()), threshold_scope(DeviceConfig(threshold_scope="fleet"))
+    ({'own_budget': 0.01, 'own_window': 100000.0}, {})
+    """
+    if cfg.threshold_scope == "device":
+        return {"own_budget": cfg.alarm_budget, "own_window": cfg.histogram_window}
+    return {}
+
+
 def published_decision(
     threshold: float | None, loc: float | None, scale: float | None, cfg: DeviceConfig
 ) -> tuple[float, float, Decision]:
-    """(loc, scale, decision) of a global version from what it published, as ``step`` applies it;
-    a version that publishes no threshold yet raises no model alarm.
+    """(loc, scale, decision) of a global version from what it published, as ``step`` applies it
+    (with ``threshold_scope="device"``, moved toward each device's own quantile); a version that
+    publishes no threshold yet raises no model alarm.
 
     >>> published_decision(None, None, None, DeviceConfig())[2].threshold
     inf
-    >>> published_decision(2.0, -3.0, 0.5, DeviceConfig(refractory=100))
-    (-3.0, 0.5, Decision(threshold=2.0, refractory=100))
+    >>> published_decision(2.0, -3.0, 0.5, DeviceConfig(refractory=100, threshold_scope="fleet"))
+    (-3.0, 0.5, Decision(threshold=2.0, refractory=100, own_budget=None, own_window=inf))
+    >>> published_decision(2.0, -3.0, 0.5, DeviceConfig())[2].own_budget
+    0.01
     """
+    own = threshold_scope(cfg)
     if threshold is None or loc is None or scale is None:
-        return 0.0, 1.0, Decision(math.inf, cfg.refractory)
-    return float(loc), float(scale), Decision(float(threshold), cfg.refractory)
+        return 0.0, 1.0, Decision(math.inf, cfg.refractory, **own)
+    return float(loc), float(scale), Decision(float(threshold), cfg.refractory, **own)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flead_app.algorithms.decision import device_thresholds
 from flead_app.algorithms.metrics import ModelMetrics, model_metrics
 from flead_app.algorithms.sgd import LinearModel
 
@@ -51,22 +52,34 @@ MODELS = ("global", "central", "local", "zrule", "random")
 class Decision:
     """How scores become alarms: at or above ``threshold``, then at most one per ``refractory`` readings.
 
+    ``own_budget`` set: the threshold is the fleet's moved toward that quantile of the device's
+    own scores (``decision.device_thresholds``, over a window of ``own_window`` readings), as
+    ``device.step`` applies a global version with ``threshold_scope="device"``.
+
     >>> alarms_from(np.array([0.9, 0.9, 0.1, 0.9, 0.9]), Decision(0.5, refractory=3)).tolist()
     [True, False, False, True, False]
     """
 
     threshold: float = 0.5
     refractory: int = 0
+    own_budget: float | None = None
+    own_window: float = float("inf")
 
 
-def alarms_from(scores: np.ndarray, decision: Decision, thresholds: np.ndarray | None = None) -> np.ndarray:
-    """The alarms one device raises, in order (``thresholds``: one per reading, else ``decision``'s).
+def alarms_from(
+    scores: np.ndarray, decision: Decision, thresholds: np.ndarray | None = None, blocks: np.ndarray | None = None
+) -> np.ndarray:
+    """The alarms one device raises, in order (``thresholds``: one per reading, else ``decision``'s;
+    ``blocks``: readings decided together, e.g. by the arrival time of their message).
 
     >>> alarms_from(np.array([0.2, 0.6, 0.6]), Decision(0.9), thresholds=np.array([0.1, 0.5, 0.7])).tolist()
     [True, True, False]
     """
     scores = np.asarray(scores, dtype=np.float64)
     limit = decision.threshold if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    if decision.own_budget is not None:
+        limit = device_thresholds(scores, limit, np.arange(scores.shape[0]) if blocks is None else blocks,
+                                  decision.own_budget, decision.own_window)  # fmt: skip
     candidates = scores >= limit
     if decision.refractory <= 1:
         return candidates
@@ -181,10 +194,10 @@ def evaluate(
         for s, m in picked:
             if split == "prequential":
                 p, t = prequential_scores(s.features, s.arrived_at, versions or [latest])
-                a = alarms_from(p, latest.decision, thresholds=t)
+                a = alarms_from(p, latest.decision, thresholds=t, blocks=s.arrived_at)
             else:
                 p = latest.score(s.features)
-                a = alarms_from(p, latest.decision)
+                a = alarms_from(p, latest.decision, blocks=s.arrived_at)
             glob_scores.append(p[m])
             glob_alarms.append(a[m])
         results["global"] = model_metrics(labels, glob_scores, glob_alarms, **kw)

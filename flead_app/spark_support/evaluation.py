@@ -12,14 +12,17 @@ scores global versions and every baseline on the three splits of ``algorithms.pr
 One decision rule judges every model (``device.decision_rule``: the standardisation of a model's
 score and its alarm threshold, from its normal training readings; ``device.published_decision``
 for a global version, from what it published), and every model is applied with the device's
-refractory period, so the comparison is of models, not of thresholds.
+refractory period, so the comparison is of models, not of thresholds. With
+``FLEAD_THRESHOLD_SCOPE=device`` the global and the central model's thresholds are both moved
+toward each device's own quantile, as ``step`` does (``device.threshold_scope``); the local-only
+models' thresholds are their devices' own already.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +36,7 @@ from flead_app.algorithms.device import (
     decision_rule,
     published_decision,
     step,
+    threshold_scope,
     train_round,
     training_targets,
 )
@@ -170,7 +174,7 @@ class GlobalVersion:
 
     def model(self, cfg: DeviceConfig) -> VersionModel:
         loc, scale, decision = published_decision(self.threshold, self.score_loc, self.score_scale, cfg)
-        decision = Decision(decision.threshold, refractory_of(cfg))
+        decision = replace(decision, refractory=refractory_of(cfg))
         model = LinearModel(np.asarray(self.weights, dtype=np.float64), float(self.bias))
         return VersionModel(self.version, model, decision, self.created_at, loc, scale)
 
@@ -180,7 +184,8 @@ def central_model(model: LinearModel, series: Sequence[DeviceSeries], cfg: Devic
     normals = [s.features[~s.heldout & (training_targets(s.labels, cfg) == 0)] for s in series if not s.device_heldout]
     x = np.concatenate(normals) if normals else np.empty((0, model.weights.shape[0]))
     loc, scale, decision = decision_rule(x @ model.weights + model.bias, cfg)
-    return VersionModel(-1, model, Decision(decision.threshold, refractory_of(cfg)), 0.0, loc, scale)
+    rule = Decision(decision.threshold, refractory_of(cfg), **threshold_scope(cfg))  # the global model's rule
+    return VersionModel(-1, model, rule, 0.0, loc, scale)
 
 
 def training_rows(rows: Iterable[Sequence]) -> Iterable[Sequence]:
@@ -281,7 +286,7 @@ def stability(trend: dict[int, dict[str, ModelMetrics | None]], split: str = SPL
 
     >>> from flead_app.algorithms.metrics import ModelMetrics as M
     >>> m = lambda f1: {"devices": M(f1, 0, 0, None, None, 0, 0, None, None, None, None)}
-    >>> stability({1: m(0.2), 2: m(0.8), 3: m(0.6), 4: m(0.7)})
+    >>> round(stability({1: m(0.2), 2: m(0.8), 3: m(0.6), 4: m(0.7)}), 3)
     0.75
     """
     f1 = [(v, by[split].f1) for v, by in sorted(trend.items()) if by.get(split) is not None]

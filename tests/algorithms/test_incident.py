@@ -415,3 +415,84 @@ def test_one_step_over_many_messages_is_one_step_per_message(sizes, controls, al
         if a_ is not None:
             np.testing.assert_allclose(a_.features, b_.features, atol=1e-12)
             np.testing.assert_array_equal(np.isnan(a_.score), np.isnan(b_.score))
+
+
+# --- each device's own share of the budget ------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.floats(-4.0, 6.0),
+    st.lists(st.floats(-6.0, 8.0), min_size=1, max_size=400),
+    st.sampled_from([0.003, 0.01, 0.05]),
+)
+def test_a_device_threshold_lies_between_the_fleets_and_its_own_quantile(fleet, own_scores, budget):
+    from flead_app.algorithms.decision import device_threshold
+
+    own = score_histogram(np.array(own_scores))
+    mine = threshold_for_budget(own, budget)
+    got = device_threshold(fleet, own, budget)
+    assert min(fleet, mine) - 1e-9 <= got <= max(fleet, mine) + 1e-9
+    more = device_threshold(fleet, own * 10, budget)  # ten times the evidence: closer to its own
+    assert abs(more - mine) <= abs(got - mine) + 1e-9
+    assert device_threshold(fleet, np.zeros(NUM_SCORE_BINS), budget) == fleet
+    assert device_threshold(None, own, budget) is None
+
+
+def _device_with_high_normal_scores(n=3000, seed=21):
+    """A device whose normal readings score higher under the fleet's model than the fleet's 1%:
+    its own noise is heavy-tailed (Student t, 2 degrees of freedom)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) * 300.0
+    x = 20.0 + rng.standard_t(2, n)
+    msgs = [DeviceMessage(float(i), t[i : i + 10], x[i : i + 10], np.zeros(10, np.int8)) for i in range(0, n, 10)]
+    w = np.zeros(NUM_FEATURES)
+    w[[0, 6]] = 1.0
+    return msgs, GlobalParams(3, w, -3.0, threshold=1.0, score_loc=-3.0, score_scale=1.0)
+
+
+def test_a_device_moves_the_fleet_threshold_toward_its_own_quantile_and_alarms_less():
+    msgs, g = _device_with_high_normal_scores()
+    fleet_cfg = DeviceConfig(threshold_scope="fleet", holdout_device_percent=0.0, refractory=0)
+    own_cfg = DeviceConfig(threshold_scope="device", holdout_device_percent=0.0, refractory=0)
+    fleet, own = DeviceState(), DeviceState()
+    fleet_alarms = own_alarms = late_alarms = 0
+    last = None
+    for k, m in enumerate(msgs):
+        a, b = step(fleet, [m], g, "device_h", fleet_cfg), step(own, [m], g, "device_h", own_cfg)
+        fleet, own = a.state, b.state
+        fleet_alarms, own_alarms = fleet_alarms + len(a.alarms), own_alarms + len(b.alarms)
+        late_alarms += len(b.alarms) if k >= 2 * len(msgs) // 3 else 0
+        assert a.scores[0].threshold == 1.0
+        last = b.scores[0]
+    scored = int(sum(own.own_histogram.values()))
+    assert scored > 2500 and int(sum(fleet.own_histogram.values())) == scored  # both keep the histogram
+    assert last.threshold > 1.5, "the device's own 1% lies far above the fleet's threshold"
+    assert own_alarms < fleet_alarms / 3
+    # readings 2,000-3,000: its own count against the prior's 1,000, three quarters of the way to its own 1%
+    assert late_alarms / 1000 < 0.05
+    assert DeviceState.from_dict(own.to_dict()).own_histogram == own.own_histogram
+
+
+def test_the_evaluation_replays_the_device_threshold_that_step_applied():
+    """``protocol.alarms_from`` with the published decision gives the alarms ``step`` raised."""
+    from flead_app.algorithms.device import published_decision
+    from flead_app.algorithms.protocol import alarms_from
+
+    msgs, g = _device_with_high_normal_scores(2000, seed=5)
+    cfg = DeviceConfig(holdout_device_percent=0.0, refractory=20)
+    state, flagged, scores, arrived = DeviceState(), [], [], []
+    for m in msgs:
+        out = step(state, [m], g, "device_e", cfg)
+        state = out.state
+        s = out.scores[0]
+        keep = s.scored
+        base = len(scores)
+        flagged += [base + int(np.flatnonzero(keep)[: al.reading + 1].shape[0]) - 1 for al in out.alarms]
+        scores += s.score[keep].tolist()
+        arrived += [m.received_at] * int(keep.sum())
+    loc, scale, decision = published_decision(g.threshold, g.score_loc, g.score_scale, cfg)
+    assert decision.own_budget == cfg.alarm_budget
+    replayed = alarms_from(np.array(scores), decision, blocks=np.array(arrived))
+    assert len(flagged) > 3
+    assert np.flatnonzero(replayed).tolist() == flagged
