@@ -37,6 +37,9 @@ def _one(job: tuple[str, bool, list[str]]) -> dict:
     return {
         "split": salt or "official", "devices": res["eval"]["devices"], "global_nab": g["nab_standard"],
         "central_nab": c["nab_standard"], "zrule_refractory_nab": z["nab_standard"],
+        # with --threshold-scope device (the default), both models with the fleet threshold as it is
+        "global_fleet_nab": res["models"].get("global_fleet_threshold", {}).get("nab_standard"),
+        "central_fleet_nab": res["models"].get("central_fleet_threshold", {}).get("nab_standard"),
         "prequential_nab": res["models"].get("prequential_global", {}).get("nab_standard"),
         "event_recall": g["event_recall"], "fa": g["false_alarms_per_1000"], "roc_auc": g["roc_auc"],
         "central_roc_auc": c["roc_auc"], "f1": g["f1"], "stability": st.get("ratio"),
