@@ -203,9 +203,9 @@ class Settings:
     alarm_rule: str = field(
         default="model",
         metadata={
-            "help": "Which rule raises alarms: model (its standardised score above the published threshold) or "
-            "zrule (the description's |z| above FLEAD_Z_THRESHOLD); docs/learning.md: on NAB 45.8 vs -38.2, on "
-            "the simulator F1 0.77 vs 0.16"
+            "help": "Which rule raises alarms: model (its standardised score above the threshold, see "
+            "FLEAD_THRESHOLD_SCOPE) or zrule (the description's |z| above FLEAD_Z_THRESHOLD); docs/learning.md: on "
+            "NAB 51.2 vs -38.2, on the simulator F1 0.76 vs 0.15"
         },
     )
     alarm_budget: float = field(

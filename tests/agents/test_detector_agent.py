@@ -63,7 +63,8 @@ def _published_model(monkeypatch, version: int = 5) -> None:
 
 
 def test_single_readings_give_anomalies_and_a_local_update(faust_app, sent, monkeypatch):
-    """The default rule: the model's standardised score above the published threshold."""
+    """The default rule: the model's standardised score above the threshold (the published one,
+    moved toward the device's own scores' quantile: a new device is at the published one)."""
     _published_model(monkeypatch)
 
     async def go():
