@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import socket
 import subprocess
 import sys
@@ -71,11 +72,13 @@ def test_unreachable_maven_central_is_a_clear_error(cache, monkeypatch):
 
 def test_taken_port_names_port_and_broker(tmp_path):
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        for port in random.Random().sample(range(20_000, 55_000), 200):  # room above it for a cluster's ports
+            try:
+                s.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
         s.listen()
-        port = s.getsockname()[1]
-        if port > 55000:
-            pytest.skip("ephemeral port too high for a port base")
         cluster = KafkaCluster(tmp_path, 4, port - 1)  # the taken port is broker 2's
         with pytest.raises(StackError, match=rf"port {port} \(broker 2 client listener\)"):
             cluster.check_ports()
