@@ -277,15 +277,35 @@ def device_thresholds(
     b = np.asarray(blocks)
     starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]]) if n else np.empty(0, np.int64)
     ends = np.r_[starts[1:], n].astype(np.int64)
-    own = np.zeros(NUM_SCORE_BINS)
-    for a, e in zip(starts.tolist(), ends.tolist(), strict=True):
-        fl = float(f[a])
-        if not math.isfinite(fl):
-            out[a:e] = math.inf
-            continue
-        out[a:e] = device_threshold(fl, own, budget, prior_tail)
-        own = with_decided(own, s[a:e], window)
+    spans = list(zip(starts.tolist(), ends.tolist(), strict=True))
+    limits, _ = block_thresholds([float(f[a]) for a, _ in spans], np.zeros(NUM_SCORE_BINS),
+                                 [s[a:e] for a, e in spans], budget, window, prior_tail=prior_tail)  # fmt: skip
+    for (a, e), limit in zip(spans, limits, strict=True):
+        out[a:e] = limit
     return out
+
+
+def block_thresholds(
+    fleet: Sequence[float], own: np.ndarray, blocks: Sequence[np.ndarray], budget: float, window: float,
+    move: bool = True, prior_tail: float = DEVICE_PRIOR_TAIL_READINGS,
+) -> tuple[list[float], np.ndarray]:  # fmt: skip
+    """The threshold of each block of a device's scores (its fleet threshold, moved toward the
+    device's own quantile when ``move``) and the device's histogram after them: the one loop
+    ``device.step`` (a block per message) and ``device_thresholds`` share. A block whose fleet
+    threshold is not finite (none yet) gets inf and adds nothing to the histogram.
+
+    >>> t, h = block_thresholds([1.0, 1.0, math.inf], np.zeros(NUM_SCORE_BINS), [np.zeros(1000)] * 3, 0.01, 1e9)
+    >>> t[0], round(t[1], 2), t[2], round(float(h.sum()))
+    (1.0, 0.52, inf, 2000)
+    """
+    out = []
+    for fl, scores in zip(fleet, blocks, strict=True):
+        if not math.isfinite(fl):
+            out.append(math.inf)
+            continue
+        out.append(device_threshold(fl, own, budget, prior_tail) if move else fl)
+        own = with_decided(own, scores, window)
+    return out, own
 
 
 def with_decided(own: np.ndarray, scores: np.ndarray, window: float) -> np.ndarray:

@@ -57,9 +57,9 @@ from flead_app.algorithms.decision import (
     NEVER,
     TAIL_READINGS,
     ScoreRule,
+    block_thresholds,
     central_rule,
     dense_histogram,
-    device_threshold,
     histogram_window,
     merge_histograms,
     moments_of,
@@ -68,7 +68,6 @@ from flead_app.algorithms.decision import (
     sparse_histogram,
     standardise,
     threshold_for_budget,
-    with_decided,
 )
 from flead_app.algorithms.detection import DetectorState, score_batch, severity
 from flead_app.algorithms.holdout import device_held_out, holdout_mask
@@ -736,11 +735,11 @@ def step(
         limit: float | np.ndarray | None = rule.threshold
         if global_params is not None and rule.threshold is not None:
             # one threshold per message, from the scores decided before it (``decision.device_thresholds``)
-            own = dense_histogram(state.own_histogram)
-            for j in range(len(data)):
-                if cfg.threshold_scope == "device":
-                    thresholds[j] = device_threshold(rule.threshold, own, cfg.alarm_budget)
-                own = with_decided(own, s[begins[j] : ends[j]], cfg.histogram_window)
+            thresholds, own = block_thresholds(  # type: ignore[assignment]
+                [rule.threshold] * len(data), dense_histogram(state.own_histogram),
+                [s[begins[j] : ends[j]] for j in range(len(data))], cfg.alarm_budget, cfg.histogram_window,
+                move=cfg.threshold_scope == "device",
+            )  # fmt: skip
             if own.any():
                 changes["own_histogram"] = sparse_histogram(own)
             limit = thresholds[0] if len(data) == 1 else np.repeat(np.asarray(thresholds, dtype=np.float64),
