@@ -48,6 +48,7 @@ from urllib.parse import quote
 
 import orjson
 
+from flead_app.agents.outbox import ACKNOWLEDGED_AGAIN, REFUSED
 from flead_app.settings import Settings, load_settings, setting_env
 
 KILL_EVERY_S = (20.0, 40.0)
@@ -501,7 +502,10 @@ def run_chaos(
         distinct_updates = {(u["device_id"], u["model_version"]) for u in updates}
         aggregated = sum(orjson.loads(next(iter(c)))["num_updates"] for c in contents.values())
         buffered = len(fleet_row["state"]["buffer"]) if fleet_row else 0
-        never_acked = sum(_count_in_log(w.log_path, "never acknowledged") for w in workers.values())
+        never_acked = sum(
+            _count_in_log(w.log_path, f"{REFUSED} (") - _count_in_log(w.log_path, ACKNOWLEDGED_AGAIN)
+            for w in workers.values()
+        )
         report.numbers = {
             "readings_sent": s.readings, "messages_acked": s.acked_messages, "messages_failed": s.failed_messages,
             "readings_in_topic": produced, "readings_applied": sum(v for v in got.values() if v > 0),

@@ -72,6 +72,12 @@
    in a batch when the flow stops), and counting them as done turned a drop into a committed loss.
    Nothing is counted for a jump now; the agents hold back what arrives past the hole and seek
    back to it.
+10. **Guards on commits** (``add_commit_guard``). A message is acknowledged once its outputs are
+   handed to the producer; Faust's flush before a commit waits for them, but a send that *fails*
+   (the client gives up on a partition) only fails its future, and the commit went past the
+   message: its output was lost unless the worker died and replayed it. The outbox now sends a
+   refused output again, and its guard keeps the commit before that message until Kafka
+   acknowledges it.
 """
 
 from __future__ import annotations
@@ -132,7 +138,9 @@ def _strict_new_offset(self, tp):  # noqa: ANN001, ANN202 - replaces faust Consu
     committed = self._committed_offset[tp]
     # Only while the committed offset is unknown (no commit yet) is the scan over the messages in
     # flight needed; later the committed offset itself anchors the run.
-    in_flight = [m.offset for m in list(self._unacked_messages) if m.tp == tp] if committed is None else ()
+    in_flight = [m.offset for m in list(self._unacked_messages) if m.tp == tp] if committed is None else []
+    for guard in self.app.__dict__.get("_flead_commit_guards", ()):
+        in_flight.extend(guard(tp))
     new_offset = next_commit_offset(acked, committed, in_flight)
     if new_offset is None:
         return None
@@ -257,6 +265,16 @@ def add_pre_commit_hook(app: Any, hook: PreCommitHook) -> None:
     """Run ``hook`` before every offset commit of ``app``'s consumer (and before the producer
     flush that precedes it)."""
     app.__dict__.setdefault("_flead_pre_commit_hooks", []).append(hook)
+
+
+CommitGuard = Callable[[Any], Iterable[int]]
+
+
+def add_commit_guard(app: Any, guard: CommitGuard) -> None:
+    """Never commit ``app``'s offsets past what ``guard(tp)`` names: offsets of partition ``tp``
+    whose work is not finished although their message was acknowledged (an output Kafka refused,
+    being sent again)."""
+    app.__dict__.setdefault("_flead_commit_guards", []).append(guard)
 
 
 async def _force_commit_after_hooks(self, topics=None, start_new_transaction: bool = True) -> bool:  # noqa: ANN001

@@ -72,3 +72,65 @@ def test_resend_sends_only_the_skipped_message_s_entries(offsets):
     count, box = asyncio.run(go())
     assert count == offsets.count(7) == len(sent)
     assert all(value == b"value 7" for _, value in sent)
+
+
+class FlakyTopic:
+    """A topic whose first ``refusals`` sends fail, as the client's future does when it gives up."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals, self.sent = refusals, []
+
+    def get_topic_name(self):
+        return "topic"
+
+    async def send(self, key, value):
+        fut = asyncio.get_running_loop().create_future()
+        if self.refusals:
+            self.refusals -= 1
+            fut.set_exception(RuntimeError("OutOfOrderSequenceNumber"))
+        else:
+            self.sent.append((key, value))
+            fut.set_result(None)
+        return fut
+
+
+def test_a_refused_output_is_sent_again_and_holds_the_commit_until_acknowledged(monkeypatch):
+    monkeypatch.setattr("flead_app.agents.outbox.RESEND_PAUSE_S", 0.01)
+
+    async def go():
+        topic = FlakyTopic(refusals=2)
+        box = Outbox([topic], Counter())
+        await box.send(4, 10, [("topic", b"k", b"v")])
+        await asyncio.sleep(0)
+        assert box.held_offsets(4) == [10] and box.held_offsets(3) == []
+        assert box.counters["outputs_never_acknowledged"] == 1 and box.pending(4, 10)
+        for _ in range(100):
+            if not box.held_offsets(4):
+                break
+            await asyncio.sleep(0.01)
+        return topic, box
+
+    topic, box = asyncio.run(go())
+    assert topic.sent == [(b"k", b"v")], "sent again until acknowledged, once"
+    assert box.held_offsets(4) == [] and not box.pending(4, 10)
+    assert box.counters["outputs_never_acknowledged"] == 0
+    assert box.counters["outputs_acknowledged_when_sent_again"] == 1
+
+
+def test_a_commit_guard_keeps_the_commit_before_a_held_offset():
+    from types import SimpleNamespace
+
+    from flead_app import faust_patches
+
+    tp = ("readings", 0)
+    app = type("App", (), {})()
+    faust_patches.add_commit_guard(app, lambda t: [12] if t == tp else [])
+    consumer = SimpleNamespace(
+        app=app, _acked={tp: [10, 11, 12, 13]}, _committed_offset={tp: 10}, _acked_index={tp: {10, 11, 12, 13}},
+        _unacked_messages=[],
+    )  # fmt: skip
+    assert faust_patches._strict_new_offset(consumer, tp) == 12  # 10 and 11 done; 12 holds the rest
+    assert consumer._acked[tp] == [12, 13]
+    other = ("readings", 1)
+    consumer._acked[other], consumer._committed_offset[other], consumer._acked_index[other] = [5], 5, {5}
+    assert faust_patches._strict_new_offset(consumer, other) == 6

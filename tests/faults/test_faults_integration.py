@@ -97,7 +97,20 @@ def test_a_broker_killed_mid_run_loses_no_reading_and_no_update(pipeline_env, mo
         assert len({(u["device_id"], u["model_version"]) for u in updates}) == expected_updates
         # the sink's anomalies partitions may have lost their leader with broker 2: it catches up
         expected = len(expected_anomalies(fleet))
-        wait_for(lambda: _db_count(engine, anomalies, run) >= expected, 120, "every anomaly stored")
+
+        def where_anomalies_stopped() -> dict:
+            """On a timeout: how far each stage got (topic, database, the worker's counters)."""
+            on_topic = asyncio.run(consume_all(settings.bootstrap_servers, settings.topic_anomalies, expected, 20))
+            stats = worker.stats()
+            return {
+                "expected": expected, "on_topic": len(on_topic), "stored": _db_count(engine, anomalies, run),
+                "detector": {k: v for k, v in stats["detector"].items() if "anomal" in k or "output" in k},
+                "sink": stats.get("sink"),
+            }  # fmt: skip
+
+        wait_for(
+            lambda: _db_count(engine, anomalies, run) >= expected, 120, "every anomaly stored", where_anomalies_stopped
+        )
         assert _db_count(engine, anomalies, run) == expected
     finally:
         worker.stop()
