@@ -39,7 +39,9 @@ Faulty devices (``--faulty-share``, ``--fault-kinds``: the worker's ``FLEAD_FAUL
 ``FLEAD_FAULT_KINDS``, fault injection): the devices ``robust.fault_of`` picks corrupt their updates
 with ``robust.corrupt_update`` as the detector agent does; every update then goes through its JSON
 (``to_json``, ``LocalModelUpdate.from_json``) as on Kafka, and one that fails validation is
-dead-lettered (counted, never offered). ``--norm-bound``, ``--samples-slack`` and ``--positives-slack`` are the
+dead-lettered (counted, never offered). With ``--drop-faulty`` their updates are never offered at all:
+the oracle a perfect filter would reach, the floor the defences are measured against.
+``--norm-bound``, ``--samples-slack`` and ``--positives-slack`` are the
 server's bound (``FLEAD_UPDATE_NORM_BOUND``, ``FLEAD_UPDATE_SAMPLES_SLACK``, ``FLEAD_UPDATE_POSITIVES_SLACK``; 0
 switches each off).
 
@@ -235,8 +237,10 @@ def run(args: argparse.Namespace, data: Data) -> dict:
             stats["staleness"].append(server.version - r.base_global_version)
             record = update_record(name, r, now)
             if faults[d] is not None:
-                record = corrupt_update(record, faults[d])
                 stats["faulty_updates"] += 1
+                if args.drop_faulty:
+                    continue
+                record = corrupt_update(record, faults[d])
             try:  # through the wire format, as the FedAvg agent receives it
                 record = LocalModelUpdate.from_json(record.to_json())
             except InvalidRecord:
@@ -517,6 +521,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-step", type=float, default=1.0, help="newton: trust region (0: none)")
     p.add_argument("--faulty-share", type=float, default=0.0, help="fault injection: share of faulty devices")
     p.add_argument("--fault-kinds", default=",".join(FAULT_KINDS), help="fault injection: their kinds")
+    p.add_argument("--drop-faulty", action="store_true",
+                   help="oracle: the faulty devices' updates never reach the server")  # fmt: skip
     p.add_argument("--norm-bound", type=float, default=f.bound.norm_multiple or 0.0,
                    help="multiple of the buffer's median norm each update is clipped to (0: none)")  # fmt: skip
     p.add_argument("--samples-slack", type=float, default=1.5,
