@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import math
+import statistics
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -285,6 +286,7 @@ def render_text(report: dict[str, Any]) -> str:
         )
     lines.append("")
     lines += render_bandwidth(report.get("bandwidth"), report.get("central_readings"))
+    lines += ["", *render_privacy(report.get("privacy"))]
     return "\n".join(lines) + "\n"
 
 
@@ -674,6 +676,61 @@ def collect_worker(settings: Any, timeout_s: float = 2.0) -> dict[str, Any] | No
     }
 
 
+def privacy_section(rounds_per_device: list[int], settings: Any) -> dict[str, Any]:
+    """The privacy the devices spent: epsilon at delta after the rounds each sent (``FLEAD_DP_*``).
+
+    Without noise (``FLEAD_DP_NOISE=0``) the updates left their devices as computed: no guarantee.
+
+    >>> from flead_app.settings import Settings
+    >>> privacy_section([3, 5], Settings())["enabled"]
+    False
+    >>> p = privacy_section([3, 5, 4], Settings(dp_noise=1.0))
+    >>> p["max_rounds"], p["median_rounds"], round(p["epsilon_max"], 1), round(p["epsilon_median"], 1)
+    (5, 4.0, 12.3, 10.7)
+    """
+    from flead_app.algorithms.privacy import PrivacyConfig, epsilon_spent
+
+    cfg = PrivacyConfig.from_settings(settings)
+    out: dict[str, Any] = {"enabled": cfg.enabled, "noise_multiplier": cfg.noise_multiplier, "clip": cfg.clip,
+                           "delta": cfg.delta, "devices": len(rounds_per_device)}  # fmt: skip
+    if not cfg.enabled:
+        return out
+    rounds = sorted(rounds_per_device)
+    most = rounds[-1] if rounds else 0
+    median = float(statistics.median(rounds)) if rounds else 0.0
+    out.update(
+        max_rounds=most, median_rounds=median,
+        epsilon_max=epsilon_spent(most, cfg.noise_multiplier, cfg.delta),
+        epsilon_median=epsilon_spent(int(median), cfg.noise_multiplier, cfg.delta),
+    )  # fmt: skip
+    return out
+
+
+def rounds_per_device(db: Any) -> list[int]:
+    """How many local updates the database holds of each device."""
+    from flead_app.io.db.schema import local_models
+
+    with db.engine.connect() as conn:
+        q = select(func.count()).select_from(local_models).group_by(local_models.c.device_id)
+        return [int(n) for n in conn.execute(q).scalars()]
+
+
+def render_privacy(p: dict[str, Any] | None) -> list[str]:
+    lines = ["Privacy of the local updates"]
+    if p is None:
+        return [*lines, "  not measured"]
+    if not p["enabled"]:
+        return [*lines, "  off (FLEAD_DP_NOISE=0): updates leave their devices as computed, with no privacy guarantee"]
+    return [
+        *lines,
+        f"  Gaussian noise x{p['noise_multiplier']:g} on every update, its change clipped to L2 {p['clip']:g} "
+        f"(algorithms/privacy.py)",
+        f"  epsilon at delta {p['delta']:g}: {p['epsilon_max']:.2f} for the device with most updates "
+        f"({p['max_rounds']}), {p['epsilon_median']:.2f} at the median ({p['median_rounds']:.0f}); "
+        f"{p['devices']} devices",
+    ]
+
+
 def collect(db: Any, settings: Any, measure_kafka: bool = True, kafka_timeout_s: float = 15.0) -> dict[str, Any]:
     """The whole report as one dict (Kafka first, so the counts include its new snapshot)."""
     kafka = collect_kafka(db, settings, measure_kafka, kafka_timeout_s)
@@ -682,6 +739,7 @@ def collect(db: Any, settings: Any, measure_kafka: bool = True, kafka_timeout_s:
     report["worker"] = collect_worker(settings)
     report["bandwidth"] = kafka["bandwidth"]
     report["central_readings"] = kafka["central_readings"]
+    report["privacy"] = privacy_section(rounds_per_device(db), settings)
     return report
 
 

@@ -29,7 +29,7 @@ MAX_KAFKA_PORT = 65535 - 10000 - 9  # controllers listen 10000 above the brokers
 
 WORKERS_DIR = "workers"
 #: settings whose values are secrets: masked wherever settings are shown
-SECRET_SETTINGS = frozenset({"kafka_sasl_password", "web_token"})
+SECRET_SETTINGS = frozenset({"kafka_sasl_password", "web_token", "dp_key"})
 #: the client security settings a secured stack (``flead stack up --secure``, ``stack.json``'s
 #: ``security``) fills in when they are not set, and where it keeps each
 STACK_SECURITY = {
@@ -296,6 +296,27 @@ class Settings:
             "0: no cap)"
         },
     )
+    dp_noise: float = field(
+        default=0.0,
+        metadata={
+            "help": "Differential privacy of local updates: the Gaussian noise multiplier each update is noised "
+            "with on the device, after clipping (0: off; algorithms/privacy.py). The report shows the epsilon spent"
+        },
+    )
+    dp_clip: float = field(
+        default=0.1,
+        metadata={"help": "Differential privacy: the L2 bound on an update's parameter change (with FLEAD_DP_NOISE)"},
+    )
+    dp_delta: float = field(
+        default=1e-5, metadata={"help": "Differential privacy: the delta at which the report states epsilon"}
+    )
+    dp_key: str = field(
+        default="",
+        metadata={
+            "help": "Differential privacy: the secret the noise is derived from (a replay sends the same noise); "
+            "empty: a fresh random key per worker process"
+        },
+    )
     faulty_share: float = field(
         default=0.0,
         metadata={
@@ -528,6 +549,11 @@ def load_settings() -> Settings:
         raise ValueError(
             f"FLEAD_SITE_PORT={values['site_port']} is out of range: sites need PORT..PORT+sites-1 and "
             f"PORT+10000.. free, below 65536"
+        )
+    if values["dp_noise"] < 0 or values["dp_clip"] <= 0 or not 0.0 < values["dp_delta"] < 1.0:
+        raise ValueError(
+            f"FLEAD_DP_NOISE must be >= 0 (0: off), FLEAD_DP_CLIP > 0 and FLEAD_DP_DELTA in (0, 1); got "
+            f"{values['dp_noise']}, {values['dp_clip']}, {values['dp_delta']}"
         )
     if not 0.0 <= values["faulty_share"] <= 1.0:
         raise ValueError(f"FLEAD_FAULTY_SHARE must lie in [0, 1], got {values['faulty_share']}")

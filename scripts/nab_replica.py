@@ -76,6 +76,7 @@ from flead_app.algorithms.device import (
 from flead_app.algorithms.fedbuff import FedBuffConfig, FedBuffState
 from flead_app.algorithms.holdout import held_out_devices
 from flead_app.algorithms.metrics import label_windows, model_metrics, pr_auc, roc_auc
+from flead_app.algorithms.privacy import PrivacyConfig, epsilon_spent, noise_generator, privatize
 from flead_app.algorithms.robust import FAULT_KINDS, UpdateBound, corrupt_update, fault_of, parse_kinds
 from flead_app.models import GlobalModel, InvalidRecord, LocalModelUpdate, format_timestamp
 
@@ -207,6 +208,8 @@ def run(args: argparse.Namespace, data: Data) -> dict:
              "faulty_updates": 0, "dead_letters": 0}  # fmt: skip
     kinds = parse_kinds(args.fault_kinds)
     faults = [fault_of(name, args.faulty_share, kinds) for name in data.device_ids]
+    privacy = PrivacyConfig(noise_multiplier=args.dp_noise, clip=args.dp_clip)
+    rounds_of = np.zeros(n_dev, int)
     started = time.perf_counter()
     bounds = np.concatenate((data.starts, [n]))
     for m in range(data.starts.shape[0]):
@@ -231,6 +234,9 @@ def run(args: argparse.Namespace, data: Data) -> dict:
         if local is not None:
             local[d] = step(local[d], [msg], None, name, dcfg).state
         for r in out.updates:
+            if privacy.enabled:  # on the device, before the update leaves it (as the detector agent does)
+                r = privatize(r, privacy, noise_generator(b"nab_replica", name, r.model_version))  # noqa: PLW2901
+                rounds_of[d] += 1
             stats["rounds"] += 1
             stats["samples"] += r.samples
             stats["positives"] += r.positives
@@ -269,6 +275,15 @@ def run(args: argparse.Namespace, data: Data) -> dict:
         "seconds": stream_s, "faulty_devices": sum(f is not None for f in faults),
         "faulty_updates": stats["faulty_updates"], "dead_letters": stats["dead_letters"],
     }  # fmt: skip
+    if privacy.enabled:
+        sent = rounds_of[rounds_of > 0]
+        res["privacy"] = {
+            "noise_multiplier": privacy.noise_multiplier, "clip": privacy.clip, "delta": privacy.delta,
+            "max_rounds": int(sent.max(initial=0)), "median_rounds": float(np.median(sent)) if sent.size else 0.0,
+            "epsilon_max": epsilon_spent(int(sent.max(initial=0)), privacy.noise_multiplier, privacy.delta),
+            "epsilon_median": epsilon_spent(int(np.median(sent)) if sent.size else 0, privacy.noise_multiplier,
+                                            privacy.delta),
+        }  # fmt: skip
     res["config"] = {k: v for k, v in vars(args).items() if k not in {"json"}}
     return res
 
@@ -451,6 +466,15 @@ def report(res: dict) -> str:
         f"{s['seconds']:.0f} s; faulty devices {s['faulty_devices']}, their updates {s['faulty_updates']}, "
         f"dead-lettered {s['dead_letters']}",
         f"evaluated: {res['eval']['devices']} devices, {res['eval']['point_readings']:,} labelled readings",
+        *(
+            [
+                f"privacy: noise x{p['noise_multiplier']}, clip {p['clip']}; epsilon at delta {p['delta']:g}: "
+                f"{p['epsilon_max']:.1f} for the device with most rounds ({p['max_rounds']}), "
+                f"{p['epsilon_median']:.1f} at the median ({p['median_rounds']:.0f} rounds)"
+            ]
+            if (p := res.get("privacy"))
+            else []
+        ),  # fmt: skip
         "| model | P | R | F1 | device-mean F1 | ROC-AUC | PR-AUC | event recall | FA/1000 | delay | NAB std "
         "| low FP | low FN |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -521,6 +545,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-step", type=float, default=1.0, help="newton: trust region (0: none)")
     p.add_argument("--faulty-share", type=float, default=0.0, help="fault injection: share of faulty devices")
     p.add_argument("--fault-kinds", default=",".join(FAULT_KINDS), help="fault injection: their kinds")
+    p.add_argument("--dp-noise", type=float, default=0.0,
+                   help="differential privacy: noise multiplier of each update (0: off; FLEAD_DP_NOISE)")  # fmt: skip
+    p.add_argument("--dp-clip", type=float, default=PrivacyConfig().clip,
+                   help="differential privacy: L2 bound on an update's change (FLEAD_DP_CLIP)")  # fmt: skip
     p.add_argument("--drop-faulty", action="store_true",
                    help="oracle: the faulty devices' updates never reach the server")  # fmt: skip
     p.add_argument("--norm-bound", type=float, default=f.bound.norm_multiple or 0.0,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import replace
 
@@ -33,6 +34,7 @@ from flead_app.agents.dead_letter import send_dead_letter
 from flead_app.agents.outbox import Outbox
 from flead_app.algorithms.device import DeviceConfig, DeviceMessage, StepResult, initial_global, step
 from flead_app.algorithms.incident_features import null_tables
+from flead_app.algorithms.privacy import PrivacyConfig, noise_generator, privatize
 from flead_app.algorithms.robust import corrupt_update, fault_of, parse_kinds
 from flead_app.app import anomalies_topic, app, local_updates_topic, readings_topic, runtime, settings
 from flead_app.io.kafka import event_time
@@ -67,6 +69,10 @@ QUIET_GRACE_S = 15.0
 #: a batch of thousands of messages is seconds of work: the agent gives the event loop back this
 #: often, so that the other agents, the sink and the consumer's commits are not held up meanwhile
 YIELD_EVERY_READINGS = 2000
+
+#: differential privacy of the local updates (FLEAD_DP_NOISE > 0); without a key set, this process's own
+privacy = PrivacyConfig.from_settings(settings)
+DP_KEY = settings.dp_key.encode() or os.urandom(32)
 
 counters = runtime.stats.counter("detector")
 outbox = Outbox([anomalies_topic, local_updates_topic], counters)
@@ -137,6 +143,9 @@ def output_records(
             records.append((alarm.message, (ANOMALIES, key, anomaly.to_json())))
     fault = fault_of(device_id, settings.faulty_share, FAULT_KINDS) if result.updates else None
     for r in result.updates:
+        if privacy.enabled:  # noised on the device, before the update leaves it
+            r = privatize(r, privacy, noise_generator(DP_KEY, device_id, r.model_version))
+            counters["updates_privatized"] += 1
         update = LocalModelUpdate(
             device_id=device_id,
             model_version=r.model_version,
