@@ -90,6 +90,30 @@ def test_single_readings_give_anomalies_and_a_local_update(faust_app, sent, monk
     assert state.readings == 50 and state.model_version == 1 and state.pending == 0
 
 
+def test_with_privacy_on_the_update_leaves_noised_and_anomalies_are_unchanged(faust_app, sent, monkeypatch):
+    """FLEAD_DP_NOISE > 0: the agent sends ``privacy.privatize`` of the round, its noise drawn from
+    the key; detection on the device is not touched."""
+    from flead_app.algorithms.privacy import PrivacyConfig
+
+    _published_model(monkeypatch)
+    monkeypatch.setattr(detector, "privacy", PrivacyConfig(noise_multiplier=1.0))
+    monkeypatch.setattr(detector, "DP_KEY", b"test key")
+
+    async def go():
+        async with detector.detect.test_context() as agent:
+            for r in _readings("dev_p", 50, spike_at=30):
+                await agent.put(r.to_json(), key=b"dev_p")
+            await settled()
+
+    run(go())
+    assert [a.value for a in map(Anomaly.from_json, sent.of(SETTINGS.topic_anomalies))] == [32.0]
+    (update,) = [LocalModelUpdate.from_json(v) for v in sent.of(SETTINGS.topic_local_updates)]
+    assert detector.counters["updates_privatized"] >= 1
+    change = np.array([*update.weights, update.bias]) - np.array(update.base_params)
+    # noise of std 1.0 x 2 sqrt(6) x 0.1 on each of 11 coordinates: far beyond the clip of 0.1
+    assert np.linalg.norm(change) > 0.5
+
+
 def test_batched_messages_score_like_single_readings(faust_app, sent, monkeypatch):
     """The description's z-rule (``FLEAD_ALARM_RULE=zrule``, no refractory period) stays available."""
     monkeypatch.setattr(detector, "config", detector.config.__class__(alarm_rule="zrule", refractory=0))
