@@ -130,12 +130,7 @@ async def flush_row() -> None:
 faust_patches.add_pre_commit_hook(app, flush_row)
 
 
-def held_by_refused_outputs(tp) -> list[int]:  # noqa: ANN001 - a TopicPartition
-    """Offsets of this agent's input whose outputs Kafka refused and the outbox is sending again."""
-    return outbox.held_offsets(tp.partition) if tp.topic == local_updates_topic.get_topic_name() else []
-
-
-faust_patches.add_commit_guard(app, held_by_refused_outputs)
+faust_patches.add_commit_guard(app, outbox.commit_guard(local_updates_topic.get_topic_name()))
 
 
 @app.on_partitions_revoked.connect

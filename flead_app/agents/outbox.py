@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
+from typing import Any
 
 from flead_app.tables.rows import OutboxEntry as Entry
 
@@ -118,6 +119,10 @@ class Outbox:
         """Source offsets of ``partition`` with an output refused and not acknowledged since: the
         consumer's commit must stay before them."""
         return [offset for p, offset in self._refused if p == partition]
+
+    def commit_guard(self, source_topic: str) -> Callable[[Any], list[int]]:
+        """The guard ``faust_patches.add_commit_guard`` takes for the agent reading ``source_topic``."""
+        return lambda tp: self.held_offsets(tp.partition) if tp.topic == source_topic else []
 
     def pending(self, partition: int, offset: int) -> bool:
         return (partition, offset) in self._unacked

@@ -134,3 +134,11 @@ def test_a_commit_guard_keeps_the_commit_before_a_held_offset():
     other = ("readings", 1)
     consumer._acked[other], consumer._committed_offset[other], consumer._acked_index[other] = [5], 5, {5}
     assert faust_patches._strict_new_offset(consumer, other) == 6
+
+
+def test_the_commit_guard_names_only_its_own_input_topic():
+    box = Outbox([], Counter())
+    box._refused[(2, 40)] = 1
+    guard = box.commit_guard("readings")
+    assert guard(type("TP", (), {"topic": "readings", "partition": 2})()) == [40]
+    assert guard(type("TP", (), {"topic": "local", "partition": 2})()) == []
