@@ -289,6 +289,13 @@ class Settings:
             "readings since the last one; 0: no cap)"
         },
     )
+    update_median_samples: float = field(
+        default=3.0,
+        metadata={
+            "help": "...and at this multiple of the median normals of the buffer's updates (a device claiming "
+            "more data than it has counts as this many typical rounds; 0: no cap)"
+        },
+    )
     update_positives_slack: float = field(
         default=20.0,
         metadata={
@@ -557,9 +564,11 @@ def load_settings() -> Settings:
         )
     if not 0.0 <= values["faulty_share"] <= 1.0:
         raise ValueError(f"FLEAD_FAULTY_SHARE must lie in [0, 1], got {values['faulty_share']}")
-    if min(values["update_norm_bound"], values["update_samples_slack"], values["update_positives_slack"]) < 0:
+    bounds = ("update_norm_bound", "update_samples_slack", "update_median_samples", "update_positives_slack")
+    if min(values[name] for name in bounds) < 0:
         raise ValueError(
-            "FLEAD_UPDATE_NORM_BOUND, FLEAD_UPDATE_SAMPLES_SLACK and FLEAD_UPDATE_POSITIVES_SLACK must be >= 0 (0: off)"
+            "FLEAD_UPDATE_NORM_BOUND, FLEAD_UPDATE_SAMPLES_SLACK, FLEAD_UPDATE_MEDIAN_SAMPLES and "
+            "FLEAD_UPDATE_POSITIVES_SLACK must be >= 0 (0: off)"
         )
     if not 0.0 < values["prior_anomaly_rate"] < 1.0:
         raise ValueError(f"FLEAD_PRIOR_ANOMALY_RATE must lie in (0, 1), got {values['prior_anomaly_rate']}")

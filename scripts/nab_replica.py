@@ -173,7 +173,8 @@ def configs(args: argparse.Namespace) -> tuple[DeviceConfig, FedBuffConfig]:
         initial=(*v0.weights.tolist(), v0.bias), alarm_budget=args.budget, tail_readings=args.tail_readings,
         bound=UpdateBound(max(1, round(args.train_every * args.samples_slack)) if args.samples_slack > 0 else None,
                           max(1, round(args.train_every * args.positives_slack)) if args.positives_slack > 0 else None,
-                          args.norm_bound or None),
+                          args.norm_bound or None, median_normals=args.median_samples or None,
+                          check_curvature=not args.no_curvature_check and args.dp_noise <= 0),
     )  # fmt: skip
     return dcfg, fcfg
 
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace, data: Data) -> dict:
     pending: list[tuple[float, GlobalParams]] = []
     versions: list[GlobalModel] = []
     stats = {"rounds": 0, "samples": 0, "positives": 0, "staleness": [], "step_s": 0.0, "server_s": 0.0,
-             "faulty_updates": 0, "dead_letters": 0}  # fmt: skip
+             "faulty_updates": 0, "dead_letters": 0, "refused": 0}  # fmt: skip
     kinds = parse_kinds(args.fault_kinds)
     faults = [fault_of(name, args.faulty_share, kinds) for name in data.device_ids]
     privacy = PrivacyConfig(noise_multiplier=args.dp_noise, clip=args.dp_clip)
@@ -255,6 +256,7 @@ def run(args: argparse.Namespace, data: Data) -> dict:
             t = time.perf_counter()
             server, offered = server.offer(record, now, fcfg)
             stats["server_s"] += time.perf_counter() - t
+            stats["refused"] += offered.refused
             if offered.model is not None:
                 versions.append(offered.model)
                 pending.append((now + args.latency, GlobalParams.from_record(offered.model)))
@@ -274,6 +276,7 @@ def run(args: argparse.Namespace, data: Data) -> dict:
         "server_us_per_update": 1e6 * stats["server_s"] / max(stats["rounds"], 1),
         "seconds": stream_s, "faulty_devices": sum(f is not None for f in faults),
         "faulty_updates": stats["faulty_updates"], "dead_letters": stats["dead_letters"],
+        "refused_infeasible": stats["refused"],
     }  # fmt: skip
     if privacy.enabled:
         sent = rounds_of[rounds_of > 0]
@@ -464,7 +467,7 @@ def report(res: dict) -> str:
         f"staleness {s['mean_staleness']:.1f}; step {s['step_us_per_reading']:.1f} us/reading, server "
         f"{s['server_us_per_update']:.0f} us/update; "
         f"{s['seconds']:.0f} s; faulty devices {s['faulty_devices']}, their updates {s['faulty_updates']}, "
-        f"dead-lettered {s['dead_letters']}",
+        f"dead-lettered {s['dead_letters']}, refused as infeasible {s['refused_infeasible']}",
         f"evaluated: {res['eval']['devices']} devices, {res['eval']['point_readings']:,} labelled readings",
         *(
             [
@@ -555,6 +558,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="multiple of the buffer's median norm each update is clipped to (0: none)")  # fmt: skip
     p.add_argument("--samples-slack", type=float, default=1.5,
                    help="claimed normal samples capped at --train-every x this (0: no cap)")  # fmt: skip
+    p.add_argument("--median-samples", type=float, default=3.0,
+                   help="claimed normal samples capped at this x the buffer's median too (0: no cap)")  # fmt: skip
+    p.add_argument("--no-curvature-check", action="store_true",
+                   help="do not refuse updates whose curvature no log-loss can have")  # fmt: skip
     p.add_argument("--positives-slack", type=float, default=20.0,
                    help="claimed positives capped at --train-every x this (0: no cap)")  # fmt: skip
     p.add_argument("--skip-local", action="store_true", help="no local-only baseline (halves a readings run)")

@@ -85,6 +85,7 @@ async def handle(event) -> None:  # noqa: ANN001 - a faust Event keyed ``fleet``
     kept = list(outbox.keep(row.position.outbox, msg.partition))
     if offered.duplicate:  # a redelivery after a crash: already buffered or aggregated
         counters["duplicates_skipped"] += 1
+    counters["updates_refused_infeasible"] += offered.refused
     if offered.model is not None:
         model = offered.model
         counters["aggregate_seconds_total"] += time.perf_counter() - started

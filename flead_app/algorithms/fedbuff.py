@@ -81,7 +81,7 @@ class FedBuffConfig:
     initial: tuple[float, ...] = ()  # global version 0 (weights then bias): the model every device starts from
     alarm_budget: float = 0.01  # share of normal readings above a version's threshold
     tail_readings: float = TAIL_READINGS  # normal readings above it in the histogram window
-    bound: UpdateBound = UpdateBound(75, 1000, 10.0)  # each update's (``robust``): the settings' default
+    bound: UpdateBound = UpdateBound(75, 1000, 10.0, median_normals=3.0, check_curvature=True)  # the settings' default
 
     @classmethod
     def from_settings(cls, settings: object, initial: Sequence[float]) -> FedBuffConfig:
@@ -122,6 +122,7 @@ class Offered:
     model: GlobalModel | None = None
     duplicate: bool = False
     partial: bool = False  # the model came from a partial buffer (a flush)
+    refused: int = 0  # updates of the aggregated buffer left out as infeasible (``robust.curvature_feasible``)
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,10 @@ class FedBuffState:
         stale = update is None and bool(state.buffer) and now - state.first_at >= cfg.timeout_s
         if not (full or stale):
             return state, Offered(duplicate=duplicate)
+        refused = len(state.buffer)
         state, model = server_step(state, cfg, now)
-        return state, Offered(model=model, partial=not full)
+        refused -= model.num_updates if model is not None else 0
+        return state, Offered(model=model, partial=not full, refused=refused)
 
     def to_dict(self) -> dict:
         return {
@@ -206,8 +209,10 @@ class FedBuffState:
         )
 
 
-def server_step(state: FedBuffState, cfg: FedBuffConfig, now: float) -> tuple[FedBuffState, GlobalModel]:
+def server_step(state: FedBuffState, cfg: FedBuffConfig, now: float) -> tuple[FedBuffState, GlobalModel | None]:
     """The next global version from the buffered updates, and the state after it (buffer emptied).
+
+    None when the server's bound refused every buffered update: no version is made from nothing.
 
     >>> from flead_app.algorithms import device
     >>> dcfg = device.DeviceConfig()
@@ -216,13 +221,15 @@ def server_step(state: FedBuffState, cfg: FedBuffConfig, now: float) -> tuple[Fe
     >>> x = np.random.default_rng(0).normal(size=(60, 10)); y = (x[:, 0] > 1.5).astype(np.int8)
     >>> _, r = device.train_round(device.DeviceState(buffer_features=x, buffer_labels=y), 0.0, dcfg, v0)
     >>> u = LocalModelUpdate("d1", 1, 0, r.weights.tolist(), r.bias, r.accuracy, r.loss, r.samples,
-    ...                      "2025-01-01T00:00:00.000Z", curvature=r.curvature.tolist(),
+    ...                      "2025-01-01T00:00:00.000Z", positives=r.positives, curvature=r.curvature.tolist(),
     ...                      base_params=r.base_params.tolist(), normal_moments=r.normal_moments.tolist())
     >>> state, model = server_step(replace(FedBuffState.start(cfg), buffer=(u,)), cfg, 0.0)
     >>> model.aggregator, bool(model.weights[0] > 0.1), model.score_scale is not None, model.threshold
     ('newton', True, True, None)
     """
     updates = bound_updates(state.buffer, cfg.bound, state.history, isinstance(cfg.aggregator, Newton)).updates
+    if not updates:
+        return replace(state, buffer=()), None
     staleness = np.array([max(0, state.version - u.global_version) for u in updates], dtype=np.float64)
     samples = np.array([u.samples for u in updates], dtype=np.float64)
     information, target = state.information, state.target

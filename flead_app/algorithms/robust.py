@@ -23,7 +23,14 @@ devices' hash), ``share`` of the fleet, each faulty device with one kind of the 
 
 The server's defence, before a buffer is aggregated (``bound_updates``, ``UpdateBound``):
 
-1. **Claimed samples** are capped at what a round can hold. Normal readings are released as they
+0. **Infeasible curvature is refused** (``curvature_feasible``): a gradient and Hessian that no
+   log-loss over the claimed samples can have (a negated or amplified gradient) is not a round's;
+   the update is left out of the version (counted). This is what stops a sign flip of honest size,
+   which the L2 bound below lets through by design.
+1. **Claimed samples** are capped at what a round can hold, and at ``FLEAD_UPDATE_MEDIAN_SAMPLES``
+   (3) x the buffer's median normals: a device claiming 1000x its data then counts as at most
+   three typical rounds (an honest device whose rounds hold more than 3x the median, a fast
+   sensor in a fleet of slow ones, is weighed as three, which is the price). Normal readings are released as they
    arrive and a round runs every ``FLEAD_TRAIN_EVERY`` readings, so a round holds at most that many
    normals (a message of several readings can overshoot: x ``FLEAD_UPDATE_SAMPLES_SLACK``, 1.5);
    positives come when a labelled window closes, so a round can hold a window's worth
@@ -77,6 +84,9 @@ FAULT_KINDS = ("nonfinite", "scale", "flip", "samples")
 SCALE = 100.0  # ``scale``: the step times this
 SAMPLES = 1000  # ``samples``: the claimed data times this
 FAULT_SALT = "faulty"  # the faulty devices' hash is not the held-out devices'
+#: a round of normal readings only whose readings' probability-weighted mean probability exceeds
+#: this (from its gradient and Hessian) is refused: an amplified gradient, not a round
+MAX_NORMAL_PROBABILITY = 0.9
 
 
 def fault_of(device_id: str, share: float, kinds: Sequence[str] = FAULT_KINDS) -> str | None:
@@ -172,19 +182,58 @@ def _scaled_data(update: LocalModelUpdate, factor: float) -> LocalModelUpdate:
     )
 
 
+def curvature_feasible(update: LocalModelUpdate, tolerance: float = 1e-7) -> bool:
+    """Whether the update's gradient and Hessian can be those of a summed log-loss over the
+    ``samples`` readings it claims, ``positives`` of them labelled (True without curvature).
+
+    The bias coordinate settles it without the data: with p_i the start model's probabilities,
+    the gradient's bias entry is g_b = sum (p_i - y_i), so S = g_b + positives = sum p_i, and the
+    Hessian's is H_bb = sum p_i (1 - p_i) = S - sum p_i^2 <= S - S^2 / n (Cauchy-Schwarz). An honest
+    round meets 0 <= H_bb <= S (n - S) / n exactly (up to rounding: ``tolerance`` x n); a round of
+    normal readings whose gradient was negated has S < 0, one whose gradient was scaled x100 has
+    S > n as soon as its readings' mean probability exceeds 1%. A fault that scales every sum by
+    one factor (claimed samples) stays feasible: the caps are for it. Noised updates
+    (``FLEAD_DP_NOISE``) are not checked: the noise breaks the identity by design.
+
+    >>> u = LocalModelUpdate("d", 1, 0, [0.0], -3.0, 1.0, 0.1, 4, "2025-01-01T00:00:00Z",
+    ...                      curvature=[0.1, 0.2, 0.0, 0.0, 0.18])  # S = 0.2, H_bb = 0.18 <= 0.2 x 3.8 / 4
+    >>> curvature_feasible(u), curvature_feasible(corrupt_update(u, "flip"))
+    (True, False)
+    """
+    if update.curvature is None:
+        return True
+    k = len(update.weights) + 1
+    packed = np.asarray(update.curvature, dtype=np.float64)
+    n = float(update.samples)
+    s = float(packed[k - 1]) + update.positives
+    h = float(packed[-1])  # the last entry of the packed upper triangle is H[k-1, k-1], the bias's
+    slack = tolerance * max(n, 1.0)
+    if not -slack <= h <= s * (n - s) / max(n, 1e-12) + slack:
+        return False
+    # A round of normal readings only: H_bb / S = 1 - sum p^2 / sum p, one minus the probability-
+    # weighted mean probability, which is >= 1/2 whenever no reading had p > 1/2 and ~0.01 for a
+    # gradient amplified x100. Honest rounds below it are those whose normal readings the start
+    # model mostly called anomalies (counted: docs/learning.md, Faulty devices).
+    return update.positives > 0 or h + slack >= (1.0 - MAX_NORMAL_PROBABILITY) * s
+
+
 @dataclass(frozen=True)
 class UpdateBound:
     """The server's bound on each update (``bound_updates``); None switches a part off.
 
     >>> UpdateBound.from_settings(type("S", (), {"train_every": 50, "update_samples_slack": 1.5,
-    ...     "update_positives_slack": 20.0, "update_norm_bound": 10.0, "prior_anomaly_rate": 0.04})())
-    UpdateBound(max_normals=75, max_positives=1000, norm_multiple=10.0, prior=0.04)
+    ...     "update_positives_slack": 20.0, "update_norm_bound": 10.0, "prior_anomaly_rate": 0.04,
+    ...     "update_median_samples": 3.0, "dp_noise": 0.0})())  # doctest: +NORMALIZE_WHITESPACE
+    UpdateBound(max_normals=75, max_positives=1000, norm_multiple=10.0, prior=0.04, median_normals=3.0,
+                check_curvature=True)
     """
 
     max_normals: int | None = None
     max_positives: int | None = None
     norm_multiple: float | None = None
     prior: float = 0.04  # the prior anomaly rate: |p - y| of a normal reading, 1 - it of a positive
+    median_normals: float | None = None  # normals capped at this x the buffer's median too
+    check_curvature: bool = False  # refuse updates whose curvature no log-loss can have
 
     @classmethod
     def from_settings(cls, settings: object) -> UpdateBound:
@@ -196,6 +245,8 @@ class UpdateBound:
             max_positives=max(1, int(round(every * positives))) if positives > 0 else None,
             norm_multiple=multiple if multiple > 0 else None,
             prior=s.prior_anomaly_rate,  # type: ignore[attr-defined]
+            median_normals=s.update_median_samples if s.update_median_samples > 0 else None,  # type: ignore[attr-defined]
+            check_curvature=s.dp_noise <= 0,  # type: ignore[attr-defined]
         )
 
 
@@ -204,6 +255,7 @@ class Bounded:
     """What ``bound_updates`` did: the updates to aggregate, and how many it changed per reason."""
 
     updates: tuple[LocalModelUpdate, ...]
+    infeasible: int = 0  # refused: a curvature no log-loss over the claimed samples can have
     samples_capped: int = 0
     change_clipped: int = 0  # averaging: the change; newton: the gradient
     curvature_clipped: int = 0  # newton: the Hessian's trace (or a negative eigenvalue)
@@ -268,12 +320,17 @@ def bound_updates(
     >>> [round(u.weights[0], 3) for u in out.updates], out.updates[4].samples, out.change_clipped
     ([0.1, 0.2, 0.15, 1.5, 0.1], 75, 1)
     """
-    out = list(updates)
+    out = [u for u in updates if not bound.check_curvature or curvature_feasible(u)]
+    infeasible = len(updates) - len(out)
+    max_normals = bound.max_normals
+    if bound.median_normals is not None and out:
+        median = bound.median_normals * max(1.0, float(np.median([u.samples - u.positives for u in out])))
+        max_normals = median if max_normals is None else min(max_normals, median)
     capped = 0
     for i, u in enumerate(out):
         factor = 1.0
-        if bound.max_normals is not None and u.samples - u.positives > bound.max_normals:
-            factor = bound.max_normals / (u.samples - u.positives)
+        if max_normals is not None and u.samples - u.positives > max_normals:
+            factor = max_normals / (u.samples - u.positives)
         if bound.max_positives is not None and u.positives > bound.max_positives:
             factor = min(factor, bound.max_positives / u.positives)
         if factor < 1.0:
@@ -291,7 +348,7 @@ def bound_updates(
             clipped, curved = _bound_curvature(out, bound.norm_multiple, bound.prior)
         else:
             clipped = _bound_changes(out, bound.norm_multiple, history, bound.prior)
-    return Bounded(tuple(out), capped, clipped, curved)
+    return Bounded(tuple(out), infeasible, capped, clipped, curved)
 
 
 def _bound_changes(

@@ -83,3 +83,16 @@ def test_a_faulty_devices_scaled_update_is_well_formed_and_buffered_for_the_boun
     _offer(raw)
     assert not sent.of(SETTINGS.topic_dead_letter)
     assert len(fedavg.rows.cached(FLEET_KEY).state.buffer) == 1
+
+
+def test_a_faulty_devices_flipped_update_is_refused_by_the_server_with_a_count(faust_app, sent, monkeypatch):
+    """A negated gradient of honest size passes the L2 bound; its curvature gives it away."""
+    raw = _device_update(faust_app, sent, monkeypatch, "flip")
+    assert LocalModelUpdate.from_json(raw).positives == 0
+    monkeypatch.setattr(fedavg, "config", dataclasses.replace(fedavg.config, buffer_size=1))
+    before = fedavg.counters["updates_refused_infeasible"]
+    _offer(raw)
+    assert fedavg.counters["updates_refused_infeasible"] == before + 1
+    assert not sent.of(SETTINGS.topic_global_updates)  # no version made from a refused buffer
+    assert not sent.of(SETTINGS.topic_dead_letter)  # well-formed: refused, not dead-lettered
+    assert fedavg.rows.cached(FLEET_KEY).state.buffer == ()

@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from flead_app.algorithms import device
@@ -19,17 +19,19 @@ from flead_app.algorithms.aggregation import FedAvg, Newton
 from flead_app.algorithms.fedbuff import FedBuffConfig, FedBuffState, server_step
 from flead_app.algorithms.robust import (
     FAULT_KINDS,
+    MAX_NORMAL_PROBABILITY,
     SAMPLES,
     SCALE,
     UpdateBound,
     bound_updates,
     corrupt_update,
+    curvature_feasible,
     fault_of,
     parse_kinds,
     psd,
     residual_mass,
 )
-from flead_app.algorithms.second_order import unpack_symmetric
+from flead_app.algorithms.second_order import round_curvature, unpack_symmetric
 from flead_app.models import InvalidRecord, LocalModelUpdate, format_timestamp
 from flead_app.settings import Settings
 
@@ -64,10 +66,15 @@ def honest() -> list[LocalModelUpdate]:
 
 
 def test_the_settings_default_is_a_bound_that_is_on():
-    assert DEFAULT_BOUND == UpdateBound(max_normals=75, max_positives=1000, norm_multiple=10.0)
+    assert DEFAULT_BOUND == UpdateBound(
+        max_normals=75, max_positives=1000, norm_multiple=10.0, median_normals=3.0, check_curvature=True
+    )
     assert FedBuffConfig().bound == DEFAULT_BOUND
     assert FedBuffConfig.from_settings(Settings(), INITIAL).bound == DEFAULT_BOUND
-    off = dataclasses.replace(Settings(), update_norm_bound=0.0, update_samples_slack=0.0, update_positives_slack=0.0)
+    off = dataclasses.replace(
+        Settings(), update_norm_bound=0.0, update_samples_slack=0.0, update_positives_slack=0.0,
+        update_median_samples=0.0, dp_noise=1.0,
+    )  # fmt: skip
     assert UpdateBound.from_settings(off) == UpdateBound()
 
 
@@ -258,3 +265,64 @@ def test_flipped_updates_are_not_the_bounds_business(honest):
     faulty = [corrupt_update(u, "flip") if i % 5 == 0 else u for i, u in enumerate(honest)]
     out = bound_updates(faulty, DEFAULT_BOUND, {0: INITIAL}, second_order=True)
     assert out.updates == tuple(faulty)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 400),
+    rate=st.floats(0.0, 1.0),
+    bias=st.floats(-8.0, 8.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_every_honest_round_has_a_feasible_curvature(n, rate, bias, seed):
+    """Whatever the data and the start model, a round's own gradient and Hessian pass the check,
+    but for a round of normal readings that the start model called anomalies with near certainty
+    (probability-weighted mean probability above ``MAX_NORMAL_PROBABILITY``)."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < rate).astype(np.int8)
+    x = rng.exponential(size=(n, device.NUM_FEATURES)) * rng.choice([-3.0, 1.0, 5.0]) - 1.0
+    params = np.concatenate((rng.normal(0.0, 1.0, device.NUM_FEATURES), [bias]))
+    c = round_curvature(params, x, y)
+    u = LocalModelUpdate(
+        "d", 1, 0, params[:-1].tolist(), float(bias), 0.5, 0.1, n, format_timestamp(0.0),
+        positives=int(y.sum()), base_params=params.tolist(), curvature=c.packed().tolist(),
+    )  # fmt: skip
+    p = 1.0 / (1.0 + np.exp(-np.clip(x @ params[:-1] + bias, -500.0, 500.0)))
+    confident = y.sum() == 0 and float((p**2).sum()) > MAX_NORMAL_PROBABILITY * float(p.sum())
+    assume(abs(float((p**2).sum()) - MAX_NORMAL_PROBABILITY * float(p.sum())) > 1e-6 * n)
+    assert curvature_feasible(u) == (not confident)
+    assert curvature_feasible(corrupt_update(u, "samples")) == (not confident)  # consistent: the caps are for it
+
+
+@pytest.fixture(scope="module")
+def normal() -> list[LocalModelUpdate]:
+    """Rounds of normal readings only, from a start model that has learnt (most rounds are these)."""
+    rng = np.random.default_rng(4)
+    start = device.GlobalParams(0, np.full(device.NUM_FEATURES, 0.3), -4.0)
+    return [_honest(i, rng, start=start, rate=0.0) for i in range(8)]
+
+
+def test_a_flipped_or_amplified_round_of_normal_readings_is_infeasible(honest, normal):
+    assert all(curvature_feasible(u) for u in [*honest, *normal])
+    assert not any(curvature_feasible(corrupt_update(u, "flip")) for u in normal)
+    assert not any(curvature_feasible(corrupt_update(u, "scale")) for u in normal)
+
+
+def test_infeasible_updates_are_left_out_and_counted(honest, normal):
+    flipped = [corrupt_update(u, "flip") for u in normal[:3]]
+    out = bound_updates([*honest[3:], *flipped], DEFAULT_BOUND, {0: INITIAL}, second_order=True)
+    assert out.infeasible == len(flipped) > 0 and out.updates == tuple(honest[3:])
+    cfg = FedBuffConfig(buffer_size=len(flipped), initial=INITIAL)
+    state, offered = FedBuffState.start(cfg), None
+    for u in flipped:
+        state, offered = state.offer(u, 0.0, cfg)
+    assert offered.model is None and offered.refused == len(flipped)  # no version made from nothing
+    assert state.buffer == () and state.version == 0
+
+
+def test_claimed_samples_are_capped_at_a_multiple_of_the_buffers_median(honest):
+    liar = corrupt_update(honest[0], "samples")  # 30 readings claimed as 30,000
+    out = bound_updates([*honest[1:], liar], DEFAULT_BOUND, {0: INITIAL}, second_order=True)
+    median = np.median([u.samples - u.positives for u in honest[1:]] + [liar.samples - liar.positives])
+    assert out.updates[-1].samples - out.updates[-1].positives <= 3 * median + 1
+    assert out.updates[:-1] == tuple(honest[1:])
