@@ -667,3 +667,162 @@ def model_metrics(
             "detected": len(delays),
         },  # fmt: skip
     )
+
+
+# --- federated evaluation: what a site sends instead of its readings ---------------------------
+#
+# Every metric above is a function of additive parts: confusion counts, the windows and their
+# detection delays, NAB's per-series summaries, and, for ROC-AUC and PR-AUC, the scores of the
+# positives and of the negatives. A site summarises its own held-out readings
+# (``summarize_metrics``), the summaries of all sites merge (``MetricsSummary.merge``), and
+# ``metrics_from_summary`` gives the fleet's ``ModelMetrics``: the counts, event recall, false
+# alarms, delays and NAB scores exactly as ``model_metrics`` on the pooled readings, the two areas
+# from score histograms (``SCORE_BINS`` bins of x / (1 + |x|), fine near 0 and coarse in the
+# tails: readings in one bin count as tied), which is the only thing a site's summary cannot
+# carry exactly without carrying every score.
+
+SCORE_BINS = 4096
+
+
+def score_bins(scores: np.ndarray) -> np.ndarray:
+    """The histogram bin of each score: ``SCORE_BINS`` equal bins of x / (1 + |x|) over (-1, 1)
+    (NaN and -inf in the first, +inf in the last). Monotone, so ranks survive up to ties.
+
+    >>> score_bins(np.array([-np.inf, -1.0, 0.0, 0.001, 1.0, 1e9])).tolist()
+    [0, 1024, 2048, 2050, 3072, 4095]
+    """
+    s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
+    with np.errstate(invalid="ignore"):
+        squashed = np.where(np.isfinite(s), s / (1.0 + np.abs(s)), np.sign(s))
+    return np.clip(np.floor((squashed + 1.0) / 2.0 * SCORE_BINS), 0, SCORE_BINS - 1).astype(np.int64)
+
+
+def _histogram(bins: np.ndarray) -> dict[int, int]:
+    values, counts = np.unique(bins, return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist(), strict=True))
+
+
+def _add(a: Mapping[int, int], b: Mapping[int, int]) -> dict[int, int]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + v
+    return out
+
+
+@dataclass(frozen=True)
+class MetricsSummary:
+    """One model's evaluation of some series (one site's held-out readings), without the readings.
+
+    >>> labels, scores = [np.array([0, 1, 1, 0])], [np.array([0.1, 0.9, 0.4, 0.2])]
+    >>> a = summarize_metrics(labels, scores, [s >= 0.5 for s in scores], 0.0)
+    >>> (a.tp, a.fn, a.windows, a.delays), MetricsSummary.from_dict(a.to_dict()) == a
+    ((1, 1, 1, (0,)), True)
+    """
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tn: int = 0
+    windows: int = 0
+    delays: tuple[int, ...] = ()
+    nab: tuple[NabSeriesSummary, ...] = ()
+    positive_bins: Mapping[int, int] = field(default_factory=dict)  # score histogram of label-1 readings
+    negative_bins: Mapping[int, int] = field(default_factory=dict)  # ... of label-0 readings
+
+    def merge(self, other: MetricsSummary) -> MetricsSummary:
+        """The summary of both parts' series together (associative and commutative)."""
+        return MetricsSummary(
+            tp=self.tp + other.tp, fp=self.fp + other.fp, fn=self.fn + other.fn, tn=self.tn + other.tn,
+            windows=self.windows + other.windows, delays=tuple(sorted((*self.delays, *other.delays))),
+            nab=(*self.nab, *other.nab),
+            positive_bins=_add(self.positive_bins, other.positive_bins),
+            negative_bins=_add(self.negative_bins, other.negative_bins),
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (histogram keys as strings)."""
+        d = asdict(self)
+        d["positive_bins"] = {str(k): v for k, v in self.positive_bins.items()}
+        d["negative_bins"] = {str(k): v for k, v in self.negative_bins.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MetricsSummary:
+        return cls(
+            **{k: int(data[k]) for k in ("tp", "fp", "fn", "tn", "windows")},
+            delays=tuple(int(d) for d in data["delays"]),
+            nab=tuple(NabSeriesSummary.from_dict(s) for s in data["nab"]),
+            positive_bins={int(k): int(v) for k, v in data["positive_bins"].items()},
+            negative_bins={int(k): int(v) for k, v in data["negative_bins"].items()},
+        )
+
+
+def summarize_metrics(
+    labels_per_series: Sequence[np.ndarray],
+    scores_per_series: Sequence[np.ndarray],
+    alarms_per_series: Sequence[np.ndarray],
+    probation_percent: float = NAB_PROBATION_PERCENT,
+) -> MetricsSummary:
+    """The ``MetricsSummary`` of these series (the arguments of ``model_metrics``)."""
+    if not len(labels_per_series) == len(scores_per_series) == len(alarms_per_series):
+        raise ValueError("one labels, scores and alarms array per series")
+    out = MetricsSummary()
+    for lab, sc, al in zip(labels_per_series, scores_per_series, alarms_per_series, strict=True):
+        labels, alarms = _check_series(lab, al)
+        bins = score_bins(sc)
+        if bins.shape != labels.shape:
+            raise ValueError(f"scores {bins.shape} and labels {labels.shape} differ in shape")
+        out = out.merge(
+            MetricsSummary(
+                tp=int((alarms & labels).sum()), fp=int((alarms & ~labels).sum()),
+                fn=int((~alarms & labels).sum()), tn=int((~alarms & ~labels).sum()),
+                windows=int(_window_bounds(labels)[0].shape[0]), delays=tuple(detection_delays(labels, alarms)),
+                nab=(nab_summarize(labels, alarms, probation_percent),),
+                positive_bins=_histogram(bins[labels]), negative_bins=_histogram(bins[~labels]),
+            )
+        )  # fmt: skip
+    return out
+
+
+def _binned_areas(positive: Mapping[int, int], negative: Mapping[int, int]) -> tuple[float | None, float | None]:
+    """ROC-AUC (rank sum, a bin's readings tied) and PR-AUC (average precision, each bin one
+    threshold) from the two score histograms."""
+    keys = sorted(set(positive) | set(negative))
+    pos = np.array([positive.get(k, 0) for k in keys], dtype=np.float64)
+    neg = np.array([negative.get(k, 0) for k in keys], dtype=np.float64)
+    n_pos, n_neg = float(pos.sum()), float(neg.sum())
+    roc = None
+    if n_pos and n_neg:
+        below = np.cumsum(neg) - neg
+        roc = float(np.sum(pos * (below + 0.5 * neg)) / (n_pos * n_neg))
+    pr = None
+    if n_pos:
+        tp, alarms = np.cumsum(pos[::-1]), np.cumsum((pos + neg)[::-1])
+        pr = float(np.sum(np.diff(tp / n_pos, prepend=0.0) * tp / alarms))
+    return roc, pr
+
+
+def metrics_from_summary(summary: MetricsSummary) -> ModelMetrics:
+    """``ModelMetrics`` of the summarised series: as ``model_metrics`` on their readings, the
+    areas from the histograms.
+
+    >>> labels = [np.array([0, 0, 1, 1, 0, 0]), np.array([0, 1, 1, 0])]
+    >>> scores = [np.array([0.1, 0.2, 0.9, 0.7, 0.3, 0.1]), np.array([0.2, 0.4, 0.8, 0.1])]
+    >>> alarms = [s >= 0.5 for s in scores]
+    >>> parts = [summarize_metrics(labels[i:i + 1], scores[i:i + 1], alarms[i:i + 1], 0.0) for i in (0, 1)]
+    >>> m = metrics_from_summary(parts[0].merge(parts[1]))
+    >>> m == model_metrics(labels, scores, alarms, probation_percent=0.0)
+    True
+    """
+    s = summary
+    precision, recall = _div(s.tp, s.tp + s.fp), _div(s.tp, s.tp + s.fn)
+    roc, pr = _binned_areas(s.positive_bins, s.negative_bins)
+    nab = {key: nab_score_from_summaries(s.nab, p) if s.windows else None for key, p in NAB_PROFILES.items()}
+    return ModelMetrics(
+        f1=_div(2 * precision * recall, precision + recall), precision=precision, recall=recall,
+        roc_auc=roc, pr_auc=pr, event_recall=_div(len(s.delays), s.windows),
+        false_alarms_per_1000=_div(1000.0 * s.fp, s.fp + s.tn), delay_median=delay_median(s.delays),
+        nab_standard=nab["standard"], nab_low_fp=nab["low_fp"], nab_low_fn=nab["low_fn"],
+        counts={"samples": s.tp + s.fp + s.fn + s.tn, "tp": s.tp, "fp": s.fp, "fn": s.fn, "tn": s.tn,
+                "windows": s.windows, "detected": len(s.delays)},
+    )  # fmt: skip
