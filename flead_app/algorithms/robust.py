@@ -190,10 +190,14 @@ def curvature_feasible(update: LocalModelUpdate, tolerance: float = 1e-7) -> boo
     the gradient's bias entry is g_b = sum (p_i - y_i), so S = g_b + positives = sum p_i, and the
     Hessian's is H_bb = sum p_i (1 - p_i) = S - sum p_i^2 <= S - S^2 / n (Cauchy-Schwarz). An honest
     round meets 0 <= H_bb <= S (n - S) / n exactly (up to rounding: ``tolerance`` x n); a round of
-    normal readings whose gradient was negated has S < 0, one whose gradient was scaled x100 has
-    S > n as soon as its readings' mean probability exceeds 1%. A fault that scales every sum by
-    one factor (claimed samples) stays feasible: the caps are for it. Noised updates
-    (``FLEAD_DP_NOISE``) are not checked: the noise breaks the identity by design.
+    normal readings whose gradient was negated has S < 0. In a round of normal readings only,
+    H_bb / S = 1 - sum p_i^2 / sum p_i is one minus the probability-weighted mean probability; a
+    gradient amplified a times divides it by a, so a round below 1 - ``MAX_NORMAL_PROBABILITY``
+    (0.1) is refused: every amplification above 10 (below it the L2 bound takes over), and honest
+    rounds only when the start model gave their normal readings a weighted mean probability
+    above 0.9. A fault that scales every sum by one factor (claimed samples) stays feasible: the
+    caps are for it. The caller skips noised updates (``FLEAD_DP_NOISE``): the noise breaks the
+    identities by design.
 
     >>> u = LocalModelUpdate("d", 1, 0, [0.0], -3.0, 1.0, 0.1, 4, "2025-01-01T00:00:00Z",
     ...                      curvature=[0.1, 0.2, 0.0, 0.0, 0.18])  # S = 0.2, H_bb = 0.18 <= 0.2 x 3.8 / 4
@@ -210,10 +214,8 @@ def curvature_feasible(update: LocalModelUpdate, tolerance: float = 1e-7) -> boo
     slack = tolerance * max(n, 1.0)
     if not -slack <= h <= s * (n - s) / max(n, 1e-12) + slack:
         return False
-    # A round of normal readings only: H_bb / S = 1 - sum p^2 / sum p, one minus the probability-
-    # weighted mean probability, which is >= 1/2 whenever no reading had p > 1/2 and ~0.01 for a
-    # gradient amplified x100. Honest rounds below it are those whose normal readings the start
-    # model mostly called anomalies (counted: docs/learning.md, Faulty devices).
+    # The limit sits near certainty: refusing honest rounds the model gets most wrong would refuse
+    # what corrects it (a limit of 0.5 did, in a feedback loop: docs/learning.md, Faulty devices).
     return update.positives > 0 or h + slack >= (1.0 - MAX_NORMAL_PROBABILITY) * s
 
 
