@@ -763,7 +763,13 @@ def summarize_metrics(
     alarms_per_series: Sequence[np.ndarray],
     probation_percent: float = NAB_PROBATION_PERCENT,
 ) -> MetricsSummary:
-    """The ``MetricsSummary`` of these series (the arguments of ``model_metrics``)."""
+    """The ``MetricsSummary`` of these series (the arguments of ``model_metrics``).
+
+    >>> s = summarize_metrics([np.array([0, 0, 1, 1, 0])], [np.array([0.1, 0.3, 0.2, 0.9, 0.1])],
+    ...                       [np.array([0, 0, 0, 1, 0], dtype=bool)], probation_percent=0.0)
+    >>> (s.tp, s.fp, s.fn, s.tn), s.delays, s.nab[0].windows[0].first_detection, sum(s.negative_bins.values())
+    ((1, 0, 1, 3), (1,), 1, 3)
+    """
     if not len(labels_per_series) == len(scores_per_series) == len(alarms_per_series):
         raise ValueError("one labels, scores and alarms array per series")
     out = MetricsSummary()
