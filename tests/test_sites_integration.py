@@ -124,6 +124,9 @@ def topology(stack, db_url, tmp_path):
     env_common = {f"FLEAD_{k.upper()}": v for k, v in names.items()} | {
         "FLEAD_APP_ID": run, "FLEAD_DB_URL": db_url, "FLEAD_HOME": str(tmp_path), "FLEAD_SITES": "2",
         "FLEAD_FEDAVG_TIMEOUT_S": "3600", "FLEAD_TRAIN_EVERY": "20", "FLEAD_STORE": "memory://",
+        # anomalies must cross whatever the learning reached: a loaded run's model rule had no
+        # threshold in time and raised none (0 > 0); what crosses, not when the model alarms, is tested
+        "FLEAD_ALARM_RULE": "zrule",
     }  # fmt: skip
     workers: list[WorkerProcess] = []
     try:
