@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -626,47 +626,11 @@ def model_metrics(
     >>> sorted(m.to_dict())[:3]
     ['delay_median', 'event_recall', 'f1']
     """
-    if not len(labels_per_series) == len(scores_per_series) == len(alarms_per_series):
-        raise ValueError("one labels, scores and alarms array per series")
-    checked = [_check_series(lab, al) for lab, al in zip(labels_per_series, alarms_per_series, strict=True)]
-    labels = np.concatenate([lab for lab, _ in checked]) if checked else np.zeros(0, dtype=bool)
-    alarms = np.concatenate([al for _, al in checked]) if checked else np.zeros(0, dtype=bool)
-    scores = np.concatenate([np.asarray(s, dtype=np.float64) for s in scores_per_series]) if checked else alarms
-    if scores.shape != labels.shape:
-        raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ in shape")
-
-    tp = int((alarms & labels).sum())
-    fp = int((alarms & ~labels).sum())
-    fn = int((~alarms & labels).sum())
-    precision = _div(tp, tp + fp)
-    recall = _div(tp, tp + fn)
-
-    windows = sum(_window_bounds(lab)[0].shape[0] for lab, _ in checked)
-    delays = [d for lab, al in checked for d in detection_delays(lab, al)]
-    summaries = [nab_summarize(lab, al, probation_percent) for lab, al in checked]
-    nab = {key: nab_score_from_summaries(summaries, p) if windows else None for key, p in NAB_PROFILES.items()}
-    return ModelMetrics(
-        f1=_div(2 * precision * recall, precision + recall),
-        precision=precision,
-        recall=recall,
-        roc_auc=roc_auc(labels, scores),
-        pr_auc=pr_auc(labels, scores),
-        event_recall=_div(len(delays), windows),
-        false_alarms_per_1000=_div(1000.0 * fp, int((~labels).sum())),
-        delay_median=delay_median(delays),
-        nab_standard=nab["standard"],
-        nab_low_fp=nab["low_fp"],
-        nab_low_fn=nab["low_fn"],
-        counts={
-            "samples": int(labels.shape[0]),
-            "tp": tp,
-            "fp": fp,
-            "fn": fn,
-            "tn": int((~alarms & ~labels).sum()),
-            "windows": windows,
-            "detected": len(delays),
-        },  # fmt: skip
-    )
+    summary = summarize_metrics(labels_per_series, scores_per_series, alarms_per_series, probation_percent)
+    labels = np.concatenate([np.asarray(lab).astype(bool) for lab in labels_per_series] or [np.zeros(0, dtype=bool)])
+    scores = np.concatenate([np.asarray(s, dtype=np.float64) for s in scores_per_series] or [np.zeros(0)])
+    # every figure but the two areas is a sum over series (the summary's); the areas rank the exact scores
+    return replace(metrics_from_summary(summary), roc_auc=roc_auc(labels, scores), pr_auc=pr_auc(labels, scores))
 
 
 # --- federated evaluation: what a site sends instead of its readings ---------------------------
@@ -772,22 +736,24 @@ def summarize_metrics(
     """
     if not len(labels_per_series) == len(scores_per_series) == len(alarms_per_series):
         raise ValueError("one labels, scores and alarms array per series")
-    out = MetricsSummary()
+    checked, bins = [], []
     for lab, sc, al in zip(labels_per_series, scores_per_series, alarms_per_series, strict=True):
         labels, alarms = _check_series(lab, al)
-        bins = score_bins(sc)
-        if bins.shape != labels.shape:
-            raise ValueError(f"scores {bins.shape} and labels {labels.shape} differ in shape")
-        out = out.merge(
-            MetricsSummary(
-                tp=int((alarms & labels).sum()), fp=int((alarms & ~labels).sum()),
-                fn=int((~alarms & labels).sum()), tn=int((~alarms & ~labels).sum()),
-                windows=int(_window_bounds(labels)[0].shape[0]), delays=tuple(detection_delays(labels, alarms)),
-                nab=(nab_summarize(labels, alarms, probation_percent),),
-                positive_bins=_histogram(bins[labels]), negative_bins=_histogram(bins[~labels]),
-            )
-        )  # fmt: skip
-    return out
+        bins.append(score_bins(sc))
+        if bins[-1].shape != labels.shape:
+            raise ValueError(f"scores {bins[-1].shape} and labels {labels.shape} differ in shape")
+        checked.append((labels, alarms))
+    labels = np.concatenate([lab for lab, _ in checked] or [np.zeros(0, dtype=bool)])
+    alarms = np.concatenate([al for _, al in checked] or [np.zeros(0, dtype=bool)])
+    every_bin = np.concatenate(bins or [np.zeros(0, dtype=np.int64)])
+    return MetricsSummary(
+        tp=int((alarms & labels).sum()), fp=int((alarms & ~labels).sum()),
+        fn=int((~alarms & labels).sum()), tn=int((~alarms & ~labels).sum()),
+        windows=sum(int(_window_bounds(lab)[0].shape[0]) for lab, _ in checked),
+        delays=tuple(sorted(d for lab, al in checked for d in detection_delays(lab, al))),
+        nab=tuple(nab_summarize(lab, al, probation_percent) for lab, al in checked),
+        positive_bins=_histogram(every_bin[labels]), negative_bins=_histogram(every_bin[~labels]),
+    )  # fmt: skip
 
 
 def _binned_areas(positive: Mapping[int, int], negative: Mapping[int, int]) -> tuple[float | None, float | None]:
