@@ -78,17 +78,33 @@
    message: its output was lost unless the worker died and replayed it. The outbox now sends a
    refused output again, and its guard keeps the commit before that message until Kafka
    acknowledges it.
+11. **Local state ahead of its changelog is rebuilt, not fatal** (``_highwaters_not_behind``).
+   Before it reads a changelog partition, Faust's recovery compares the offset its local state
+   holds (RocksDB's persisted offset, or what a standby already applied) with the partition's
+   last offset, and raises ``ConsistencyError`` when the local state is ahead, which stops the
+   worker (seen once in the rebalance test: a standby at 74 over a changelog ending at 69). Either
+   the last offset read was stale (the partition's leader had just moved) or the log really ends
+   there (truncated, or recreated), and the local state holds writes the log does not. Kafka
+   Streams treats the second case as corrupt local state: it wipes the store and restores it
+   from the changelog. So does FLEAD now: it asks for the last offset again for up to
+   ``STALE_HIGHWATER_WAIT_S``, and a partition still ahead then has its local rows wiped (and the
+   agents' cached rows of it forgotten, ``add_state_rebuilt_hook``) and is read from the
+   changelog's start. Each rebuilt partition is logged and counted
+   (``state_partitions_rebuilt`` in ``/flead/stats/``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from faust import streams as faust_streams
+from faust.tables import recovery as faust_recovery
 from faust.transport import consumer as faust_consumer
 from faust.transport import producer as faust_producer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -296,6 +312,93 @@ def as_event(event: Any) -> Iterator[None]:
         faust_streams._current_event.reset(token)
 
 
+#: How long a changelog partition's last offset is asked for again while local state is ahead of it.
+STALE_HIGHWATER_WAIT_S = 10.0
+
+log = logging.getLogger(__name__)
+
+StateRebuiltHook = Callable[[set], None]
+
+
+def ahead_of_changelog(offsets: Any, highwaters: Any, tps: Iterable) -> set:
+    """The partitions among ``tps`` whose local state claims an offset past the changelog's last one.
+
+    Both as Faust's recovery keeps them: the last offset applied (local) or in the log, -1 for
+    none, None for unknown (an unknown side decides nothing).
+
+    >>> local = {"a": 74, "b": 69, "c": 5, "d": None, "e": -1}
+    >>> sorted(ahead_of_changelog(local, {"a": 69, "b": 69, "c": -1, "d": 3, "e": -1}, "abcde"))
+    ['a', 'c']
+    """
+    ahead = set()
+    for tp in tps:
+        offset, last = offsets.get(tp), highwaters.get(tp)
+        if offset is not None and last is not None and offset >= 0 and offset > last:
+            ahead.add(tp)
+    return ahead
+
+
+def add_state_rebuilt_hook(app: Any, hook: StateRebuiltHook) -> None:
+    """Call ``hook(changelog_tps)`` when recovery wipes the local state of those partitions (correction
+    11), before it reads them again from their changelog: whatever caches their rows must drop them."""
+    app.__dict__.setdefault("_flead_state_rebuilt_hooks", []).append(hook)
+
+
+def state_partitions_rebuilt(app: Any) -> int:
+    """How many changelog partitions this worker's recovery found ahead of their log and rebuilt."""
+    return app.__dict__.get("_flead_state_rebuilt", 0)
+
+
+def _wipe_local_partition(table: Any, partition: int) -> None:
+    """Delete every row ``table`` keeps locally for ``partition`` (RocksDB: one database per partition),
+    its persisted offset included. A store that keeps no partitions apart (memory) is left as it is:
+    reading the changelog again overwrites its rows."""
+    store = table.data
+    if not hasattr(store, "_dbs"):
+        return
+    db = store._db_for_partition(partition)
+    for key in list(store._visible_keys(db)):
+        db.delete(key)
+    db.delete(store.offset_key)
+    index = store._key_index
+    for key in [k for k, p in list(index.items()) if p == partition]:
+        index.pop(key, None)
+
+
+async def _highwaters_not_behind(self, consumer, tps, destination, title) -> None:  # noqa: ANN001 - wraps faust Recovery._build_highwaters
+    """Faust's last offsets of ``tps``, then correction 11 for the partitions whose local state is ahead."""
+    await _faust_build_highwaters(self, consumer, tps, destination, title)
+    offsets = self.active_offsets if title == "active" else self.standby_offsets
+    ahead = ahead_of_changelog(offsets, destination, tps)
+    deadline = time.monotonic() + STALE_HIGHWATER_WAIT_S
+    while ahead and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        for tp, end in (await consumer.highwaters(*ahead)).items():
+            destination[tp] = end - 1 if end is not None else -1
+        ahead = ahead_of_changelog(offsets, destination, ahead)
+    if not ahead:
+        return
+    for tp in sorted(ahead):
+        log.warning(
+            "%s state of %s is at offset %s, past the changelog's last offset %s: wiping it and reading it "
+            "again from the changelog", title, tp, offsets[tp], destination[tp],
+        )  # fmt: skip
+        _wipe_local_partition(self.tp_to_table[tp], tp.partition)
+        offsets[tp] = None  # active: Faust's offset build that follows starts it at the log's start
+    app = self.app
+    app.__dict__["_flead_state_rebuilt"] = state_partitions_rebuilt(app) + len(ahead)
+    for hook in app.__dict__.get("_flead_state_rebuilt_hooks", ()):
+        hook(ahead)
+    if title == "standby":  # standbys were sought to their offsets already: seek them to the start
+        earliest = await consumer.earliest_offsets(*ahead)
+        for tp in ahead:
+            offsets[tp] = earliest[tp] - 1 if earliest.get(tp) is not None else -1
+        await consumer.seek_wait({tp: max(offsets[tp], 0) for tp in ahead})
+
+
+_faust_build_highwaters = faust_recovery.Recovery._build_highwaters
+
+
 def apply() -> None:
     """Install the corrections and the commit hook (idempotent: applying twice changes nothing)."""
     faust_aiokafka.Producer._settings_extra = _idempotent_producer_settings
@@ -309,3 +412,4 @@ def apply() -> None:
     faust_producer.ProducerBuffer.put = _counting_put
     faust_producer.ProducerBuffer._send_pending = _counting_send_pending
     faust_producer.ProducerBuffer.flush = _flush_all_buffered
+    faust_recovery.Recovery._build_highwaters = _highwaters_not_behind

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flead_app import faust_patches
 from flead_app.app import app, runtime, settings
 from flead_app.dashboard import page
 
@@ -24,6 +25,8 @@ def worker_stats() -> dict[str, Any]:
         "role": settings.role,
         "site": settings.site,
         "outputs_never_acknowledged": never_acked,
+        # changelog partitions whose local state recovery found ahead of the log, wiped and read again
+        "state_partitions_rebuilt": faust_patches.state_partitions_rebuilt(app),
         "global_version": runtime.global_model.version,
         "global_accuracy": runtime.global_model.accuracy,
         "partition_leaders": {str(k): v for k, v in sorted(runtime.leaders.items())},

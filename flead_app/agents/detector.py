@@ -308,6 +308,7 @@ async def flush_rows() -> None:
 
 
 faust_patches.add_pre_commit_hook(app, flush_rows)
+faust_patches.add_state_rebuilt_hook(app, rows.forget_rebuilt)
 
 
 faust_patches.add_commit_guard(app, outbox.commit_guard(readings_topic.get_topic_name()))

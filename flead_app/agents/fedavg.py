@@ -129,6 +129,7 @@ async def flush_row() -> None:
 
 
 faust_patches.add_pre_commit_hook(app, flush_row)
+faust_patches.add_state_rebuilt_hook(app, rows.forget_rebuilt)
 
 
 faust_patches.add_commit_guard(app, outbox.commit_guard(local_updates_topic.get_topic_name()))

@@ -84,6 +84,12 @@ class WriteBehindTable(Generic[Row]):
             self.rows.popitem(last=False)
         return written
 
+    def forget_rebuilt(self, changelog_tps: set) -> None:
+        """Drop the cached rows of the changelog partitions recovery wiped (``faust_patches``
+        correction 11): the rows it reads again from the changelog are the truth."""
+        topic = self.table.changelog_topic.get_topic_name()
+        self.forget({tp.partition for tp in changelog_tps if tp.topic == topic})
+
     def forget(self, partitions: set[int]) -> int:
         """Drop the cached rows of ``partitions``; how many of them had changed since the last flush."""
         gone = [key for key, (partition, _) in self.rows.items() if partition in partitions]
