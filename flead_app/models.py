@@ -490,3 +490,35 @@ class DeadLetter(_JsonRecord):
             payload_bytes=len(raw),
             timestamp=utc_now_iso(),
         )
+
+
+@dataclass(frozen=True)
+class SiteEvaluation(_JsonRecord):
+    """One site's held-out evaluation of one model on one split, without the readings.
+
+    ``summary`` is an ``algorithms.metrics.MetricsSummary`` as a dict (confusion counts, windows
+    and detection delays, NAB's per-series summaries, score histograms), or None when the model
+    cannot score the split at this site (then the fleet's metrics for it do not exist either).
+    ``run`` names the site's evaluation run; the centre keeps the newest run of each site.
+
+    >>> r = SiteEvaluation(1, "r1", "global", 3, "devices", None, "2026-01-01T00:00:00.000Z")
+    >>> SiteEvaluation.from_json(r.to_json()) == r
+    True
+    """
+
+    site: int
+    run: str
+    model_kind: str
+    model_version: int
+    split: str
+    summary: dict[str, Any] | None
+    evaluated_at: str
+
+    def validate(self) -> None:
+        _check_int("site", self.site, 1)
+        _check_int("model_version", self.model_version, -1)
+        if not isinstance(self.model_kind, str) or not isinstance(self.split, str) or not isinstance(self.run, str):
+            raise InvalidRecord("model_kind, split and run must be strings")
+        if self.summary is not None and not isinstance(self.summary, dict):
+            raise InvalidRecord("summary must be an object or null")
+        parse_timestamp(self.evaluated_at)

@@ -35,13 +35,14 @@ per device.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from flead_app.algorithms.decision import device_thresholds
-from flead_app.algorithms.metrics import ModelMetrics, model_metrics
+from flead_app.algorithms.metrics import MetricsSummary, ModelMetrics, model_metrics, summarize_metrics
 from flead_app.algorithms.sgd import LinearModel
 
 SPLITS = ("readings", "devices", "prequential")
@@ -175,21 +176,27 @@ def evaluate(
     zrule: Decision,
     seed: int = 0,
     probation_percent: float | None = None,
-) -> dict[str, dict[str, ModelMetrics | None]]:
+    summarize: bool = False,
+) -> dict[str, dict[str, Any]]:
     """{split: {model: metrics}} for the latest global version and every baseline on each split.
 
     ``versions`` (every published version, with its time) serve the prequential split; the
-    others score ``latest``. A model that cannot score a split is None there.
+    others score ``latest``. A model that cannot score a split is None there. With ``summarize``
+    (a site's federated evaluation) each entry is the ``MetricsSummary`` of these series instead,
+    and a split with no series here has empty summaries for the models that could score it:
+    merged with other sites' summaries they give the fleet's metrics (``random`` excepted: each
+    site draws its alarms at its own global false-alarm rate).
     """
     kw = {} if probation_percent is None else {"probation_percent": probation_percent}
-    out: dict[str, dict[str, ModelMetrics | None]] = {}
+    measure = summarize_metrics if summarize else model_metrics
+    out: dict[str, dict[str, Any]] = {}
     for split in splits:
         picked = [(s, m) for s in series if (m := _in_split(s, split)) is not None and m.any()]
         if not picked:
-            out[split] = dict.fromkeys(MODELS)
+            out[split] = _nothing_to_score(split, central is not None) if summarize else dict.fromkeys(MODELS)
             continue
         labels = [s.labels[m] for s, m in picked]
-        results: dict[str, ModelMetrics | None] = {}
+        results: dict[str, Any] = {}
         glob_scores, glob_alarms = [], []
         for s, m in picked:
             if split == "prequential":
@@ -200,28 +207,48 @@ def evaluate(
                 a = alarms_from(p, latest.decision, blocks=s.arrived_at)
             glob_scores.append(p[m])
             glob_alarms.append(a[m])
-        results["global"] = model_metrics(labels, glob_scores, glob_alarms, **kw)
+        results["global"] = measure(labels, glob_scores, glob_alarms, **kw)
         if central is not None and split != "prequential":
             ps = [central.score(s.features) for s, _ in picked]
-            results["central"] = model_metrics(
+            results["central"] = measure(
                 labels, [p[m] for p, (_, m) in zip(ps, picked, strict=True)],
                 [alarms_from(p, central.decision)[m] for p, (_, m) in zip(ps, picked, strict=True)], **kw,
             )  # fmt: skip
         else:
             results["central"] = None
-        results["local"] = _local(picked, split, labels, kw)
+        results["local"] = _local(picked, split, labels, kw, measure)
         zs = [np.abs(s.z) for s, _ in picked]
-        results["zrule"] = model_metrics(
+        results["zrule"] = measure(
             labels, [z[m] for z, (_, m) in zip(zs, picked, strict=True)],
             [alarms_from(z, Decision(np.nextafter(zrule.threshold, np.inf), zrule.refractory))[m]
              for z, (_, m) in zip(zs, picked, strict=True)], **kw,
         )  # fmt: skip
-        results["random"] = _random(picked, labels, results["global"], seed, kw)
+        results["random"] = _random(picked, labels, false_alarm_rate(results["global"]), seed, kw, measure)
         out[split] = results
     return out
 
 
-def _local(picked: list, split: str, labels: list, kw: Mapping) -> ModelMetrics | None:
+def false_alarm_rate(m: ModelMetrics | MetricsSummary) -> float:
+    """Alarms per normal reading.
+
+    >>> false_alarm_rate(MetricsSummary(fp=3, tn=997)), false_alarm_rate(MetricsSummary())
+    (0.003, 0.0)
+    """
+    if isinstance(m, MetricsSummary):
+        return m.fp / (m.fp + m.tn) if m.fp + m.tn else 0.0
+    return m.false_alarms_per_1000 / 1000.0
+
+
+def _nothing_to_score(split: str, with_central: bool) -> dict[str, MetricsSummary | None]:
+    """A site's summaries of a split it has no readings of: empty for the models that could score it."""
+    empty = MetricsSummary()
+    return {
+        "global": empty, "central": empty if with_central and split != "prequential" else None,
+        "local": None if split == "devices" else empty, "zrule": empty, "random": empty,
+    }  # fmt: skip
+
+
+def _local(picked: list, split: str, labels: list, kw: Mapping, measure: Callable = model_metrics) -> Any:
     if split == "devices":
         return None  # held-out devices never train: they have no model of their own
     scores, alarms = [], []
@@ -231,13 +258,12 @@ def _local(picked: list, split: str, labels: list, kw: Mapping) -> ModelMetrics 
             return None
         scores.append(p[m])
         alarms.append(alarms_from(p, s.local_decision)[m])
-    return model_metrics(labels, scores, alarms, **kw)
+    return measure(labels, scores, alarms, **kw)
 
 
-def _random(picked: list, labels: list, global_metrics: ModelMetrics, seed: int, kw: Mapping) -> ModelMetrics:
+def _random(picked: list, labels: list, rate: float, seed: int, kw: Mapping, measure: Callable = model_metrics) -> Any:
     """Alarms at random, at the global model's rate of false alarms per normal reading on this split."""
-    rate = global_metrics.false_alarms_per_1000 / 1000.0
     rng = np.random.default_rng(seed)
     scores = [rng.random(lab.shape[0]) for lab in labels]
     alarms = [sc < rate for sc in scores]
-    return model_metrics(labels, scores, alarms, **kw)
+    return measure(labels, scores, alarms, **kw)

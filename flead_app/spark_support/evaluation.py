@@ -20,6 +20,7 @@ models' thresholds are their devices' own already.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -41,7 +42,7 @@ from flead_app.algorithms.device import (
     training_targets,
 )
 from flead_app.algorithms.holdout import device_held_out
-from flead_app.algorithms.metrics import ModelMetrics
+from flead_app.algorithms.metrics import MetricsSummary, ModelMetrics, metrics_from_summary
 from flead_app.algorithms.protocol import MODELS, SPLITS, Decision, DeviceSeries, VersionModel, evaluate
 from flead_app.algorithms.sgd import LinearModel
 
@@ -245,6 +246,81 @@ def run_evaluation(
     baselines = {KIND_GLOBAL: models[latest], KIND_CENTRAL: central}
     samples = sample_rows(series, baselines, latest, sample_cap, now)
     return RunResult(summaries, samples, results, trend, latest, skipped, stability(trend))
+
+
+# --- federated evaluation: each site scores its own readings, the centre merges the summaries ---
+
+#: (model kind, model version, split) -> a site's MetricsSummary of it, or None (cannot score it there)
+SiteSummaries = dict[tuple[str, int, str], MetricsSummary | None]
+
+
+def site_evaluation(
+    series: Sequence[DeviceSeries], evaluated: Sequence[GlobalVersion], published: Sequence[GlobalVersion],
+    cfg: DeviceConfig,
+) -> SiteSummaries:  # fmt: skip
+    """One site's share of ``run_evaluation`` on its own devices: the same versions, splits and
+    models, as ``MetricsSummary`` parts to merge centrally (``merge_site_evaluations``) instead of
+    metrics. No central model: a site has no pooled readings to fit one on, which is the point.
+    Nothing when no evaluated version fits the site's features (or the site has no series)."""
+    n_features = series[0].features.shape[1] if series else 0
+    good = sorted((v for v in evaluated if usable(v, n_features)), key=lambda v: v.version)
+    if not good or not series:
+        return {}
+    zrule = Decision(cfg.z_threshold, refractory_of(cfg))
+    models = {v.version: v.model(cfg) for v in good}
+    latest = good[-1].version
+    out: SiteSummaries = {}
+    for version, m in models.items():
+        if version != latest:
+            for split, by_model in evaluate(series, VERSION_SPLITS, m, [m], None, zrule, summarize=True).items():
+                out[(KIND_GLOBAL, version, split)] = by_model[KIND_GLOBAL]
+    all_published = [v.model(cfg) for v in published if usable(v, n_features)] or [models[latest]]
+    for split, by_model in evaluate(series, SPLITS, models[latest], all_published, None, zrule, summarize=True).items():
+        for kind, summary in by_model.items():
+            if kind != KIND_CENTRAL:
+                out[(kind, latest, split)] = summary
+    return out
+
+
+@dataclass(frozen=True)
+class MergedEvaluation:
+    summaries: list[dict]  # rows of evaluation_summaries, as run_evaluation's
+    waiting: dict[tuple[str, int, str], list[int]]  # what some sites have not reported yet: those sites
+
+
+def merge_site_evaluations(by_site: dict[int, SiteSummaries], sites: Sequence[int], now: datetime) -> MergedEvaluation:
+    """The fleet's evaluation rows from the sites' summaries: for each (model, version, split) that
+    every site in ``sites`` reported, the merged summary's metrics (``metrics_from_summary``); none
+    where a site could not score it (a model missing anywhere is missing for the fleet, as in the
+    pooled evaluation) or no site had a reading of it.
+
+    >>> from flead_app.algorithms.metrics import summarize_metrics
+    >>> labels = np.array([0, 0, 0, 0, 1, 1, 0, 0, 0, 0])
+    >>> one = summarize_metrics([labels], [labels * 1.0], [np.arange(10) == 5], probation_percent=0.0)
+    >>> key = ("zrule", 3, "readings")
+    >>> merged = merge_site_evaluations({1: {key: one}, 2: {key: one}}, [1, 2, 3], datetime(2026, 1, 1, tzinfo=UTC))
+    >>> merged.summaries, merged.waiting
+    ([], {('zrule', 3, 'readings'): [3]})
+    >>> merged = merge_site_evaluations({1: {key: one}, 2: {key: one}}, [1, 2], datetime(2026, 1, 1, tzinfo=UTC))
+    >>> [(r["samples"], r["recall"], r["event_recall"], r["delay_median"]) for r in merged.summaries]
+    [(20, 0.5, 1.0, 1.0)]
+    """
+    keys = sorted({key for reported in by_site.values() for key in reported})
+    rows, waiting = [], {}
+    for key in keys:
+        missing = [k for k in sites if key not in by_site.get(k, {})]
+        if missing:
+            waiting[key] = missing
+            continue
+        parts = [by_site[k][key] for k in sites]
+        if any(p is None for p in parts):
+            continue
+        merged = functools.reduce(MetricsSummary.merge, parts)
+        if merged.tp + merged.fp + merged.fn + merged.tn == 0:
+            continue
+        kind, version, split = key
+        rows.append(summary_row(kind, version, split, metrics_from_summary(merged), now))
+    return MergedEvaluation(rows, waiting)
 
 
 def sample_rows(

@@ -9,8 +9,10 @@ import pytest
 from flead_app.algorithms.device import DeviceConfig, DeviceMessage, DeviceState, initial_model, step
 from flead_app.algorithms.holdout import device_held_out, holdout_mask
 from flead_app.algorithms.incident_features import NUM_FEATURES
+from flead_app.algorithms.metrics import MetricsSummary
 from flead_app.algorithms.protocol import Decision, evaluate
 from flead_app.algorithms.sgd import LinearModel
+from flead_app.algorithms.sites import site_of
 from flead_app.spark_support.evaluation import (
     KIND_CENTRAL,
     KIND_GLOBAL,
@@ -18,9 +20,11 @@ from flead_app.spark_support.evaluation import (
     ROW_FIXED,
     GlobalVersion,
     central_model,
+    merge_site_evaluations,
     replay_device,
     run_evaluation,
     series_from_rows,
+    site_evaluation,
     stability,
     thin_versions,
     training_rows,
@@ -162,6 +166,48 @@ def test_the_run_scores_versions_on_two_splits_and_the_newest_with_every_baselin
     assert row["nab_standard"] == pytest.approx(direct["devices"]["global"].nab_standard)
     assert row["tp"] + row["fp"] + row["tn"] + row["fn"] == row["samples"] > 0
     assert len(run.samples) == 100 and {r["model_kind"] for r in run.samples} == {KIND_GLOBAL, KIND_CENTRAL}
+
+
+def test_sites_evaluating_their_own_devices_merge_to_the_pooled_evaluation():
+    """Federated evaluation: each site summarises its own devices; the merged rows are the pooled
+    run's, exactly for every count-based figure and within 0.01 for the two areas (histograms)."""
+    _, series = _fleet()
+    versions = [
+        GlobalVersion(7, _weights(1.5, 0.5, 0.0, 0.5), -4.0, created_at=T0, threshold=2.0, score_loc=-4.0,
+                      score_scale=1.0),
+        GlobalVersion(9, _weights(1.0, 0.5, 0.0, 0.5), -3.5, created_at=T0 + 5, threshold=2.0, score_loc=-3.5,
+                      score_scale=1.0),
+    ]  # fmt: skip
+    pooled = run_evaluation(series, versions, versions, None, CFG, NOW)
+    by_site = {k: site_evaluation([s for s in series if site_of(s.device_id, 3) == k], versions, versions, CFG)
+               for k in (1, 2, 3)}  # fmt: skip
+    assert all(by_site.values()), "every site has devices"
+    # a site without held-out devices still reports the devices split (empty), so the merge completes
+    assert not merge_site_evaluations(by_site, [1, 2, 3, 4], NOW).summaries
+    merged = merge_site_evaluations(by_site, [1, 2, 3], NOW)
+    assert merged.waiting == {}
+    key = lambda r: (r["model_kind"], r["model_version"], r["split"])  # noqa: E731
+    want = {key(r): r for r in pooled.summaries if r["model_kind"] != "random"}
+    got = {key(r): r for r in merged.summaries if r["model_kind"] != "random"}
+    assert set(got) == set(want) and len(want) >= 10
+    exact = ("samples", "tp", "fp", "fn", "tn", "f1", "precision", "recall", "event_recall", "false_alarms_per_1000",
+             "delay_median", "nab_standard", "nab_low_fp", "nab_low_fn")  # fmt: skip
+    for k, row in want.items():
+        for name in exact:
+            assert got[k][name] == pytest.approx(row[name], abs=1e-9), (k, name)
+        for name in ("roc_auc", "pr_auc"):
+            assert (got[k][name] is None) == (row[name] is None), (k, name)
+            if row[name] is not None:
+                assert got[k][name] == pytest.approx(row[name], abs=0.01), (k, name)
+    randoms = {key(r) for r in merged.summaries if r["model_kind"] == "random"}
+    assert randoms == {("random", 9, split) for split in ("readings", "devices", "prequential")}
+
+
+def test_a_site_that_cannot_score_a_model_leaves_it_out_for_the_fleet():
+    one = {("local", 9, "readings"): None, ("global", 9, "readings"): MetricsSummary(tp=1, tn=3)}
+    two = {("local", 9, "readings"): MetricsSummary(tp=2, tn=5), ("global", 9, "readings"): MetricsSummary(fn=1)}
+    merged = merge_site_evaluations({1: one, 2: two}, [1, 2], NOW)
+    assert [(r["model_kind"], r["samples"]) for r in merged.summaries] == [("global", 5)]
 
 
 def test_nothing_to_score_writes_nothing():
