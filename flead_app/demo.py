@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flead_app.io.kafka import pipeline_lags
-from flead_app.settings import Settings, load_settings
+from flead_app.settings import Settings, load_settings, setting_env
 from flead_app.worker import WorkerProcess
 
 TREND_POINTS = 12  # global versions the demo evaluates on held-out data at the end
@@ -186,17 +186,22 @@ def summary_line(stats: dict, started: float, heldout: str) -> str:
     )
 
 
+#: a side job: the ``flead`` arguments and the settings it runs with (a site's, or the centre's: none)
+SideJob = tuple[list[str], dict[str, str]]
+
+
 class SideJobs:
     """Spark jobs the demo runs in the background while the simulator produces, one at a time."""
 
-    def __init__(self, settings: Settings, started_at: datetime, env: dict[str, str] | None = None) -> None:
-        """``env``: settings of the jobs (with sites: the site whose readings they read)."""
-        self.env = {**os.environ, **(env or {})}
+    def __init__(self, settings: Settings, started_at: datetime, sites: int = 0) -> None:
+        """``sites``: with sites, each job runs at every site (on the site's own readings) and the
+        centre merges the sites' evaluation summaries."""
+        self.sites = sites
         self.log = settings.home_path / "logs" / "demo-spark.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.started_at = started_at
         self.proc: subprocess.Popen | None = None
-        self.queue: list[list[str]] = []
+        self.queue: list[SideJob] = []
         self.next_at = time.monotonic() + SIDE_JOBS_EVERY_S
         self.done = 0
 
@@ -205,18 +210,34 @@ class SideJobs:
             self.proc, self.done = None, self.done + 1
         if time.monotonic() >= self.next_at:
             self.next_at = time.monotonic() + SIDE_JOBS_EVERY_S
-            self.queue += [["spark", "evaluate", "--every", "10"], self.analytics_args()]
+            self.queue += self.evaluation_jobs(10) + self.analytics_jobs()
         if self.proc is None and self.queue:
-            args = self.queue.pop(0)
+            args, env = self.queue.pop(0)
             out = self.log.open("a")
             self.proc = subprocess.Popen([sys.executable, "-m", "flead_app.cli", *args], stdout=out,
-                                         stderr=subprocess.STDOUT, env=self.env)  # fmt: skip
+                                         stderr=subprocess.STDOUT, env={**os.environ, **env})  # fmt: skip
             out.close()
 
-    def analytics_args(self) -> list[str]:
-        """The run so far as one window (hourly windows would not close during a demo)."""
+    def site_envs(self) -> list[dict[str, str]]:
+        return [setting_env(site=k) for k in range(1, self.sites + 1)] if self.sites else [{}]
+
+    def evaluation_jobs(self, every: int) -> list[SideJob]:
+        """Held-out evaluation of the waiting global versions (every ``every``-th): centrally, or at
+        each site on its own readings and then merged at the centre (federated evaluation)."""
+        if not self.sites:
+            return [(["spark", "evaluate", "--every", str(every)], {})]
+        at_sites = [(["spark", "evaluate-site", "--every", str(every)], env) for env in self.site_envs()]
+        return [*at_sites, (["spark", "merge-evaluations"], {})]
+
+    def analytics_jobs(self) -> list[SideJob]:
+        """The run so far as one window (hourly windows would not close during a demo), at each site."""
         start = self.started_at.replace(second=0, microsecond=0)
-        return ["spark", "analytics", "--start", start.isoformat(), "--end", datetime.now(UTC).isoformat()]
+        args = ["spark", "analytics", "--start", start.isoformat(), "--end", datetime.now(UTC).isoformat()]
+        return [(args, env) for env in self.site_envs()]
+
+    def run_now(self, jobs: list[SideJob]) -> bool:
+        """Run ``jobs`` one after the other in the foreground; whether every one succeeded."""
+        return all([_flead(*args, check=False, log=self.log, env=env).returncode == 0 for args, env in jobs])
 
     def finish(self, timeout: float = 300.0) -> None:
         """Wait for the running job (its results belong to the run); drop the queued ones."""
@@ -228,9 +249,10 @@ class SideJobs:
                 self.proc.kill()
 
 
-def evaluate_trend(settings: Settings, log: Path, env: dict[str, str] | None = None) -> None:
+def evaluate_trend(settings: Settings, side: SideJobs) -> None:
     """Score about ``TREND_POINTS`` global versions (first, last, evenly between) on held-out
-    readings with Spark, so the report can compare versions on the same data."""
+    readings with Spark, so the report can compare versions on the same data (with sites: each
+    site on its own readings, merged at the centre)."""
     from flead_app.report import global_version_count
 
     versions = global_version_count(settings)
@@ -238,9 +260,10 @@ def evaluate_trend(settings: Settings, log: Path, env: dict[str, str] | None = N
         say("no global version to evaluate")
         return
     every = max(1, math.ceil(versions / TREND_POINTS))
-    say(f"held-out evaluation of {versions} global versions (every {every}th, with Spark; log {log}) ...")
-    if _flead("spark", "evaluate", "--every", str(every), check=False, log=log, env=env).returncode != 0:
-        say(f"the evaluation failed (see {log}); the report shows the rest")
+    where = f"at each of the {side.sites} sites on its own readings, merged centrally" if side.sites else "centrally"
+    say(f"held-out evaluation of {versions} global versions (every {every}th, with Spark, {where}; log {side.log}) ...")
+    if not side.run_now(side.evaluation_jobs(every)):
+        say(f"the evaluation failed (see {side.log}); the report shows the rest")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -274,8 +297,9 @@ def run(args: argparse.Namespace) -> int:
         simulator = subprocess.Popen(sim_args, stdout=sim_log, stderr=subprocess.STDOUT)
     say(f"simulator running for {args.minutes:g} min (log {sim_log_path})")
     started = time.monotonic()
-    side = None if args.no_evaluate else SideJobs(settings, datetime.now(UTC))
-    interrupted = follow(settings, side, started, lambda: simulator.poll() is None, worker.stats,
+    side = SideJobs(settings, datetime.now(UTC))
+    side_jobs = None if args.no_evaluate else side
+    interrupted = follow(settings, side_jobs, started, lambda: simulator.poll() is None, worker.stats,
                          lambda: simulator.send_signal(signal.SIGINT))  # fmt: skip
     simulator.wait()
     print("".join(line for line in sim_log_path.open() if not line.startswith("[")), flush=True)
@@ -287,12 +311,11 @@ def run(args: argparse.Namespace) -> int:
         say("the worker has processed and stored everything produced")
     print(summary_line(worker.stats(), started, ""), flush=True)
     worker.stop()
-    if side:
+    if not args.no_evaluate:
         side.finish()
-        side.queue.append(side.analytics_args())
-        _flead(*side.queue.pop(), check=False, log=side.log)
+        side.run_now(side.analytics_jobs())
     if not args.no_evaluate and not interrupted:
-        evaluate_trend(settings, settings.home_path / "logs" / "demo-spark.log")
+        evaluate_trend(settings, side)
     say("report\n")
     _flead("report", check=False)
     if not args.keep_running and not settings.demo_keep_stack:

@@ -11,8 +11,9 @@ readings the site received.
 Unless ``--keep-data``, the sites start from fresh clusters (``wipe_sites``: site data,
 MirrorMaker's state and the central cluster's MirrorMaker topics about them) and the central
 cluster and database are emptied (``flead stack reset``), so every byte counted belongs to this
-run. The Spark side jobs read readings where they are: site 1's cluster (scoring global versions
-on every site's held-out readings is federated evaluation, a separate piece of work).
+run. The Spark side jobs run where the readings are: each site's evaluation scores global versions on
+its own held-out readings and sends only summaries, which the centre merges into the evaluation
+tables (``spark_support.federated``); each site's analytics writes its own rows centrally.
 """
 
 from __future__ import annotations
@@ -41,9 +42,6 @@ from flead_app.demo import (
 from flead_app.io.kafka import pipeline_lags
 from flead_app.settings import Settings, at_site, load_settings, setting_env
 from flead_app.worker import WorkerProcess
-
-#: the site whose readings the demo's Spark jobs read
-SPARK_SITE = 1
 
 
 def merged_stats(sites: list[dict], central: dict) -> dict:
@@ -192,10 +190,10 @@ def run_sites(args: argparse.Namespace, brokers: int, sites: int) -> int:
         sim_logs.append(path)
     say(f"{sites} simulators running for {args.minutes:g} min, one per site, each with its share of the fleet")
     started = time.monotonic()
-    spark_env = setting_env(site=SPARK_SITE)
-    side = None if args.no_evaluate else SideJobs(settings, datetime.now(UTC), env=spark_env)
-    if side:
-        say(f"Spark side jobs read site {SPARK_SITE}'s readings (they never reach the centre)")
+    side = SideJobs(settings, datetime.now(UTC), sites=sites)
+    if not args.no_evaluate:
+        say("Spark side jobs run at each site on its own readings (they never reach the centre); the sites' "
+            "evaluation summaries are merged centrally")  # fmt: skip
 
     def stats() -> dict:
         return merged_stats([w.stats() for w in site_workers], central.stats())
@@ -204,7 +202,9 @@ def run_sites(args: argparse.Namespace, brokers: int, sites: int) -> int:
         for p in simulators:
             p.send_signal(signal.SIGINT)
 
-    interrupted = demo.follow(settings, side, started, lambda: any(p.poll() is None for p in simulators), stats, stop)
+    side_jobs = None if args.no_evaluate else side
+    running = lambda: any(p.poll() is None for p in simulators)  # noqa: E731
+    interrupted = demo.follow(settings, side_jobs, started, running, stats, stop)
     for p in simulators:
         p.wait()
     for path in sim_logs:
@@ -221,12 +221,11 @@ def run_sites(args: argparse.Namespace, brokers: int, sites: int) -> int:
         pass
     for w in workers:
         w.stop()
-    if side:
+    if not args.no_evaluate:
         side.finish()
-        side.queue.append(side.analytics_args())
-        _flead(*side.queue.pop(), check=False, log=side.log, env=spark_env)
+        side.run_now(side.analytics_jobs())
     if not args.no_evaluate and not interrupted:
-        evaluate_trend(settings, logs / "demo-spark.log", env=spark_env)
+        evaluate_trend(settings, side)
     say("report\n")
     _flead("report", check=False)
     if not args.keep_running and not settings.demo_keep_stack:

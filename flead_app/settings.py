@@ -174,6 +174,10 @@ class Settings:
     topic_local_updates: str = field(default="local-model-updates", metadata={"help": "Local model updates"})
     topic_global_updates: str = field(default="global-model-updates", metadata={"help": "Global models"})
     topic_dead_letter: str = field(default="flead-dead-letter", metadata={"help": "Bad input, with the reason"})
+    topic_site_evaluations: str = field(
+        default="site-evaluations",
+        metadata={"help": "Sites topology: each site's held-out evaluation summaries (no readings), to the centre"},
+    )
     # --- fleet ------------------------------------------------------------------------
     devices: int = field(default=2407, metadata={"help": "Devices the simulator runs"})
     readings_per_minute: int = field(default=31482, metadata={"help": "Simulator rate, readings per minute"})
@@ -410,6 +414,11 @@ class Settings:
     @property
     def home_path(self) -> Path:
         return Path(self.home).resolve() if self.home else _home()
+
+    @property
+    def site_topics(self) -> list[str]:
+        """A site's cluster holds every pipeline topic, and its evaluation summaries start there."""
+        return [*self.pipeline_topics, self.topic_site_evaluations]
 
     @property
     def pipeline_topics(self) -> list[str]:

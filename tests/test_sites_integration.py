@@ -25,6 +25,7 @@ import sys
 import time
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -33,7 +34,7 @@ from flead_app.io.db.store import sqlalchemy_url
 from flead_app.io.kafka import consumer, create_topics
 from flead_app.io.mirror import flow_lag
 from flead_app.io.traffic import measure
-from flead_app.models import Anomaly, GlobalModel, LocalModelUpdate
+from flead_app.models import Anomaly, GlobalModel, LocalModelUpdate, SiteEvaluation
 from flead_app.settings import Settings
 from flead_app.simulate import SimOptions, simulate
 from flead_app.stack.sites import Sites
@@ -115,6 +116,7 @@ def topology(stack, db_url, tmp_path):
         "topic_local_updates": f"{run}-local",
         "topic_global_updates": f"{run}-global",
         "topic_dead_letter": f"{run}-dead",
+        "topic_site_evaluations": f"{run}-evals",
     }
     settings = replace(stack, app_id=run, db_url=db_url, **names)
     central_topics = [v for k, v in names.items() if k != "topic_readings"]
@@ -188,7 +190,8 @@ def test_sites_keep_readings_at_home_survive_a_cut_and_count_the_bytes_that_cros
     settings, sites, central, site_workers, env = topology
     site_boot = {k: [c.bootstrap] for k, c in sites.clusters.items()}
     central_boot = settings.bootstrap_servers
-    up_topics, down_topics = [settings.topic_local_updates, settings.topic_anomalies], [settings.topic_global_updates]
+    up_topics = [settings.topic_local_updates, settings.topic_anomalies, settings.topic_site_evaluations]
+    down_topics = [settings.topic_global_updates]
 
     def count(bootstrap: list[str], topic: str) -> int:
         return len(asyncio.run(all_records(settings, bootstrap, topic)))
@@ -275,6 +278,11 @@ def test_sites_keep_readings_at_home_survive_a_cut_and_count_the_bytes_that_cros
     after = [g for g in central_globals if g.global_version > version_at_reconnect]
     assert len(after) >= 2 and max(g.mean_staleness for g in after) > 0
 
+    # 4. federated evaluation: each site scores global versions on its own readings and sends only
+    # summaries; the centre merges them. The same run evaluated centrally (both sites' readings
+    # pooled, which only a test may do here) gives the same rows.
+    federated_and_central_evaluation_agree(settings, sites, mirrored)
+
     # no reading at the centre: every record of every central topic of this run is something else
     site_readings = {r.value for b in site_boot.values()
                      for r in asyncio.run(all_records(settings, b, settings.topic_readings))}  # fmt: skip
@@ -283,7 +291,7 @@ def test_sites_keep_readings_at_home_survive_a_cut_and_count_the_bytes_that_cros
     assert settings.topic_readings not in run_topics
     inspected = 0
     kinds = {settings.topic_anomalies: Anomaly, settings.topic_local_updates: LocalModelUpdate,
-             settings.topic_global_updates: GlobalModel}  # fmt: skip
+             settings.topic_global_updates: GlobalModel, settings.topic_site_evaluations: SiteEvaluation}  # fmt: skip
     for topic in run_topics:
         for r in asyncio.run(all_records(settings, central_boot, topic)):
             inspected += 1
@@ -312,7 +320,8 @@ def test_sites_keep_readings_at_home_survive_a_cut_and_count_the_bytes_that_cros
             for t in (settings.topic_readings, *up_topics, *down_topics)
         }
         assert site["reading_bytes"] == sizes[settings.topic_readings] > 0
-        assert site["up_bytes"] == sizes[settings.topic_local_updates] + sizes[settings.topic_anomalies] > 0
+        assert site["up_bytes"] == sum(sizes[t] for t in up_topics) > 0
+        assert sizes[settings.topic_site_evaluations] > 0, "the evaluation summaries crossed too"
         assert site["down_bytes"] == sizes[settings.topic_global_updates] > 0
         # no claim that fewer bytes cross than readings arrive: each round's update (weights,
         # gradient and Hessian, score histogram, feature moments: ~3.6 KB of JSON) outweighs the
@@ -323,3 +332,83 @@ def test_sites_keep_readings_at_home_survive_a_cut_and_count_the_bytes_that_cros
     assert bw["crossed_bytes"] == sum(s["crossed_bytes"] for s in bw["per_site"].values())
     assert bw["saving"] == pytest.approx(1 - bw["crossed_bytes"] / bw["reading_bytes"])
     assert bw["arrived_central_bytes"] > 0
+
+
+def federated_and_central_evaluation_agree(settings: Settings, sites: Sites, mirrored) -> None:  # noqa: ANN001
+    from flead_app.io.db.store import Database
+    from flead_app.spark_support.analytics import Window
+    from flead_app.spark_support.evaluation import run_evaluation, series_from_rows
+    from flead_app.spark_support.federated import (
+        global_versions,
+        merge_evaluations_job,
+        site_evaluate_job,
+    )
+    from flead_app.spark_support.jobs import analytics_job, device_config, replayed_rows
+    from flead_app.spark_support.session import SparkOptions, build_session
+
+    # the workers' learning settings (the replay must reproduce their rounds)
+    base = replace(settings, train_every=20, alarm_rule="zrule", sites=2)
+    at = {
+        k: replace(base, site=k, kafka_bootstrap=c.bootstrap, replication_factor=1) for k, c in sites.clusters.items()
+    }
+    spark = build_session(SparkOptions(master="local[2]", driver_memory="1g", shuffle_partitions=2))
+    try:
+        done = {k: site_evaluate_job(spark, s, every=4) for k, s in at.items()}
+        assert all(r.records_sent > 0 for r in done.values()), done
+        assert done[1].versions == done[2].versions, "both sites evaluated the same versions"
+        wait_for(mirrored, DRAIN_S, "MirrorMaker carried the summaries")
+        db = Database.from_settings(base)
+        try:
+            merged = merge_evaluations_job(base, db, [1, 2])
+        finally:
+            db.close()
+        assert merged.waiting == {} and merged.written == len(merged.rows) > 0
+        # per-site analytics: each site's job counts its own readings and replaces only its own rows
+        window = Window(datetime.now(UTC) - timedelta(hours=3), datetime.now(UTC) + timedelta(minutes=1))
+        db = Database.from_settings(base)
+        try:
+            counted = {k: analytics_job(spark, s, window, db).readings for k, s in at.items()}
+            counted[1] = analytics_job(spark, at[1], window, db).readings  # a re-run replaces site 1's rows only
+            with db.engine.connect() as conn:
+                stored = conn.execute(text(
+                    "SELECT site, scope, sum(count) FROM stream_analytics WHERE window_start = :a AND window_end = :b "
+                    "GROUP BY site, scope"), {"a": window.start, "b": window.end}).all()  # fmt: skip
+        finally:
+            db.close()
+        totals = {(site, scope): int(n) for site, scope, n in stored}
+        for k in (1, 2):
+            assert counted[k] > 0 and totals[(k, "fleet")] == totals[(k, "device")] == counted[k], (k, totals)
+        cfg = device_config(base)
+        rows = []
+        for s in at.values():
+            parsed, replayed, _ = replayed_rows(spark, s, cfg)
+            rows += replayed.collect()
+            replayed.unpersist()
+            parsed.unpersist()
+        again = site_evaluate_job(spark, at[1], every=4)  # after the merge: it waits for site 2 from now on
+        assert again.versions and not set(again.versions) & set(done[1].versions), "a version reported twice"
+    finally:
+        spark.stop()
+    series = series_from_rows(rows, cfg)
+    records = asyncio.run(all_records(base, base.bootstrap_servers, base.topic_global_updates))
+    published, _ = global_versions(r.value for r in records)
+    evaluated = [v for v in published if v.version in set(done[1].versions)]
+    pooled = run_evaluation(series, evaluated, published, None, cfg, datetime.now(UTC))
+
+    def key(r: dict) -> tuple:
+        return r["model_kind"], r["model_version"], r["split"]
+
+    want = {key(r): r for r in pooled.summaries if r["model_kind"] != "random"}
+    got = {key(r): r for r in merged.rows if r["model_kind"] != "random"}
+    assert set(got) == set(want) and any(k[0] == "global" for k in want)
+    for k, row in want.items():
+        for name in ("samples", "tp", "fp", "fn", "tn", "f1", "event_recall", "false_alarms_per_1000", "delay_median",
+                     "nab_standard"):  # fmt: skip
+            assert got[k][name] == pytest.approx(row[name], abs=1e-9), (k, name, got[k][name], row[name])
+        for name in ("roc_auc", "pr_auc"):
+            if row[name] is not None:
+                assert got[k][name] == pytest.approx(row[name], abs=0.01), (k, name)
+    sent = sum(r.bytes_sent for r in done.values())
+    print(f"federated evaluation: versions {done[1].versions}, {len(got)} rows equal to the pooled evaluation's; "
+          f"{sum(r.records_sent for r in done.values())} summaries, {sent:,} bytes of JSON from "
+          f"{sum(r.readings for r in done.values()):,} labelled readings")  # fmt: skip

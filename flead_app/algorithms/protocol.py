@@ -113,6 +113,23 @@ class VersionModel:
         logit = np.asarray(features, dtype=np.float64) @ self.model.weights + self.model.bias
         return (logit - self.loc) / self.scale
 
+    def ranking_score(self, features: np.ndarray) -> np.ndarray:
+        """What ROC-AUC and PR-AUC rank: ``score`` itself once the version publishes its decision
+        (the standardised logit, spread about 1 over normal readings); before that, w . x / |w|,
+        in the same order. An early version's logits are its bias plus a tiny spread (all within
+        0.01 of -4.6, say), which the federated evaluation's fixed score histogram would put in
+        one bin, tying readings the exact ranking tells apart.
+
+        >>> v = VersionModel(1, LinearModel(np.array([3e-4, 4e-4]), -4.6), Decision(np.inf))
+        >>> v.ranking_score(np.array([[1.0, 2.0], [2.0, 1.0]])).round(6).tolist()
+        [2.2, 2.0]
+        """
+        w = self.model.weights
+        norm = float(np.linalg.norm(w))
+        if np.isfinite(self.decision.threshold) or norm == 0.0:
+            return self.score(features)
+        return (np.asarray(features, dtype=np.float64) @ w) / norm
+
 
 @dataclass(frozen=True)
 class DeviceSeries:
@@ -144,9 +161,12 @@ def _in_split(s: DeviceSeries, split: str) -> np.ndarray | None:
     raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
 
 
-def prequential_scores(features: np.ndarray, arrived_at: np.ndarray, versions: Sequence[VersionModel]):
+def prequential_scores(
+    features: np.ndarray, arrived_at: np.ndarray, versions: Sequence[VersionModel], ranking: bool = False
+):  # fmt: skip
     """Each reading scored by the newest version published before it arrived (the first one before
-    any); returns (scores, the threshold that version's decision applies).
+    any); returns (scores, the threshold that version's decision applies); with ``ranking``, each
+    version's ``ranking_score`` instead of its score.
 
     >>> v1 = VersionModel(1, LinearModel(np.array([1.0]), 0.0), Decision(0.7), created_at=10.0)
     >>> v0 = VersionModel(0, LinearModel(np.array([0.0]), 0.0), Decision(0.5))
@@ -162,7 +182,7 @@ def prequential_scores(features: np.ndarray, arrived_at: np.ndarray, versions: S
     thresholds = np.empty(features.shape[0])
     for k in np.unique(which).tolist():
         at = which == k
-        scores[at] = ordered[k].score(features[at])
+        scores[at] = ordered[k].ranking_score(features[at]) if ranking else ordered[k].score(features[at])
         thresholds[at] = ordered[k].decision.threshold
     return scores, thresholds
 
@@ -202,10 +222,12 @@ def evaluate(
             if split == "prequential":
                 p, t = prequential_scores(s.features, s.arrived_at, versions or [latest])
                 a = alarms_from(p, latest.decision, thresholds=t, blocks=s.arrived_at)
+                r, _ = prequential_scores(s.features, s.arrived_at, versions or [latest], ranking=True)
             else:
                 p = latest.score(s.features)
                 a = alarms_from(p, latest.decision, blocks=s.arrived_at)
-            glob_scores.append(p[m])
+                r = latest.ranking_score(s.features)
+            glob_scores.append(r[m])
             glob_alarms.append(a[m])
         results["global"] = measure(labels, glob_scores, glob_alarms, **kw)
         if central is not None and split != "prequential":

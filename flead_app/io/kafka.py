@@ -105,6 +105,30 @@ async def assign_all_partitions(consumer: AIOKafkaConsumer, topic: str, timeout:
         await asyncio.sleep(0.3)
 
 
+async def read_to_end(settings: Settings, topic: str, timeout: float = 60.0) -> list[Any]:
+    """Every record of ``topic`` now in the log, in offset order per partition (no consumer group);
+    empty when the topic does not exist yet."""
+    reader = consumer(settings, group_id=None, auto_offset_reset="earliest")
+    await start_client(reader, settings)
+    try:
+        try:
+            tps = await assign_all_partitions(reader, topic, timeout=min(timeout, 10.0))
+        except TimeoutError:
+            return []
+        ends = await reader.end_offsets(tps)
+        await reader.seek_to_beginning(*tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while [tp for tp in tps if await reader.position(tp) < ends[tp]]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic!r} to its end took over {timeout:.0f} s")
+            for records in (await reader.getmany(timeout_ms=1000)).values():
+                out.extend(records)
+        return out
+    finally:
+        await reader.stop()
+
+
 async def create_topics(
     settings: Settings,
     names: list[str],

@@ -471,7 +471,7 @@ def measure_now(settings: Any, timeout_s: float = 15.0) -> TrafficSnapshot:
     snap = asyncio.run(measure(settings.bootstrap_servers, settings.pipeline_topics, options, state, timeout_s))
     for key, site in sorted((state.get("sites") or {}).items(), key=lambda kv: int(kv[0])):
         site_state = {"home": site.get("home")}
-        part = asyncio.run(measure([site["bootstrap"]], settings.pipeline_topics, options, site_state, timeout_s))
+        part = asyncio.run(measure([site["bootstrap"]], settings.site_topics, options, site_state, timeout_s))
         snap.rows += [{**r, "topic": site_topic(int(key), r["topic"])} for r in part.rows]
     return snap
 

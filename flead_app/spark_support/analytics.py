@@ -21,7 +21,8 @@ Definitions (docs/spark.md repeats them for dashboard readers):
   brokers by leadership, which moves on failover; the description's "device_id modulo 4" rule
   has no counterpart in Kafka. Unknown leaders are broker -1.
 
-Re-running a window replaces its rows (delete, then insert, in one transaction).
+Re-running a window replaces its rows (delete, then insert, in one transaction): with sites, each
+site's analytics job (``FLEAD_SITE=k``, on the site's own cluster) replaces only its own rows.
 """
 
 from __future__ import annotations
@@ -103,10 +104,22 @@ class ScopeStats:
     anomalies: int
 
 
+def site_key(scope: str, key: str, site: int | None) -> str:
+    """A row's key as stored: a site's partitions, brokers, fleet and skipped counts are its own
+    (site 1's partition 3 is not site 2's), so their keys carry the site; device ids are unique.
+
+    >>> site_key("partition", "3", 1), site_key("device", "d7", 1), site_key("broker", "2", None)
+    ('site1:3', 'd7', '2')
+    """
+    return key if site is None or scope == SCOPE_DEVICE else f"site{site}:{key}"
+
+
 def analytics_rows(
-    window: Window, stats: Iterable[ScopeStats], skipped: Mapping[str, int], computed_at: datetime
-) -> list[dict]:
-    """Rows of stream_analytics for one window (every scope, plus the skipped-message counts)."""
+    window: Window, stats: Iterable[ScopeStats], skipped: Mapping[str, int], computed_at: datetime,
+    site: int | None = None,
+) -> list[dict]:  # fmt: skip
+    """Rows of stream_analytics for one window (every scope, plus the skipped-message counts), of
+    the central cluster's readings or (``site``) of one site's."""
     minutes = window.minutes
     rows = []
     for s in stats:
@@ -114,8 +127,9 @@ def analytics_rows(
             {
                 "window_start": window.start,
                 "window_end": window.end,
+                "site": site,
                 "scope": s.scope,
-                "scope_key": s.key,
+                "scope_key": site_key(s.scope, s.key, site),
                 "count": int(s.count),
                 "mean": s.mean,
                 "std": s.std,
@@ -131,8 +145,9 @@ def analytics_rows(
             {
                 "window_start": window.start,
                 "window_end": window.end,
+                "site": site,
                 "scope": SCOPE_SKIPPED,
-                "scope_key": reason,
+                "scope_key": site_key(SCOPE_SKIPPED, reason, site),
                 "count": int(n),
                 "mean": None,
                 "std": None,

@@ -1,4 +1,4 @@
-"""``flead spark fetch|jars|analytics|evaluate|schedule|summary``.
+"""``flead spark fetch|jars|analytics|evaluate|evaluate-site|merge-evaluations|schedule|summary``.
 
 ``analytics`` and ``evaluate`` start Spark in this process (local mode by default, the
 ``--master`` of a cluster otherwise); ``spark/analytics.py`` and ``spark/evaluate.py`` run the
@@ -44,6 +44,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_evaluate_args(ev)
     add_spark_args(ev)
     ev.set_defaults(func=cmd_evaluate)
+
+    es = sub.add_parser(
+        "evaluate-site",
+        help="at site k (FLEAD_SITE=k): evaluate global versions on the site's own held-out readings and send "
+        "only the summaries to the centre (docs/spark.md)",
+    )
+    add_evaluate_args(es)
+    add_spark_args(es)
+    es.set_defaults(func=cmd_evaluate_site)
+
+    me = sub.add_parser("merge-evaluations", help="at the centre: merge the sites' evaluation summaries into the "
+                        "evaluation tables")  # fmt: skip
+    me.add_argument("--sites", type=int, default=None, help="how many sites to wait for (default: the stack's)")
+    me.add_argument("--json", action="store_true", help="machine-readable result")
+    me.set_defaults(func=cmd_merge_evaluations)
 
     sc = sub.add_parser("schedule", help="run analytics hourly and evaluation when new versions exist")
     sc.add_argument("--poll-s", type=float, default=60.0, help="seconds between checks for new global versions")
@@ -208,6 +223,63 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"labelled readings of {res.devices} devices ({res.training:,} trained the central model); "
         f"{res.summary_rows} summary rows written\n" + render_results(res.run)
     )
+    _print(out, args.json, text)
+    return 0
+
+
+def cmd_evaluate_site(args: argparse.Namespace) -> int:
+    from flead_app.settings import load_settings
+    from flead_app.spark_support.federated import site_evaluate_job
+    from flead_app.spark_support.jars import SparkSetupError
+    from flead_app.spark_support.session import build_session
+
+    settings = load_settings()
+    if settings.site < 1:
+        print("flead spark evaluate-site: runs at a site; set FLEAD_SITE=k (1..sites)", file=sys.stderr)
+        return 2
+    try:
+        spark = build_session(_spark_options(args, settings, f"flead-evaluate-site{settings.site}"))
+    except SparkSetupError as err:
+        print(f"flead spark evaluate-site: {err}", file=sys.stderr)
+        return 1
+    try:
+        res = site_evaluate_job(spark, settings, all_versions=args.all, every=args.every)
+    finally:
+        spark.stop()
+    out = asdict(res)
+    out["messages"] = dict(res.messages)
+    if not res.versions:
+        _print(out, args.json, f"site {res.site}: nothing evaluated: {res.reason}")
+        return 0
+    _print(out, args.json, f"site {res.site}: evaluated global versions {res.versions} on {res.readings:,} labelled "
+           f"readings of its {res.devices} devices; sent {res.records_sent} summaries ({res.bytes_sent:,} bytes of "
+           f"JSON before compression, no reading) to {settings.topic_site_evaluations}")  # fmt: skip
+    return 0
+
+
+def cmd_merge_evaluations(args: argparse.Namespace) -> int:
+    from flead_app.io.db.store import Database
+    from flead_app.settings import load_settings
+    from flead_app.spark_support.federated import merge_evaluations_job
+
+    settings = load_settings()
+    sites = args.sites if args.sites is not None else settings.sites
+    if sites < 1:
+        print("flead spark merge-evaluations: no sites (start them with flead stack up --sites N, or pass --sites N)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    db = Database.from_settings(settings)
+    db.init_schema()
+    try:
+        res = merge_evaluations_job(settings, db, list(range(1, sites + 1)))
+    finally:
+        db.close()
+    out = {k: v for k, v in asdict(res).items() if k != "rows"}
+    versions = sorted({r["model_version"] for r in res.rows})
+    text = (f"merged the summaries of sites {res.sites} (entries reported: {res.reported}; refused: {res.refused}): "
+            f"{res.written} rows of evaluation_summaries for versions {versions or 'none'}")  # fmt: skip
+    if res.waiting:
+        text += f"; {len(res.waiting)} entries wait for sites, e.g. {next(iter(res.waiting.items()))}"
     _print(out, args.json, text)
     return 0
 

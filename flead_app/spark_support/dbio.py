@@ -7,7 +7,7 @@ counts as evaluated once its readings-split summary exists, so a run that dies i
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import numpy as np
 from sqlalchemy import and_, func, select
@@ -18,9 +18,10 @@ from flead_app.spark_support.analytics import Window
 from flead_app.spark_support.evaluation import KIND_GLOBAL, SPLIT_READINGS, GlobalVersion, RunResult, epoch
 
 
-def write_analytics(db: Database, window: Window, rows: list[dict]) -> int:
-    """Replace the rows of exactly this window (same start and end)."""
-    return db.replace_rows("stream_analytics", {"window_start": window.start, "window_end": window.end}, rows)
+def write_analytics(db: Database, window: Window, rows: list[dict], site: int | None = None) -> int:
+    """Replace the rows of exactly this window (same start and end) of the central cluster, or of ``site``."""
+    where = {"window_start": window.start, "window_end": window.end, "site": site}
+    return db.replace_rows("stream_analytics", where, rows)
 
 
 def _pending_query(all_versions: bool, only: Collection[int] | None = None):  # noqa: ANN202 - a Select
@@ -66,13 +67,18 @@ def count_pending(db: Database) -> int:
 def write_evaluation(db: Database, result: RunResult) -> int:
     """Replace, per (model kind, model version) the run evaluated, its sample rows then its summary
     rows (a version counts as evaluated once its summaries exist); summary rows written."""
+    return write_summary_rows(db, result.summaries, result.samples)
+
+
+def write_summary_rows(db: Database, summaries: Sequence[dict], samples: Sequence[dict] = ()) -> int:
+    """``write_evaluation`` of these rows (a federated evaluation has summaries only)."""
     written = 0
-    keys = sorted({(r["model_kind"], r["model_version"]) for r in result.summaries})
+    keys = sorted({(r["model_kind"], r["model_version"]) for r in summaries})
     for kind, version in keys:
         where = {"model_kind": kind, "model_version": version}
-        samples = [r for r in result.samples if r["model_kind"] == kind and r["model_version"] == version]
-        if samples:
-            db.replace_rows("model_evaluations", where, samples)
-        rows = [r for r in result.summaries if r["model_kind"] == kind and r["model_version"] == version]
+        picked = [r for r in samples if r["model_kind"] == kind and r["model_version"] == version]
+        if picked:
+            db.replace_rows("model_evaluations", where, picked)
+        rows = [r for r in summaries if r["model_kind"] == kind and r["model_version"] == version]
         written += db.replace_rows("evaluation_summaries", where, rows)
     return written

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -168,8 +168,9 @@ def analytics_job(
         df.unpersist()
         parsed.unpersist()
     skipped = {s: statuses.get(s, 0) for s in ("control", "invalid")}
-    rows = an.analytics_rows(window, stats, skipped, datetime.now(UTC))
-    written = dbio.write_analytics(db, window, rows)
+    site = settings.site or None
+    rows = an.analytics_rows(window, stats, skipped, datetime.now(UTC), site)
+    written = dbio.write_analytics(db, window, rows, site)
     n_readings = next((s.count for s in stats if s.scope == an.SCOPE_FLEET), 0)
     return AnalyticsResult(window, written, n_readings, statuses, leaders)
 
@@ -207,6 +208,25 @@ def fit_central(train_df: DataFrame, features: list[str]) -> LinearModel | None:
     return LinearModel(np.asarray(model.coefficients.toArray(), dtype=np.float64), float(model.intercept))
 
 
+def replayed_rows(spark: SparkSession, settings: Settings, cfg: DeviceConfig) -> tuple[Any, Any, Counter]:
+    """The readings topic's records parsed, and every device replayed from them as the worker
+    processed it (``evaluation.replay_device``: one row per scored, labelled reading), both RDDs
+    persisted (the caller unpersists them); and how many records of each parse status there were."""
+    raw = _read_topic(spark, settings)
+    parsed = raw.rdd.map(lambda r: (parse_message(r.key, r.value, r.partition, r.offset), r.kts)).persist()
+    statuses = Counter(parsed.map(lambda mt: mt[0].status).countByValue())
+    per_device = parsed.filter(lambda mt: mt[0].status in (OK, CONTROL)).map(
+        lambda mt: (
+            mt[0].device_id,
+            (mt[0].partition, mt[0].offset, mt[1], mt[0].status == CONTROL, mt[0].timestamps, mt[0].values,
+             mt[0].labels),
+        )
+    )  # fmt: skip
+    parts = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    rows_rdd = per_device.groupByKey(parts).flatMap(lambda kv: replay_device(kv[0], kv[1], cfg)).persist()
+    return parsed, rows_rdd, statuses
+
+
 def evaluate_job(
     spark: SparkSession,
     settings: Settings,
@@ -228,18 +248,7 @@ def evaluate_job(
     if not versions:
         return EvaluateResult([], [], None, 0, 0, 0, reason="no global version waits for evaluation")
     cfg = device_config(settings)
-    raw = _read_topic(spark, settings)
-    parsed = raw.rdd.map(lambda r: (parse_message(r.key, r.value, r.partition, r.offset), r.kts)).persist()
-    statuses = Counter(parsed.map(lambda mt: mt[0].status).countByValue())
-    per_device = parsed.filter(lambda mt: mt[0].status in (OK, CONTROL)).map(
-        lambda mt: (
-            mt[0].device_id,
-            (mt[0].partition, mt[0].offset, mt[1], mt[0].status == CONTROL, mt[0].timestamps, mt[0].values,
-             mt[0].labels),
-        )
-    )  # fmt: skip
-    parts = int(spark.conf.get("spark.sql.shuffle.partitions"))
-    rows_rdd = per_device.groupByKey(parts).flatMap(lambda kv: replay_device(kv[0], kv[1], cfg)).persist()
+    parsed, rows_rdd, statuses = replayed_rows(spark, settings, cfg)
     try:
         first = rows_rdd.take(1)
         if not first:

@@ -51,17 +51,19 @@ MAIN_CLASS = "org.apache.kafka.connect.mirror.MirrorMaker"
 
 
 def central_topics(settings: Settings) -> list[str]:
-    """The central cluster of a sites topology has no readings topic: no reading is meant to get there."""
-    return [t for t in settings.pipeline_topics if t != settings.topic_readings]
+    """The central cluster of a sites topology has no readings topic: no reading is meant to get
+    there; it has the sites' evaluation summaries instead."""
+    return [t for t in settings.pipeline_topics if t != settings.topic_readings] + [settings.topic_site_evaluations]
 
 
 def up_topics(settings: Settings) -> tuple[str, ...]:
-    """What crosses from each site to the centre: what FedAvg and the sink need, nothing more.
+    """What crosses from each site to the centre: what FedAvg, the sink and the fleet's held-out
+    evaluation need, nothing more.
 
     Not the dead letters: a dead letter carries the refused input (often a whole reading) and
     is for the site's operators; the site keeps and counts them.
     """
-    return (settings.topic_local_updates, settings.topic_anomalies)
+    return (settings.topic_local_updates, settings.topic_anomalies, settings.topic_site_evaluations)
 
 
 def down_topics(settings: Settings) -> tuple[str, ...]:
@@ -285,7 +287,7 @@ class Sites:
             for k, cluster in self.clusters.items():
                 started[k] = cluster.up(timeout)
             for cluster in self.clusters.values():  # every topic lives at a site too
-                plans = topic_plans(ClusterPlan(1, cluster.plan.port_base), self.settings.pipeline_topics,
+                plans = topic_plans(ClusterPlan(1, cluster.plan.port_base), self.settings.site_topics,
                                     self.settings.partitions)  # fmt: skip
                 cluster.ensure_topics(plans)
             mirror_started = self.mirror.start(timeout)

@@ -72,3 +72,16 @@ def test_an_empty_fleet_row_has_no_rate_of_anomalies():
         Window(start, start + timedelta(hours=1)), [ScopeStats("fleet", "all", 0, None, None, None, None, 0)], {}, start
     )
     assert row["count"] == 0 and row["anomaly_rate"] is None and row["readings_per_minute"] == 0.0
+
+
+def test_a_sites_rows_keep_to_their_site():
+    start = datetime(2025, 11, 7, 14, tzinfo=UTC)
+    stats = [ScopeStats(SCOPE_DEVICE, "d1", 6, 1.0, 0.5, 0.0, 2.0, 0), ScopeStats("partition", "3", 6, 1, 0.5, 0, 2, 0),
+             ScopeStats("fleet", "all", 6, 1.0, 0.5, 0, 2, 0)]  # fmt: skip
+    one, two = (analytics_rows(Window(start, start + timedelta(hours=1)), stats, {"invalid": 1}, start, site=k)
+                for k in (1, 2))  # fmt: skip
+    assert [r["scope_key"] for r in one] == ["d1", "site1:3", "site1:all", "site1:invalid"]
+    assert {r["site"] for r in two} == {2}
+    # what the natural key (window, scope, key) holds apart: every row of the two sites but their devices'
+    keys = lambda rows: {(r["scope"], r["scope_key"]) for r in rows if r["scope"] != SCOPE_DEVICE}  # noqa: E731
+    assert not keys(one) & keys(two)

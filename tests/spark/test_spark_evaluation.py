@@ -173,6 +173,8 @@ def test_sites_evaluating_their_own_devices_merge_to_the_pooled_evaluation():
     run's, exactly for every count-based figure and within 0.01 for the two areas (histograms)."""
     _, series = _fleet()
     versions = [
+        # an early version: no decision published yet, tiny weights (its logits all near its bias)
+        GlobalVersion(3, _weights(3e-4, 1e-4, 0.0, 2e-4), -4.6, created_at=T0 - 5),
         GlobalVersion(7, _weights(1.5, 0.5, 0.0, 0.5), -4.0, created_at=T0, threshold=2.0, score_loc=-4.0,
                       score_scale=1.0),
         GlobalVersion(9, _weights(1.0, 0.5, 0.0, 0.5), -3.5, created_at=T0 + 5, threshold=2.0, score_loc=-3.5,

@@ -194,7 +194,11 @@ def test_mirrormaker_carries_exactly_the_model_topics_and_nothing_else():
     assert flows == {"site1->central", "central->site1", "site2->central", "central->site2"}
     for flow in flows:
         topics = [re.sub(r"\\(.)", r"\1", t.strip()) for t in props[f"{flow}.topics"].split(",")]
-        want = ["local-model-updates", "anomalies"] if flow.endswith("central") else ["global-model-updates"]
+        want = (
+            ["local-model-updates", "anomalies", "site-evaluations"]
+            if flow.endswith("central")
+            else ["global-model-updates"]
+        )
         assert topics == want
         assert all(re.fullmatch(p.strip(), t) for p, t in zip(props[f"{flow}.topics"].split(","), topics, strict=True))
         assert props[f"{flow}.replication.factor"] == ("3" if flow.endswith("central") else "1")

@@ -152,6 +152,9 @@ stream_analytics = Table(
     Column("anomaly_rate", Float, nullable=True),
     Column("readings_per_minute", Float, nullable=True),
     Column("computed_at", DateTime(timezone=True), nullable=False),
+    # the site whose readings the row counts (sites topology); NULL: the central cluster's. A site's
+    # partition, broker, fleet and skipped keys carry its name ("site1:3"), device ids are its own.
+    Column("site", Integer, nullable=True),
     UniqueConstraint("window_start", "window_end", "scope", "scope_key", name="stream_analytics_natural_key"),
     Index("stream_analytics_window_idx", "window_start"),
 )
