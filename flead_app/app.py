@@ -30,6 +30,7 @@ ROLE_MODULES = {
              "flead_app.agents.global_model", "flead_app.web"],
     "central": ["flead_app.tables.fedavg_state", "flead_app.agents.fedavg", "flead_app.agents.sink",
                 "flead_app.web"],
+    "fedavg": ["flead_app.tables.fedavg_state", "flead_app.agents.fedavg", "flead_app.web"],
 }  # fmt: skip
 
 

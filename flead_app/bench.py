@@ -336,10 +336,15 @@ async def copy_updates(settings: Settings, source: str, target: str, at_least: i
     return sent
 
 
-def fedavg_ceiling(base: Settings, source: Settings, at_least: int = FEDAVG_CEILING_UPDATES) -> tuple[int, float]:
-    """FedAvg's own rate: (updates, updates/s) of a fresh worker whose local-updates topic is
-    full of copies of ``source``'s local updates and whose readings topic is empty."""
-    settings, env = isolated(base, "bench-fedavg", base.web_port + 9)
+def fedavg_ceiling(
+    base: Settings, source: Settings, at_least: int = FEDAVG_CEILING_UPDATES, role: str = "fedavg"
+) -> tuple[int, float]:  # fmt: skip
+    """FedAvg's rate: (updates, updates/s) of a fresh worker whose local-updates topic is full of
+    copies of ``source``'s local updates and whose readings topic is empty. ``role`` ``fedavg``
+    runs FedAvg alone (its own ceiling); ``all`` runs it beside the sink, which stores every one of
+    those updates in PostgreSQL from the same process, as a one-cluster worker does."""
+    settings, env = isolated(base, f"bench-fedavg-{role}", base.web_port + 9)
+    settings, env = replace(settings, role=role), {**env, **setting_env(role=role)}
     asyncio.run(kafka.create_topics(settings, settings.pipeline_topics))
     updates = asyncio.run(copy_updates(settings, source.topic_local_updates, settings.topic_local_updates, at_least))
     if not updates:
@@ -562,7 +567,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(results))
     if fedavg:
         print(
-            f"\nFedAvg: {fedavg['updates_per_s']:,.0f} updates/s over {fedavg['updates']:,} updates; "
+            f"\nFedAvg alone: {fedavg['updates_per_s']:,.0f} updates/s over {fedavg['updates']:,} updates "
+            f"({fedavg['updates_per_s_full_worker']:,.0f} in a full worker beside the sink); "
             f"{TARGET_READINGS_PER_S:,} readings/s make {fedavg['local_updates_per_s_at_target']:,.1f} updates/s: "
             f"headroom {fedavg['headroom_at_target']:,.1f}x"
         )
@@ -588,17 +594,21 @@ def fedavg_summary(base: Settings, result: BenchResult, settings: Settings, at_l
     pipeline's readings make (at the measured rate and at the issue's goal)."""
     print(f"- FedAvg's ceiling on copies of the {result.devices:,}-device run's local updates", flush=True)
     try:
-        updates, rate = fedavg_ceiling(base, settings, at_least)
+        updates, rate = fedavg_ceiling(base, settings, at_least, role="fedavg")
+        print(f"  FedAvg alone: {rate:,.0f} updates/s over {updates:,} updates", flush=True)
+        _, with_sink = fedavg_ceiling(base, settings, at_least, role="all")
+        print(f"  FedAvg in a full worker (the sink storing the same updates beside it): {with_sink:,.0f} updates/s",
+              flush=True)  # fmt: skip
     except Exception as err:
         print(f"  failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return None
     per_reading = result.local_models / result.readings if result.readings else 0.0
     at_target = per_reading * TARGET_READINGS_PER_S
     at_measured = per_reading * result.pipeline_readings_per_s
-    print(f"  {rate:,.0f} updates/s over {updates:,} updates", flush=True)
     return {
         "updates": updates,
         "updates_per_s": round(rate, 1),
+        "updates_per_s_full_worker": round(with_sink, 1),
         "local_updates_per_reading": per_reading,
         "local_updates_per_s_at_target": round(at_target, 2),
         "headroom_at_target": float(f"{rate / at_target:.3g}") if at_target else None,

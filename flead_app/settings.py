@@ -38,7 +38,7 @@ STACK_SECURITY = {
     "kafka_sasl_username": "username",
     "kafka_ssl_cafile": "cafile",
 }
-ROLES = ("all", "site", "central")
+ROLES = ("all", "site", "central", "fedavg")
 #: site K's broker listens on FLEAD_KAFKA_PORT + 10 + K - 1 unless FLEAD_SITE_PORT says otherwise
 #: (the central cluster takes PORT..PORT+9)
 SITE_PORT_OFFSET = 10
@@ -150,8 +150,8 @@ class Settings:
     role: str = field(
         default="all",
         metadata={
-            "help": "Which agents a worker runs: all (one cluster), site (detector + global-model follower) "
-            "or central (FedAvg + sink)"
+            "help": "Which agents a worker runs: all (one cluster), site (detector + global-model follower), "
+            "central (FedAvg + sink) or fedavg (FedAvg alone: the bench's FedAvg ceiling)"
         },
     )
     site_port: int = field(
@@ -503,15 +503,15 @@ def load_settings() -> Settings:
     if not values["sites"]:
         values["sites"] = len(stack_sites)
     if values["role"] not in ROLES:
-        raise ValueError(f"FLEAD_ROLE must be all, site or central, got {values['role']!r}")
+        raise ValueError(f"FLEAD_ROLE must be one of {', '.join(ROLES)}, got {values['role']!r}")
     if values["site"] < 0 or (values["site"] and values["site"] > values["sites"]):
         raise ValueError(
             f"FLEAD_SITE={values['site']} is not one of the {values['sites']} site(s) (1..{values['sites']})"
         )
     if values["role"] == "site" and not values["site"]:
         raise ValueError("FLEAD_ROLE=site needs FLEAD_SITE=K: which site the worker serves")
-    if values["role"] == "central" and values["site"]:
-        raise ValueError("FLEAD_ROLE=central runs on the central cluster: unset FLEAD_SITE")
+    if values["role"] in ("central", "fedavg") and values["site"]:
+        raise ValueError(f"FLEAD_ROLE={values['role']} runs on the central cluster: unset FLEAD_SITE")
     if not values["site_port"]:
         values["site_port"] = values["kafka_port"] + SITE_PORT_OFFSET
     site_state = stack_sites.get(str(values["site"]), {}) if values["site"] else {}

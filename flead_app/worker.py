@@ -23,7 +23,7 @@ from flead_app.settings import Settings, load_settings
 #: the worker's tables (flead_app/tables): Faust names their changelog topics <app id>-<table>-changelog
 TABLES = ("device_state", "fedavg_state")
 #: the tables a worker of each role (FLEAD_ROLE) keeps: a site detects, the centre averages
-ROLE_TABLES = {"all": TABLES, "site": ("device_state",), "central": ("fedavg_state",)}
+ROLE_TABLES = {"all": TABLES, "site": ("device_state",), "central": ("fedavg_state",), "fedavg": ("fedavg_state",)}
 
 
 def prepare_changelog_topics(settings: Settings, timeout: float = 60.0) -> list[str]:

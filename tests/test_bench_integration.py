@@ -54,7 +54,7 @@ def test_bench_measures_every_figure(stack, tmp_path):
     assert sum(two_workers["readings_per_worker"]) >= two_workers["readings"]
     # FedAvg's ceiling on copies of the run's local updates, against the rate readings make
     fedavg = doc["fedavg"]
-    assert fedavg["updates"] >= 2000 and fedavg["updates_per_s"] > 0
+    assert fedavg["updates"] >= 2000 and fedavg["updates_per_s"] > 0 and fedavg["updates_per_s_full_worker"] > 0
     assert fedavg["local_updates_per_reading"] == pytest.approx(result["local_models"] / result["readings"])
     assert fedavg["headroom_at_target"] == pytest.approx(
         fedavg["updates_per_s"] / fedavg["local_updates_per_s_at_target"], rel=0.01

@@ -101,7 +101,7 @@ def test_roles_and_sites_are_checked_and_a_site_talks_to_its_own_cluster(monkeyp
         load_settings()
     monkeypatch.delenv("FLEAD_SITE")
     monkeypatch.setenv("FLEAD_ROLE", "edge")
-    with pytest.raises(ValueError, match="all, site or central"):
+    with pytest.raises(ValueError, match="all, site, central, fedavg"):
         load_settings()
     monkeypatch.delenv("FLEAD_ROLE")
     central = load_settings()

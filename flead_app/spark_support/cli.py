@@ -348,14 +348,15 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def submit_main(command: str, argv: list[str] | None = None) -> int:
-    """Entry of ``spark/analytics.py`` and ``spark/evaluate.py`` (under spark-submit or python)."""
+    """Entry of ``spark/analytics.py``, ``spark/evaluate.py`` and ``spark/evaluate_site.py`` (under
+    spark-submit or python)."""
     parser = argparse.ArgumentParser(prog=f"spark/{command}.py")
     if command == "analytics":
         add_analytics_args(parser)
         handler = cmd_analytics
     else:
         add_evaluate_args(parser)
-        handler = cmd_evaluate
+        handler = cmd_evaluate_site if command == "evaluate_site" else cmd_evaluate
     add_spark_args(parser)
     args = parser.parse_args(argv)
     # spark-submit merges the script's stderr into its stdout: with --json only warnings are

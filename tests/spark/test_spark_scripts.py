@@ -7,7 +7,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("job", ["analytics", "evaluate"])
+@pytest.mark.parametrize("job", ["analytics", "evaluate", "evaluate_site"])
 def test_spark_submit_scripts_parse_their_arguments(job):
     """spark/*.py import flead and share the CLI's options (a full spark-submit run costs a JVM;
     docs/spark.md shows the command)."""
@@ -23,5 +23,14 @@ def test_flead_spark_commands_are_registered():
         [sys.executable, "-m", "flead_app.cli", "spark", "--help"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    for action in ("fetch", "jars", "analytics", "evaluate", "schedule", "summary"):
+    for action in (
+        "fetch",
+        "jars",
+        "analytics",
+        "evaluate",
+        "evaluate-site",
+        "merge-evaluations",
+        "schedule",
+        "summary",
+    ):
         assert action in proc.stdout
