@@ -125,6 +125,19 @@ def wait_for(predicate, timeout: float, what: str, describe=None):
     raise AssertionError(f"timed out waiting for {what}; last seen {seen!r}")
 
 
+def device_readings(url: str, devices) -> dict[str, int]:  # noqa: ANN001 - any iterable of device ids
+    """Each device's reading count as the worker at ``url`` serves it (-1 where it did not answer)."""
+    from flead_app.worker import fetch_json
+
+    out = {}
+    for d in devices:
+        try:
+            out[d] = fetch_json(f"{url}/flead/device/{d}/", timeout=10).get("readings", 0)
+        except OSError:
+            out[d] = -1
+    return out
+
+
 def db_count(engine, table, run: str) -> int:
     with engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(table).where(table.c.device_id.like(f"{run}-%"))).scalar()

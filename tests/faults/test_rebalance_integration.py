@@ -26,11 +26,12 @@ from sqlalchemy import create_engine, select
 from flead_app.io.db.schema import anomalies, local_models
 from flead_app.models import encode_batch
 from flead_app.settings import load_settings
-from flead_app.worker import WorkerProcess, fetch_json
+from flead_app.worker import WorkerProcess
 from tests.agents.test_pipeline_integration import (
     DESCRIPTION_RULES,
     consume_all,
     db_count,
+    device_readings,
     expected_anomalies,
     make_fleet,
     stored_global_models,
@@ -117,13 +118,7 @@ def test_a_worker_joining_and_leaving_repeatedly_loses_and_duplicates_nothing(pi
         assert sum(acked.values()) == DEVICES * PER_DEVICE, "every reading produced was acknowledged"
 
         def readings() -> dict[str, int]:
-            out = {}
-            for d in fleet:
-                try:
-                    out[d] = fetch_json(f"{a.url}/flead/device/{d}/", timeout=10).get("readings", 0)
-                except OSError:
-                    out[d] = -1
-            return out
+            return device_readings(a.url, fleet)
 
         def off() -> str:
             got = readings()

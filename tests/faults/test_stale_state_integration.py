@@ -19,8 +19,8 @@ import pytest
 from rocksdict import Options, Rdict
 
 from flead_app.settings import load_settings
-from flead_app.worker import WorkerProcess, fetch_json
-from tests.agents.test_pipeline_integration import DESCRIPTION_RULES, make_fleet, produce, wait_for
+from flead_app.worker import WorkerProcess
+from tests.agents.test_pipeline_integration import DESCRIPTION_RULES, device_readings, make_fleet, produce, wait_for
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -67,13 +67,7 @@ def test_state_ahead_of_its_changelog_is_rebuilt_not_fatal(pipeline_env, monkeyp
     try:
 
         def counts(worker) -> dict[str, int]:
-            out = {}
-            for d in fleet:
-                try:
-                    out[d] = fetch_json(f"{worker.url}/flead/device/{d}/", timeout=10).get("readings", 0)
-                except OSError:
-                    out[d] = -1
-            return out
+            return device_readings(worker.url, fleet)
 
         asyncio.run(produce(boot, topic, first, set(), []))
         wait_for(lambda: set(counts(a).values()) == {PER_DEVICE // 2}, 120, "the first half of every device")
